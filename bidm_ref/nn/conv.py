@@ -1,0 +1,135 @@
+"""2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + one BLAS matmul.
+
+Dimensions: N batch, C input channels, O output channels, H, W input spatial,
+Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row length).
+Layouts are PyTorch's: activations NCHW, weights OIHW.
+
+Padding is zeros, given as one int or as (top, bottom, left, right) so ddim's
+Downsample (pad (0,1,0,1), then a 3x3 stride-2 conv with no padding) is one layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .init import uniform_fan_in
+from .module import Module
+
+Padding = int | tuple[int, int, int, int]
+
+
+def as_padding(padding: Padding) -> tuple[int, int, int, int]:
+    """Normalise an int or a (top, bottom, left, right) tuple to the tuple form."""
+    if isinstance(padding, int):
+        return (padding, padding, padding, padding)
+    if len(padding) != 4 or any(p < 0 for p in padding):
+        raise ValueError(f"padding must be an int or (top, bottom, left, right) >= 0, got {padding}")
+    return tuple(int(p) for p in padding)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:
+    """Output length of a convolution along one axis (floor, as torch)."""
+    return (size + pad_lo + pad_hi - kernel) // stride + 1
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: Padding) -> np.ndarray:
+    """Unfold zero-padded patches: x [N, C, H, W] -> cols [N*Ho*Wo, C*kh*kw], row order (n, ho, wo)."""
+    top, bottom, left, right = as_padding(padding)
+    N, C, H, W = x.shape
+    Ho = conv_output_size(H, kh, stride, top, bottom)
+    Wo = conv_output_size(W, kw, stride, left, right)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"input {H}x{W} with padding {padding} is smaller than the kernel {kh}x{kw}")
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))              # [N, C, H+pads, W+pads]
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))                          # [N, C, H', W', kh, kw]
+    win = win[:, :, : (Ho - 1) * stride + 1 : stride, : (Wo - 1) * stride + 1 : stride]  # [N, C, Ho, Wo, kh, kw]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, C * kh * kw)    # [N*Ho*Wo, K]
+
+
+def col2im(
+    dcols: np.ndarray, x_shape: tuple[int, ...], kh: int, kw: int, stride: int, padding: Padding
+) -> np.ndarray:
+    """Adjoint of im2col: scatter-add dcols [N*Ho*Wo, C*kh*kw] back to dx [N, C, H, W]."""
+    top, bottom, left, right = as_padding(padding)
+    N, C, H, W = x_shape
+    Ho = conv_output_size(H, kh, stride, top, bottom)
+    Wo = conv_output_size(W, kw, stride, left, right)
+    d6 = dcols.reshape(N, Ho, Wo, C, kh, kw)                                      # [N, Ho, Wo, C, kh, kw]
+    dxp = np.zeros((N, C, H + top + bottom, W + left + right), dtype=dcols.dtype)  # [N, C, Hp, Wp]
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride] += d6[:, :, :, :, i, j].transpose(
+                0, 3, 1, 2
+            )                                                                     # [N, C, Ho, Wo]
+    return dxp[:, :, top : top + H, left : left + W]                              # [N, C, H, W]
+
+
+def conv2d(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: Padding
+) -> tuple[np.ndarray, np.ndarray]:
+    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], cols [N*Ho*Wo, K]) for the backward."""
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
+    top, bottom, left, right = as_padding(padding)
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    Ho = conv_output_size(H, kh, stride, top, bottom)
+    Wo = conv_output_size(W, kw, stride, left, right)
+    cols = im2col(x, kh, kw, stride, padding)                                     # [N*Ho*Wo, K]
+    y = cols @ weight.reshape(O, -1).T                                            # [N*Ho*Wo, O]
+    if bias is not None:
+        y += bias                                                                 # [N*Ho*Wo, O]
+    y = np.ascontiguousarray(y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2))       # [N, O, Ho, Wo]
+    return y, cols
+
+
+def conv2d_backward(
+    dy: np.ndarray, cols: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: int, padding: Padding
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of conv2d: returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
+    O, _, kh, kw = weight.shape
+    dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                               # [N*Ho*Wo, O]
+    dweight = (dy_mat.T @ cols).reshape(weight.shape)                             # [O, C, kh, kw]
+    dbias = dy_mat.sum(axis=0)                                                    # [O]
+    dcols = dy_mat @ weight.reshape(O, -1)                                        # [N*Ho*Wo, K]
+    dx = col2im(dcols, x_shape, kh, kw, stride, padding)                          # [N, C, H, W]
+    return dx, dweight, dbias
+
+
+class Conv2d(Module):
+    """Conv layer, params `weight` [O, C, kh, kw] and optional `bias` [O]; torch's default init."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: Padding = 0,
+        bias: bool = True,
+        *,
+        rng: np.random.Generator,
+    ) -> None:
+        super().__init__()
+        if stride < 1 or kernel_size < 1:
+            raise ValueError(f"Conv2d: kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
+        self.stride = stride
+        self.padding = as_padding(padding)
+        fan_in = in_channels * kernel_size * kernel_size
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.add_param("weight", uniform_fan_in(rng, shape, fan_in))
+        if bias:
+            self.add_param("bias", uniform_fan_in(rng, (out_channels,), fan_in))
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+        y, cols = conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)  # [N, O, Ho, Wo]
+        return y, (cols, x.shape)
+
+    def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
+        cols, x_shape = cache
+        dx, dweight, dbias = conv2d_backward(dy, cols, self.params["weight"], x_shape, self.stride, self.padding)
+        self.grads["weight"] += dweight                                           # [O, C, kh, kw]
+        if "bias" in self.params:
+            self.grads["bias"] += dbias                                           # [O]
+        return dx                                                                 # [N, C, H, W]
