@@ -1,7 +1,7 @@
 """2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + one BLAS matmul.
 
 Dimensions: N batch, C input channels, O output channels, H, W input spatial,
-Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row length).
+Ho, Wo output spatial, kh, kw kernel, K = kh*kw*C (the im2col row length).
 Layouts are PyTorch's: activations NCHW, weights OIHW.
 
 Padding is zeros, given as one int or as (top, bottom, left, right) so ddim's
@@ -11,7 +11,6 @@ Downsample (pad (0,1,0,1), then a 3x3 stride-2 conv with no padding) is one laye
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .init import uniform_fan_in
 from .module import Module
@@ -34,35 +33,46 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: i
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: Padding) -> np.ndarray:
-    """Unfold zero-padded patches: x [N, C, H, W] -> cols [N*Ho*Wo, C*kh*kw], row order (n, ho, wo)."""
+    """Unfold zero-padded patches: x [N, C, H, W] -> cols [N*Ho*Wo, kh*kw*C].
+
+    Rows are ordered (n, ho, wo) and columns (i, j, c): channels innermost, so each copy below
+    moves contiguous runs of C values (an NHWC copy of x is made once). Weights are matched by
+    `weight_matrix` ([O, kh*kw*C], the same column order).
+    """
     top, bottom, left, right = as_padding(padding)
     N, C, H, W = x.shape
     Ho = conv_output_size(H, kh, stride, top, bottom)
     Wo = conv_output_size(W, kw, stride, left, right)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"input {H}x{W} with padding {padding} is smaller than the kernel {kh}x{kw}")
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))              # [N, C, H+pads, W+pads]
-    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))                          # [N, C, H', W', kh, kw]
-    win = win[:, :, : (Ho - 1) * stride + 1 : stride, : (Wo - 1) * stride + 1 : stride]  # [N, C, Ho, Wo, kh, kw]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, C * kh * kw)    # [N*Ho*Wo, K]
+    xp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=x.dtype)    # [N, Hp, Wp, C]
+    xp[:, top : top + H, left : left + W, :] = x.transpose(0, 2, 3, 1)            # [N, H, W, C]
+    cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)                        # [N, Ho, Wo, kh, kw, C]
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i : i + stride * Ho : stride, j : j + stride * Wo : stride, :]  # [N, Ho, Wo, C]
+    return cols.reshape(N * Ho * Wo, kh * kw * C)                                 # [N*Ho*Wo, K]
 
 
 def col2im(
     dcols: np.ndarray, x_shape: tuple[int, ...], kh: int, kw: int, stride: int, padding: Padding
 ) -> np.ndarray:
-    """Adjoint of im2col: scatter-add dcols [N*Ho*Wo, C*kh*kw] back to dx [N, C, H, W]."""
+    """Adjoint of im2col: scatter-add dcols [N*Ho*Wo, kh*kw*C] back to dx [N, C, H, W]."""
     top, bottom, left, right = as_padding(padding)
     N, C, H, W = x_shape
     Ho = conv_output_size(H, kh, stride, top, bottom)
     Wo = conv_output_size(W, kw, stride, left, right)
-    d6 = dcols.reshape(N, Ho, Wo, C, kh, kw)                                      # [N, Ho, Wo, C, kh, kw]
-    dxp = np.zeros((N, C, H + top + bottom, W + left + right), dtype=dcols.dtype)  # [N, C, Hp, Wp]
+    d6 = dcols.reshape(N, Ho, Wo, kh, kw, C)                                      # [N, Ho, Wo, kh, kw, C]
+    dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dcols.dtype)  # [N, Hp, Wp, C]
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride] += d6[:, :, :, :, i, j].transpose(
-                0, 3, 1, 2
-            )                                                                     # [N, C, Ho, Wo]
-    return dxp[:, :, top : top + H, left : left + W]                              # [N, C, H, W]
+            dxp[:, i : i + stride * Ho : stride, j : j + stride * Wo : stride, :] += d6[:, :, :, i, j, :]  # [N, Ho, Wo, C]
+    return dxp[:, top : top + H, left : left + W, :].transpose(0, 3, 1, 2)        # [N, C, H, W]
+
+
+def weight_matrix(weight: np.ndarray) -> np.ndarray:
+    """OIHW weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of im2col."""
+    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
 def conv2d(
@@ -77,7 +87,7 @@ def conv2d(
     Ho = conv_output_size(H, kh, stride, top, bottom)
     Wo = conv_output_size(W, kw, stride, left, right)
     cols = im2col(x, kh, kw, stride, padding)                                     # [N*Ho*Wo, K]
-    y = cols @ weight.reshape(O, -1).T                                            # [N*Ho*Wo, O]
+    y = cols @ weight_matrix(weight).T                                            # [N*Ho*Wo, O]
     if bias is not None:
         y += bias                                                                 # [N*Ho*Wo, O]
     y = np.ascontiguousarray(y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2))       # [N, O, Ho, Wo]
@@ -88,11 +98,11 @@ def conv2d_backward(
     dy: np.ndarray, cols: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of conv2d: returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
-    O, _, kh, kw = weight.shape
+    O, C, kh, kw = weight.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                               # [N*Ho*Wo, O]
-    dweight = (dy_mat.T @ cols).reshape(weight.shape)                             # [O, C, kh, kw]
+    dweight = (dy_mat.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)       # [O, C, kh, kw]
     dbias = dy_mat.sum(axis=0)                                                    # [O]
-    dcols = dy_mat @ weight.reshape(O, -1)                                        # [N*Ho*Wo, K]
+    dcols = dy_mat @ weight_matrix(weight)                                        # [N*Ho*Wo, K]
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)                          # [N, C, H, W]
     return dx, dweight, dbias
 

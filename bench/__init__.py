@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): timings are printed and written as JSON, never asserted."""

@@ -1,0 +1,63 @@
+"""Timing helpers shared by the benchmarks: warm-up, repeats, median, machine description, JSON report.
+
+A result row is {"name", "shape", "impl", "median_s", "min_s", "repeats", ...extra}; a report is
+{"machine": {...}, "results": [...], "ratios": {...}} (shared DESIGN, "Bench output").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
+    """Run fn `warmup` times untimed (compiles, caches), then `repeats` times; median and min seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU, core count, library versions, BLAS threads."""
+    import numba
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
+    }
+
+
+def format_table(results: list[dict]) -> str:
+    """Fixed-width table of result rows: name, shape, impl, median and min in milliseconds."""
+    lines = [f"{'name':<28} {'shape':<28} {'impl':<24} {'median ms':>10} {'min ms':>10}"]
+    for row in results:
+        lines.append(
+            f"{row['name']:<28} {row['shape']:<28} {row['impl']:<24} "
+            f"{row['median_s'] * 1e3:>10.3f} {row['min_s'] * 1e3:>10.3f}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: str, results: list[dict], ratios: dict) -> None:
+    """Write the JSON report atomically (temp file + rename)."""
+    report = {"machine": machine_info(), "results": results, "ratios": ratios}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)

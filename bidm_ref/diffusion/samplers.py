@@ -1,0 +1,106 @@
+"""DDIM (Song et al. 2021) and DDPM ancestral (Ho et al. 2020) samplers, as ddim's `generalized_steps`
+and `ddpm_steps`.
+
+Dimensions: N batch, C, H, W image, S sampling steps.
+
+Timesteps: seq = range(0, T, T // S), walked in reverse; each step goes from t to the previous
+entry of seq (t_next = -1 after 0, where alpha_bar = 1). With a_t = alpha_bar(t), a_n = alpha_bar(t_next):
+
+DDIM:  x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+       c1 = eta * sqrt((1 - a_t / a_n) (1 - a_n) / (1 - a_t)),  c2 = sqrt(1 - a_n - c1^2)
+       x_next = sqrt(a_n) x0_hat + c1 z + c2 eps                  (z ~ N(0, I); eta = 0: deterministic)
+DDPM:  beta = 1 - a_t / a_n
+       x0_hat = clip(sqrt(1 / a_t) x_t - sqrt(1 / a_t - 1) eps, -1, 1)
+       mean = (sqrt(a_n) beta x0_hat + sqrt(1 - beta) (1 - a_n) x_t) / (1 - a_t)
+       x_next = mean + [t > 0] sqrt(beta) z
+
+`eps_fn(x_t, t_batch)` is the model; it may keep state across calls (TBS's cross-timestep cache),
+which is why steps run strictly in the order above. `callback(step, t, x_t, eps)` sees every step.
+Noise comes from `noise_fn(shape)` (default: the rng's standard normal) so a golden case can
+replay stored noise. Coefficients are float64 and applied as Python floats, so x keeps its dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .schedule import Schedule
+
+EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Callback = Callable[[int, int, np.ndarray, np.ndarray], None]
+NoiseFn = Callable[[tuple[int, ...]], np.ndarray]
+
+
+def timestep_sequence(num_timesteps: int, steps: int) -> list[int]:
+    """ddim's uniform skip: range(0, T, T // S) (ascending)."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampling steps must be in 1..{num_timesteps}, got {steps}")
+    return list(range(0, num_timesteps, num_timesteps // steps))
+
+
+def step_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
+    """(t, t_next) in sampling order: [(seq[-1], seq[-2]), ..., (seq[0], -1)]."""
+    seq = timestep_sequence(num_timesteps, steps)
+    return list(zip(reversed(seq), reversed([-1] + seq[:-1])))
+
+
+def default_noise(rng: np.random.Generator | None, dtype: np.dtype) -> NoiseFn:
+    def draw(shape: tuple[int, ...]) -> np.ndarray:
+        if rng is None:
+            raise ValueError("this sampler draws noise: pass rng (a seeded Generator) or noise_fn")
+        return rng.standard_normal(shape).astype(dtype)
+
+    return draw
+
+
+def sample_ddim(
+    eps_fn: EpsFn,
+    x_T: np.ndarray,
+    schedule: Schedule,
+    steps: int,
+    eta: float = 0.0,
+    rng: np.random.Generator | None = None,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+) -> np.ndarray:
+    """Run DDIM from x_T [N, C, H, W]; returns x_0 [N, C, H, W] (not clipped)."""
+    noise_fn = noise_fn or default_noise(rng, x_T.dtype)
+    x = x_T
+    for step, (t, t_next) in enumerate(step_pairs(schedule.T, steps)):
+        a_t, a_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        eps = eps_fn(x, np.full(x.shape[0], t, dtype=np.int64))                  # [N, C, H, W]
+        if callback is not None:
+            callback(step, t, x, eps)
+        x0_hat = (x - float(np.sqrt(1 - a_t)) * eps) / float(np.sqrt(a_t))        # [N, C, H, W]
+        c1 = eta * np.sqrt((1 - a_t / a_n) * (1 - a_n) / (1 - a_t))
+        c2 = np.sqrt(1 - a_n - c1**2)
+        x = float(np.sqrt(a_n)) * x0_hat + float(c2) * eps                        # [N, C, H, W]
+        if eta > 0:
+            x = x + float(c1) * noise_fn(x.shape)                                 # [N, C, H, W]
+    return x
+
+
+def sample_ddpm(
+    eps_fn: EpsFn,
+    x_T: np.ndarray,
+    schedule: Schedule,
+    steps: int,
+    rng: np.random.Generator | None = None,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+) -> np.ndarray:
+    """Ancestral DDPM sampling from x_T over the same timestep sequence; returns x_0 [N, C, H, W]."""
+    noise_fn = noise_fn or default_noise(rng, x_T.dtype)
+    x = x_T
+    for step, (t, t_next) in enumerate(step_pairs(schedule.T, steps)):
+        a_t, a_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        beta = 1 - a_t / a_n
+        eps = eps_fn(x, np.full(x.shape[0], t, dtype=np.int64))                  # [N, C, H, W]
+        if callback is not None:
+            callback(step, t, x, eps)
+        x0_hat = np.clip(float(np.sqrt(1 / a_t)) * x - float(np.sqrt(1 / a_t - 1)) * eps, -1, 1)  # [N, C, H, W]
+        mean = (float(np.sqrt(a_n) * beta) * x0_hat + float(np.sqrt(1 - beta) * (1 - a_n)) * x) / float(1 - a_t)
+        x = mean if t == 0 else mean + float(np.sqrt(beta)) * noise_fn(x.shape)   # [N, C, H, W]
+    return x

@@ -1,0 +1,74 @@
+"""ddim's Upsample (nearest x2, then a 3x3 conv) and Downsample (pad (0,1,0,1), 3x3 stride-2 conv; or 2x2 avg pool).
+
+Dimensions: N batch, C channels, H, W input spatial.
+The convs are body layers (binarized in BiDM, shared DESIGN §2), built by a LayerFactory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .factory import DENSE, LayerFactory
+from .module import Module
+
+
+def upsample_nearest2x(x: np.ndarray) -> np.ndarray:
+    """x [N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated in a 2x2 block."""
+    return x.repeat(2, axis=2).repeat(2, axis=3)                                  # [N, C, 2H, 2W]
+
+
+def upsample_nearest2x_backward(dy: np.ndarray) -> np.ndarray:
+    """Adjoint: sum each 2x2 block. dy [N, C, 2H, 2W] -> [N, C, H, W]."""
+    N, C, H2, W2 = dy.shape
+    return dy.reshape(N, C, H2 // 2, 2, W2 // 2, 2).sum(axis=(3, 5))              # [N, C, H, W]
+
+
+def avg_pool2x(x: np.ndarray) -> np.ndarray:
+    """2x2 average pool, stride 2 (floor for odd sizes, as torch). [N, C, H, W] -> [N, C, H//2, W//2]."""
+    N, C, H, W = x.shape
+    x = x[:, :, : H // 2 * 2, : W // 2 * 2]                                       # [N, C, 2h, 2w]
+    return x.reshape(N, C, H // 2, 2, W // 2, 2).mean(axis=(3, 5))                # [N, C, h, w]
+
+
+def avg_pool2x_backward(dy: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
+    """Adjoint of avg_pool2x: dy/4 to each of the 4 inputs; rows/cols dropped by the floor get 0."""
+    dx = np.zeros(x_shape, dtype=dy.dtype)                                        # [N, C, H, W]
+    h, w = dy.shape[2], dy.shape[3]
+    dx[:, :, : 2 * h, : 2 * w] = upsample_nearest2x(dy) / 4                       # [N, C, 2h, 2w]
+    return dx
+
+
+class Upsample(Module):
+    """Nearest x2 then (with_conv) a 3x3 pad-1 conv named `conv`."""
+
+    def __init__(self, channels: int, with_conv: bool, *, rng: np.random.Generator, body: LayerFactory = DENSE) -> None:
+        super().__init__()
+        self.conv = self.add_child("conv", body.conv(channels, channels, 3, 1, 1, rng=rng)) if with_conv else None
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+        up = upsample_nearest2x(x)                                                # [N, C, 2H, 2W]
+        if self.conv is None:
+            return up, None
+        return self.conv.forward(up)                                              # [N, C, 2H, 2W]
+
+    def backward(self, dy: np.ndarray, cache: object) -> np.ndarray:
+        dup = dy if self.conv is None else self.conv.backward(dy, cache)          # [N, C, 2H, 2W]
+        return upsample_nearest2x_backward(dup)                                   # [N, C, H, W]
+
+
+class Downsample(Module):
+    """with_conv: zero pad (top 0, bottom 1, left 0, right 1) + 3x3 stride-2 conv `conv`; else 2x2 avg pool."""
+
+    def __init__(self, channels: int, with_conv: bool, *, rng: np.random.Generator, body: LayerFactory = DENSE) -> None:
+        super().__init__()
+        self.conv = self.add_child("conv", body.conv(channels, channels, 3, 2, (0, 1, 0, 1), rng=rng)) if with_conv else None
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+        if self.conv is None:
+            return avg_pool2x(x), x.shape                                         # [N, C, H/2, W/2]
+        return self.conv.forward(x)                                               # [N, C, H/2, W/2]
+
+    def backward(self, dy: np.ndarray, cache: object) -> np.ndarray:
+        if self.conv is None:
+            return avg_pool2x_backward(dy, cache)                                 # [N, C, H, W]
+        return self.conv.backward(dy, cache)                                      # [N, C, H, W]

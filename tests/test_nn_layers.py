@@ -1,0 +1,252 @@
+"""Finite-difference checks (float64, shapes from hypothesis) for every nn layer, plus forward twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from bidm_ref.nn.activation import SiLU
+from bidm_ref.nn.attention import AttnBlock
+from bidm_ref.nn.conv import Conv2d
+from bidm_ref.nn.dropout import Dropout
+from bidm_ref.nn.embedding import timestep_embedding
+from bidm_ref.nn.groupnorm import GroupNorm
+from bidm_ref.nn.linear import Linear
+from bidm_ref.nn.module import Module
+from bidm_ref.nn.resample import Downsample, Upsample
+from bidm_ref.nn.resblock import ResnetBlock
+from fdcheck import check_module
+
+seeds = st.integers(0, 2**31 - 1)
+
+
+def conv_nested_loops(x, weight, bias, stride, pad):
+    """Direct float64 definition of cross-correlation with zero padding (top, bottom, left, right)."""
+    top, bottom, left, right = pad
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    Ho = (H + top + bottom - kh) // stride + 1
+    Wo = (W + left + right - kw) // stride + 1
+    y = np.zeros((N, O, Ho, Wo))
+    for n in range(N):
+        for o in range(O):
+            for i in range(Ho):
+                for j in range(Wo):
+                    acc = 0.0 if bias is None else float(bias[o])
+                    for c in range(C):
+                        for a in range(kh):
+                            for b in range(kw):
+                                r, s = i * stride + a - top, j * stride + b - left
+                                if 0 <= r < H and 0 <= s < W:
+                                    acc += x[n, c, r, s] * weight[o, c, a, b]
+                    y[n, o, i, j] = acc
+    return y
+
+
+conv_cases = st.tuples(
+    st.integers(1, 2), st.integers(1, 4), st.integers(1, 4), st.integers(1, 7), st.integers(1, 7),
+    st.sampled_from([1, 2, 3]), st.sampled_from([1, 2]),
+    st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)), st.booleans(), seeds,
+)
+
+
+@given(conv_cases)
+def test_conv2d_forward_equals_nested_loops(case):
+    N, C, O, H, W, k, stride, pad, bias, seed = case
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(C, O, k, stride, pad, bias=bias, rng=rng).astype(np.float64)
+    x = rng.standard_normal((N, C, H, W))
+    y, _ = layer.forward(x)
+    expected = conv_nested_loops(x, layer.params["weight"], layer.params.get("bias"), stride, pad)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@given(conv_cases)
+def test_conv2d_backward_fd(case):
+    N, C, O, H, W, k, stride, pad, bias, seed = case
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(C, O, k, stride, pad, bias=bias, rng=rng)
+    check_module(layer, [rng.standard_normal((N, C, H, W))], layer.forward, rng)
+
+
+def test_conv2d_rejects_mismatched_input():
+    layer = Conv2d(3, 4, 3, 1, 1, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="does not fit weight"):
+        layer.forward(np.zeros((1, 2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        Conv2d(1, 1, 3, rng=np.random.default_rng(0)).forward(np.zeros((1, 1, 2, 2)))
+
+
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.booleans(), seeds)
+def test_linear_backward_fd(N, I, O, bias, seed):
+    rng = np.random.default_rng(seed)
+    layer = Linear(I, O, bias=bias, rng=rng)
+    check_module(layer, [rng.standard_normal((N, I))], layer.forward, rng)
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.booleans(), seeds)
+def test_groupnorm_backward_fd(N, G, per_group, H, W, affine, seed):
+    assume(per_group * H * W > 1)
+    rng = np.random.default_rng(seed)
+    layer = GroupNorm(G, G * per_group, eps=1e-6, affine=affine)
+    if affine:
+        layer.params["weight"][:] = rng.uniform(0.5, 1.5, G * per_group)
+        layer.params["bias"][:] = rng.standard_normal(G * per_group)
+    check_module(layer, [rng.standard_normal((N, G * per_group, H, W))], layer.forward, rng)
+
+
+def test_groupnorm_forward_statistics():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 3, 3)) * 5 + 2
+    y, _ = GroupNorm(3, 6, eps=0.0, affine=False).forward(x)
+    groups = y.reshape(2, 3, -1)
+    np.testing.assert_allclose(groups.mean(axis=2), 0, atol=1e-12)
+    np.testing.assert_allclose(groups.std(axis=2), 1, atol=1e-12)
+
+
+def test_groupnorm_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="cannot be split into 4 groups"):
+        GroupNorm(4, 6)
+
+
+@given(st.integers(1, 3), st.integers(1, 5), seeds)
+def test_silu_backward_fd(N, D, seed):
+    rng = np.random.default_rng(seed)
+    check_module(SiLU(), [rng.standard_normal((N, D)) * 3], SiLU().forward, rng)
+
+
+def test_silu_values_and_no_overflow():
+    x = np.array([-1000.0, -1.0, 0.0, 2.0, 1000.0])
+    y, _ = SiLU().forward(x)
+    np.testing.assert_allclose(y, [0.0, -1 / (1 + np.e), 0.0, 2 / (1 + np.exp(-2)), 1000.0], rtol=1e-15, atol=1e-300)
+
+
+@given(st.sampled_from([0.0, 0.1, 0.5]), seeds)
+def test_dropout_backward_fd_with_fixed_seed(p, seed):
+    rng = np.random.default_rng(seed)
+    layer = Dropout(p)
+    check_module(layer, [rng.standard_normal((3, 4, 2, 2))], lambda x: layer.forward(x, np.random.default_rng(seed)), rng)
+
+
+def test_dropout_eval_identity_and_train_statistics():
+    x = np.ones((200, 100))
+    y, _ = Dropout(0.25).forward(x)
+    assert y is x
+    y, _ = Dropout(0.25).forward(x, np.random.default_rng(0))
+    assert set(np.unique(y)) == {0.0, 1 / 0.75}
+    assert abs((y == 0).mean() - 0.25) < 0.01
+    with pytest.raises(ValueError, match="p must be in"):
+        Dropout(1.0)
+
+
+@given(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.booleans(), seeds)
+def test_upsample_backward_fd(N, C, H, W, with_conv, seed):
+    rng = np.random.default_rng(seed)
+    layer = Upsample(C, with_conv, rng=rng)
+    check_module(layer, [rng.standard_normal((N, C, H, W))], layer.forward, rng)
+
+
+def test_upsample_nearest_values():
+    x = np.arange(4.0).reshape(1, 1, 2, 2)
+    y, _ = Upsample(1, False, rng=np.random.default_rng(0)).forward(x)
+    np.testing.assert_array_equal(y[0, 0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+@given(st.integers(1, 2), st.integers(1, 4), st.integers(2, 7), st.integers(2, 7), st.booleans(), seeds)
+def test_downsample_backward_fd(N, C, H, W, with_conv, seed):
+    rng = np.random.default_rng(seed)
+    layer = Downsample(C, with_conv, rng=rng)
+    check_module(layer, [rng.standard_normal((N, C, H, W))], layer.forward, rng)
+
+
+def test_downsample_matches_ddim_asymmetric_padding():
+    """ddim pads (left 0, right 1, top 0, bottom 1) then convolves 3x3 stride 2 without padding."""
+    rng = np.random.default_rng(3)
+    layer = Downsample(2, True, rng=rng).astype(np.float64)
+    x = rng.standard_normal((1, 2, 6, 6))
+    y, _ = layer.forward(x)
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    expected = conv_nested_loops(xp, layer.conv.params["weight"], layer.conv.params["bias"], 2, (0, 0, 0, 0))
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    pooled, _ = Downsample(2, False, rng=rng).forward(x)
+    np.testing.assert_allclose(pooled[0, 1, 2, 1], x[0, 1, 4:6, 2:4].mean())
+
+
+def test_timestep_embedding_ddim_convention():
+    t = np.array([0, 1, 999])
+    emb = timestep_embedding(t, 8, np.float64)
+    freq = np.exp(-np.log(10000.0) * np.arange(4) / 3)
+    np.testing.assert_allclose(emb[:, :4], np.sin(t[:, None] * freq))
+    np.testing.assert_allclose(emb[:, 4:], np.cos(t[:, None] * freq))
+    assert freq[0] == 1.0 and np.isclose(freq[-1], 1e-4)
+    odd = timestep_embedding(t, 9, np.float64)
+    np.testing.assert_array_equal(odd[:, 8], 0)
+    with pytest.raises(ValueError, match="1-D"):
+        timestep_embedding(np.zeros((2, 2)), 8)
+
+
+def attention_direct(x, block):
+    """Per-position loops of ddim's attention, for the forward twin."""
+    h, _ = block.norm.forward(x)
+    q, k, v = (block.q.forward(h)[0], block.k.forward(h)[0], block.v.forward(h)[0])
+    N, C, H, W = x.shape
+    o = np.zeros_like(x)
+    for n in range(N):
+        qf, kf, vf = q[n].reshape(C, -1), k[n].reshape(C, -1), v[n].reshape(C, -1)
+        for i in range(H * W):
+            logits = np.array([qf[:, i] @ kf[:, j] for j in range(H * W)]) / np.sqrt(C)
+            a = np.exp(logits - logits.max())
+            a /= a.sum()
+            o[n].reshape(C, -1)[:, i] = vf @ a
+    return x + block.proj_out.forward(o)[0]
+
+
+@given(st.integers(1, 2), st.sampled_from([(1, 2), (2, 2), (2, 4)]), st.integers(1, 4), st.integers(1, 4), seeds)
+def test_attention_backward_fd_and_forward_twin(N, groups_ch, H, W, seed):
+    groups, C = groups_ch
+    rng = np.random.default_rng(seed)
+    block = AttnBlock(C, rng=rng, groups=groups)
+    x = rng.standard_normal((N, C, H, W))
+    check_module(block, [x], block.forward, rng)
+    np.testing.assert_allclose(block.forward(x)[0], attention_direct(x, block), rtol=1e-10, atol=1e-12)
+
+
+@given(st.integers(1, 2), st.sampled_from([(2, 2), (2, 4), (4, 2)]), st.integers(1, 4), st.integers(1, 4),
+       st.booleans(), st.sampled_from([0.0, 0.3]), seeds)
+def test_resnet_block_backward_fd(N, chans, H, W, conv_shortcut, p, seed):
+    ci, co = chans
+    rng = np.random.default_rng(seed)
+    block = ResnetBlock(ci, co, 5, p, rng=rng, conv_shortcut=conv_shortcut, groups=2)
+    inputs = [rng.standard_normal((N, ci, H, W)), rng.standard_normal((N, 5))]
+    check_module(block, inputs, lambda x, e: block.forward(x, e, np.random.default_rng(seed)), rng)
+
+
+def test_resnet_block_names_follow_ddim():
+    rng = np.random.default_rng(0)
+    names = [n for n, _ in ResnetBlock(4, 8, 6, 0.1, rng=rng, conv_shortcut=True, groups=2).named_parameters()]
+    assert names == [
+        "norm1.weight", "norm1.bias", "conv1.weight", "conv1.bias", "temb_proj.weight", "temb_proj.bias",
+        "norm2.weight", "norm2.bias", "conv2.weight", "conv2.bias", "conv_shortcut.weight", "conv_shortcut.bias",
+    ]
+
+
+def test_registry_zero_grad_and_state_dict():
+    rng = np.random.default_rng(0)
+    root = Module()
+    root.add_child("a", Linear(2, 3, rng=rng))
+    y, c = root.children["a"].forward(np.ones((1, 2), np.float32))
+    root.children["a"].backward(np.ones_like(y), c)
+    assert any(g.any() for _, g in root.named_grads())
+    root.zero_grad()
+    assert not any(g.any() for _, g in root.named_grads())
+    state = {k: v + 1 for k, v in root.state_dict().items()}
+    root.load_state_dict(state)
+    np.testing.assert_array_equal(root.state_dict()["a.bias"], state["a.bias"])
+    with pytest.raises(KeyError, match="missing"):
+        root.load_state_dict({"a.weight": state["a.weight"]})
+    with pytest.raises(ValueError, match="a.bias: model has shape"):
+        root.load_state_dict({"a.weight": state["a.weight"], "a.bias": np.zeros(4)})
