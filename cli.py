@@ -32,6 +32,46 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from bidm_ref.data.datasets import DataConfig, channels_of
+    from bidm_ref.diffusion.schedule import ScheduleConfig
+    from bidm_ref.models.config import preset
+    from bidm_ref.train.adam import AdamConfig
+    from bidm_ref.train.run import train_teacher
+    from bidm_ref.train.trainer import TrainConfig
+
+    data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
+                        ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
+                        out_dir=args.out)
+    train_teacher(preset(args.preset, channels_of(args.dataset)), data, ScheduleConfig(), AdamConfig(lr=args.lr),
+                  train, resume=args.resume)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import time
+
+    from bidm_ref.data.images import save_grid, save_npz_batch
+    from bidm_ref.diffusion.generate import SampleConfig, generate
+    from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
+    from bidm_ref.models.build import load_model
+
+    cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
+                       batch_size=args.batch_size)
+    model, run_config = load_model(args.weights, use_ema=not args.raw)
+    schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
+    shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
+    start = time.perf_counter()
+    images = generate(lambda: (lambda x, t: model.forward(x, t)[0]), shape, schedule, cfg)
+    elapsed = time.perf_counter() - start
+    save_grid(images, args.out)
+    print(f"wrote {args.out}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
+          f"({elapsed / cfg.n:.2f} s/image)")
+    if args.npz:
+        save_npz_batch(images, args.npz)
+        print(f"wrote {args.npz}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a preset's config and parameter count")
     p.add_argument("--preset", default="tiny", help="tiny | cifar10")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train the FP UNet (teacher) with the denoising loss")
+    p.add_argument("--preset", default="tiny", help="tiny | cifar10")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: "
+                   "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--out", default="run", help="output folder (ckpt.h5, loss.tsv)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid")
+    p.add_argument("--weights", required=True, help="checkpoint (.h5)")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
     p.add_argument("--what", default="conv", choices=["conv"], help="which benchmark")

@@ -18,31 +18,9 @@ from bidm_ref.nn.module import Module
 from bidm_ref.nn.resample import Downsample, Upsample
 from bidm_ref.nn.resblock import ResnetBlock
 from fdcheck import check_module
+from reference_ops import conv_nested_loops
 
 seeds = st.integers(0, 2**31 - 1)
-
-
-def conv_nested_loops(x, weight, bias, stride, pad):
-    """Direct float64 definition of cross-correlation with zero padding (top, bottom, left, right)."""
-    top, bottom, left, right = pad
-    N, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
-    Ho = (H + top + bottom - kh) // stride + 1
-    Wo = (W + left + right - kw) // stride + 1
-    y = np.zeros((N, O, Ho, Wo))
-    for n in range(N):
-        for o in range(O):
-            for i in range(Ho):
-                for j in range(Wo):
-                    acc = 0.0 if bias is None else float(bias[o])
-                    for c in range(C):
-                        for a in range(kh):
-                            for b in range(kw):
-                                r, s = i * stride + a - top, j * stride + b - left
-                                if 0 <= r < H and 0 <= s < W:
-                                    acc += x[n, c, r, s] * weight[o, c, a, b]
-                    y[n, o, i, j] = acc
-    return y
 
 
 conv_cases = st.tuples(

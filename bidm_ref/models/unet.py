@@ -60,7 +60,10 @@ class UNet(Module):
         super().__init__()
         self.cfg = cfg
         ch, E, nlev = cfg.ch, 4 * cfg.ch, len(cfg.ch_mult)
-        kw = dict(rng=rng, body=body, groups=cfg.groups)
+        def kw(resolution: int, groups: bool = True) -> dict:
+            """Constructor arguments of the blocks whose body layers see resolution x resolution inputs."""
+            return dict(rng=rng, body=body.at(resolution), **({"groups": cfg.groups} if groups else {}))
+
         self.act = SiLU()
 
         temb = self.add_child("temb", Module())
@@ -79,22 +82,22 @@ class UNet(Module):
             block_in, block_out = ch * in_mult[level], ch * cfg.ch_mult[level]
             units = []
             for _ in range(cfg.num_res_blocks):
-                block = blocks.append(ResnetBlock(block_in, block_out, E, cfg.dropout, **kw))
+                block = blocks.append(ResnetBlock(block_in, block_out, E, cfg.dropout, **kw(res)))
                 block_in = block_out
-                attn = attns.append(AttnBlock(block_in, **kw)) if res in cfg.attn_resolutions else None
+                attn = attns.append(AttnBlock(block_in, **kw(res))) if res in cfg.attn_resolutions else None
                 units.append(Unit(block, attn))
             self.down_units.append(units)
             sample = None
             if level != nlev - 1:
-                sample = node.add_child("downsample", Downsample(block_in, cfg.resamp_with_conv, **kw_no_groups(kw)))
+                sample = node.add_child("downsample", Downsample(block_in, cfg.resamp_with_conv, **kw(res, False)))
                 res //= 2
             self.downsamples.append(sample)
 
         mid = self.add_child("mid", Module())
         self.mid_units = [
-            Unit(mid.add_child("block_1", ResnetBlock(block_in, block_in, E, cfg.dropout, **kw)),
-                 mid.add_child("attn_1", AttnBlock(block_in, **kw))),
-            Unit(mid.add_child("block_2", ResnetBlock(block_in, block_in, E, cfg.dropout, **kw)), None),
+            Unit(mid.add_child("block_1", ResnetBlock(block_in, block_in, E, cfg.dropout, **kw(res))),
+                 mid.add_child("attn_1", AttnBlock(block_in, **kw(res)))),
+            Unit(mid.add_child("block_2", ResnetBlock(block_in, block_in, E, cfg.dropout, **kw(res))), None),
         ]
 
         up_nodes: dict[int, Module] = {}
@@ -107,14 +110,14 @@ class UNet(Module):
             units = []
             for i in range(cfg.num_res_blocks + 1):
                 skip_in = ch * (in_mult[level] if i == cfg.num_res_blocks else cfg.ch_mult[level])
-                block = blocks.append(ResnetBlock(block_in + skip_in, block_out, E, cfg.dropout, **kw))
+                block = blocks.append(ResnetBlock(block_in + skip_in, block_out, E, cfg.dropout, **kw(res)))
                 block_in = block_out
-                attn = attns.append(AttnBlock(block_in, **kw)) if res in cfg.attn_resolutions else None
+                attn = attns.append(AttnBlock(block_in, **kw(res))) if res in cfg.attn_resolutions else None
                 units.append(Unit(block, attn))
             self.up_units[level] = units
             sample = None
             if level != 0:
-                sample = node.add_child("upsample", Upsample(block_in, cfg.resamp_with_conv, **kw_no_groups(kw)))
+                sample = node.add_child("upsample", Upsample(block_in, cfg.resamp_with_conv, **kw(2 * res, False)))
                 res *= 2
             self.upsamples[level] = sample
         up = self.add_child("up", ModuleList())
@@ -227,7 +230,3 @@ class UNet(Module):
         self.dense[0].backward(de, c_d0)                                          # [N, ch]
         return dx
 
-
-def kw_no_groups(kw: dict) -> dict:
-    """Up/Downsample take rng and body but no GroupNorm groups."""
-    return {k: v for k, v in kw.items() if k != "groups"}

@@ -6,14 +6,14 @@ SiLU (swish): y = x * sigmoid(x);  dy/dx = s + x * s * (1 - s) with s = sigmoid(
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .module import Module
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function (no overflow for large |x|)."""
-    e = np.exp(-np.abs(x))                                                        # [...]
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    """Logistic function 1 / (1 + exp(-x)), without overflow for large |x| (scipy's expit), in x's dtype."""
+    return expit(x)
 
 
 class SiLU(Module):

@@ -18,6 +18,11 @@ from .module import Module
 
 
 class LayerFactory(Protocol):
+    """`at(resolution)` returns the factory for layers whose input is resolution x resolution
+    (some binarizers, e.g. XNOR++, have parameters over the output's spatial size)."""
+
+    def at(self, resolution: int) -> LayerFactory: ...
+
     def conv(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: Padding,
         *, rng: np.random.Generator,
@@ -28,6 +33,9 @@ class LayerFactory(Protocol):
 
 class DenseLayers:
     """The full-precision factory: Conv2d and Linear with bias, as ddim."""
+
+    def at(self, resolution: int) -> DenseLayers:
+        return self
 
     def conv(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: Padding,

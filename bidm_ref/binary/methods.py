@@ -1,0 +1,80 @@
+"""The binarization methods by name, and the LayerFactory that builds their layers.
+
+Each method gives a binary conv and a binary linear class; `BinaryLayers(method)` is the
+LayerFactory the UNet builds its body layers with (shared BIDM.md §2 lists which layers).
+Methods whose layers have parameters over the output's spatial size (XNOR++) read the
+resolution given by `at(resolution)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..nn.conv import Padding
+from ..nn.module import Module
+from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, ScaledBinaryOptions
+
+
+@dataclass(frozen=True)
+class Method:
+    """conv(cin, cout, k, stride, pad, resolution, rng) and linear(fin, fout, rng) constructors."""
+
+    conv: Callable[..., Module]
+    linear: Callable[..., Module]
+    description: str
+
+
+def scaled(options: ScaledBinaryOptions, description: str) -> Method:
+    return Method(
+        conv=lambda cin, cout, k, stride, pad, resolution, rng: BinaryConv2d(cin, cout, k, stride, pad, rng=rng, options=options),
+        linear=lambda fin, fout, rng: BinaryLinear(fin, fout, rng=rng, options=options),
+        description=description,
+    )
+
+
+METHODS: dict[str, Method] = {
+    "bidm": scaled(BIDM, "BiDM: learnable K filter, learnable threshold, ApproxSign, scaled FP shortcut"),
+    "xnor": scaled(XNOR, "XNOR-Net (Vanilla): fixed K = 1/(kh*kw), no threshold, clipped STE"),
+    "xnor_k": scaled(XNOR_LEARN_K, "Vanilla + learnable k (BiDM ablation)"),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown binarization method {name!r}: choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+class BinaryLayers:
+    """LayerFactory building `method`'s binary layers at a given input resolution."""
+
+    def __init__(self, method: str, resolution: int = 0) -> None:
+        self.method_name = method
+        self.method = get_method(method)
+        self.resolution = resolution
+
+    def at(self, resolution: int) -> BinaryLayers:
+        return BinaryLayers(self.method_name, resolution)
+
+    def conv(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: Padding,
+        *, rng: np.random.Generator,
+    ) -> Module:
+        return self.method.conv(in_channels, out_channels, kernel_size, stride, padding, self.resolution, rng)
+
+    def linear(self, in_features: int, out_features: int, *, rng: np.random.Generator) -> Module:
+        return self.method.linear(in_features, out_features, rng)
+
+
+def binary_layers(model: Module) -> list[tuple[str, Module]]:
+    """(dotted name, layer) of every binary layer in `model` (those with a `binarize` switch)."""
+    return [(name, m) for name, m in model.named_modules() if hasattr(m, "binarize")]
+
+
+def set_binarize(model: Module, on: bool) -> None:
+    """Switch every binary layer between binary and full-precision ("full" mode of the official code)."""
+    for _, layer in binary_layers(model):
+        layer.binarize = on
