@@ -37,15 +37,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
     from bidm_ref.train.adam import AdamConfig
-    from bidm_ref.train.run import train_teacher
+    from bidm_ref.train.run import StudentConfig, train
     from bidm_ref.train.trainer import TrainConfig
 
     data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
                         ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
                         out_dir=args.out)
-    train_teacher(preset(args.preset, channels_of(args.dataset)), data, ScheduleConfig(), AdamConfig(lr=args.lr),
-                  train, resume=args.resume)
+    if args.method == "fp":
+        model, student = preset(args.preset, channels_of(args.dataset)), None
+    else:
+        if not args.teacher:
+            raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
+        model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
+    train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train, model_cfg=model, student=student, resume=args.resume)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -72,6 +77,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"wrote {args.npz}")
 
 
+def method_names() -> list[str]:
+    from bidm_ref.binary.methods import METHODS
+
+    return sorted(METHODS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="tiny | cifar10")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train the FP UNet (teacher) with the denoising loss")
-    p.add_argument("--preset", default="tiny", help="tiny | cifar10")
+    p = sub.add_parser("train", help="train the FP UNet (teacher) or a binary student with the denoising loss")
+    p.add_argument("--method", default="fp", help="fp (teacher) or a binarization method: " + ", ".join(method_names()))
+    p.add_argument("--teacher", default=None, help="FP teacher checkpoint a binary student starts from")
+    p.add_argument("--preset", default="tiny", help="tiny | cifar10 (FP only; a student takes its teacher's)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: "
                    "/usr/share/datasets/fashion-mnist)")

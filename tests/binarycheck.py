@@ -14,6 +14,12 @@ from contextlib import contextmanager
 import numpy as np
 
 
+def away_from_kinks(a: np.ndarray, margin: float = 1e-3) -> np.ndarray:
+    """Push values off 0 and +-1 (sign and clip kinks) so finite differences never straddle one."""
+    a = np.where(np.abs(a) < margin, margin, a)
+    return np.where(np.abs(np.abs(a) - 1) < margin, a + 2 * margin * np.sign(a), a)
+
+
 class StraightThrough:
     """q's value frozen at the first input seen, q's surrogate slope around it."""
 

@@ -12,18 +12,12 @@ from bidm_ref.binary.methods import METHODS, BinaryLayers, get_method
 from bidm_ref.binary.quantizers import ApproxSign, ClippedSign, ScaledSignWeights, sign
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.linear import Linear
-from binarycheck import surrogate_mode
+from binarycheck import away_from_kinks, surrogate_mode
 from fdcheck import check_module
 from reference_ops import conv_nested_loops, pm1
 
 seeds = st.integers(0, 2**31 - 1)
 OPTIONS = {"bidm": BIDM, "xnor": XNOR, "xnor_k": XNOR_LEARN_K}
-
-
-def away_from_kinks(a, margin=1e-3):
-    """Push values off 0 and +-1 (sign and clip kinks) so finite differences never straddle one."""
-    a = np.where(np.abs(a) < margin, margin, a)
-    return np.where(np.abs(np.abs(a) - 1) < margin, a + 2 * margin * np.sign(a), a)
 
 
 def randomise(layer, rng):

@@ -17,7 +17,7 @@ from bidm_ref.models.config import UNetConfig
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.train.checkpoint import load_checkpoint
-from bidm_ref.train.run import train_teacher
+from bidm_ref.train.run import train
 from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, run_config_dict
 
 MICRO = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1,
@@ -84,7 +84,7 @@ def test_train_teacher_from_idx_files_and_sample_loader(tmp_path):
     write_idx_dataset(tmp_path)
     data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
     cfg = TrainConfig(steps=30, batch_size=8, seed=0, ckpt_every=100, out_dir=str(tmp_path / "run"))
-    trainer = train_teacher(MICRO, data, ScheduleConfig(), AdamConfig(lr=3e-3), cfg, progress=False)
+    trainer = train(data, ScheduleConfig(), AdamConfig(lr=3e-3), cfg, model_cfg=MICRO, progress=False)
     rows = (tmp_path / "run" / "loss.tsv").read_text().splitlines()
     assert rows[0] == "step\tloss\tgrad_norm" and len(rows) == 31
     losses = [float(r.split("\t")[1]) for r in rows[1:]]
@@ -99,4 +99,4 @@ def test_train_teacher_rejects_channel_mismatch(tmp_path):
     data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
     rgb = UNetConfig(**{**MICRO.__dict__, "in_channels": 3, "out_ch": 3})
     with pytest.raises(ValueError, match="expects"):
-        train_teacher(rgb, data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, out_dir=str(tmp_path)), progress=False)
+        train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, out_dir=str(tmp_path)), model_cfg=rgb, progress=False)
