@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.train.trainer import TrainConfig
 
     data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
                         ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
                         out_dir=args.out)
     if args.method == "fp":
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
         model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
-    train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train, model_cfg=model, student=student, resume=args.resume)
+    train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, resume=args.resume)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -75,6 +75,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.npz:
         save_npz_batch(images, args.npz)
         print(f"wrote {args.npz}")
+
+
+def cmd_import_ddim(args: argparse.Namespace) -> None:
+    from bidm_ref.models.config import preset
+    from bidm_ref.models.import_ddim import import_ddim
+
+    import_ddim(args.ckpt, args.out, preset(args.preset))
+    print(f"wrote {args.out}")
 
 
 def method_names() -> list[str]:
@@ -124,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png")
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("import-ddim", help="convert an ermongroup/ddim checkpoint (torch file) to our HDF5")
+    p.add_argument("ckpt", help="ddim checkpoint, e.g. model-790000.ckpt or ckpt.pth")
+    p.add_argument("out", help="output .h5")
+    p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
+    p.set_defaults(func=cmd_import_ddim)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
     p.add_argument("--what", default="conv", choices=["conv"], help="which benchmark")

@@ -4,7 +4,9 @@ A binary layer's backward is the exact derivative of the layer with every quanti
 by its straight-through surrogate around the current point u0:
     q_st(u) = q(u0) + S(u) - S(u0)        (value q(u0) at u0, slope S'(u))
 `surrogate_mode(layer)` swaps each quantizer attribute of every sub-layer for such a wrapper,
-so `fdcheck.check_module` then checks the hand-written pseudo-gradients.
+so `fdcheck.check_module` then checks the hand-written pseudo-gradients. Surrogates have kinks
+(clip at +-1, ReSTE's +-0.1 and +-1.5, |W| at 0): `away_from_kinks` and `randomise` keep the
+checked values a margin away from them, so no central difference straddles one.
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ from contextlib import contextmanager
 import numpy as np
 
 
-def away_from_kinks(a: np.ndarray, margin: float = 1e-3) -> np.ndarray:
-    """Push values off 0 and +-1 (sign and clip kinks) so finite differences never straddle one."""
+def away_from_kinks(a: np.ndarray, margin: float = 1e-3, kinks: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """Push values off 0 and off +-k for every k in `kinks` (sign and clip kinks) so finite differences never
+    straddle one."""
     a = np.where(np.abs(a) < margin, margin, a)
-    return np.where(np.abs(np.abs(a) - 1) < margin, a + 2 * margin * np.sign(a), a)
+    for k in kinks:
+        a = np.where(np.abs(np.abs(a) - k) < margin, a + 2 * margin * np.sign(a), a)
+    return a
+
+
+def randomise(layer, rng: np.random.Generator, kinks: tuple[float, ...] = (1.0,)) -> None:
+    """Move every parameter off its init (and off the kinks) so all terms of the backward are exercised."""
+    for name, p in layer.named_parameters():
+        p[...] = away_from_kinks(rng.standard_normal(p.shape) * (0.6 if name.endswith("weight") else 0.3), kinks=kinks)
 
 
 class StraightThrough:
@@ -54,3 +65,4 @@ def surrogate_mode(model):
     finally:
         for module, attr, value in swapped:
             setattr(module, attr, value)
+

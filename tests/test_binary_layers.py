@@ -12,18 +12,12 @@ from bidm_ref.binary.methods import METHODS, BinaryLayers, get_method
 from bidm_ref.binary.quantizers import ApproxSign, ClippedSign, ScaledSignWeights, sign
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.linear import Linear
-from binarycheck import away_from_kinks, surrogate_mode
+from binarycheck import away_from_kinks, randomise, surrogate_mode
 from fdcheck import check_module
-from reference_ops import conv_nested_loops, pm1
+from reference_ops import conv_nested_loops, pm1, shortcut_reference
 
 seeds = st.integers(0, 2**31 - 1)
 OPTIONS = {"bidm": BIDM, "xnor": XNOR, "xnor_k": XNOR_LEARN_K}
-
-
-def randomise(layer, rng):
-    """Move every parameter off its init so all terms of the backward are exercised."""
-    for name, p in layer.named_parameters():
-        p[...] = away_from_kinks(rng.standard_normal(p.shape) * (0.6 if name.endswith("weight") else 0.3))
 
 
 conv_cases = st.tuples(
@@ -59,13 +53,8 @@ def scaled_conv_reference(layer, x):
     z = conv_nested_loops(pm1(x + tau[:, None, None]), pm1(w), None, layer.stride, layer.padding)
     z *= alpha[None, :, None, None]
     k_map = conv_nested_loops(np.abs(x).mean(axis=1, keepdims=True), k_w, k_b, layer.stride, layer.padding)
-    if layer.shortcut is not None:
-        sc = conv_nested_loops(x, layer.shortcut.params["weight"], layer.shortcut.params["bias"], layer.stride, 0)
-    elif layer.stride == 2:
-        sc = x.reshape(x.shape[0], x.shape[1], x.shape[2] // 2, 2, x.shape[3] // 2, 2).mean(axis=(3, 5))
-    else:
-        sc = x
-    return z * k_map + layer.params["shortcut_scale"] * sc
+    conv = None if layer.shortcut is None else (layer.shortcut.params["weight"], layer.shortcut.params["bias"])
+    return z * k_map + layer.params["shortcut_scale"] * shortcut_reference(x, layer.stride, conv)
 
 
 @given(conv_cases)

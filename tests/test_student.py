@@ -73,3 +73,30 @@ def test_student_training_and_loading(tmp_path):
     with pytest.raises(ValueError, match="not an FP teacher"):
         train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, out_dir=str(tmp_path / "x")),
               student=StudentConfig("xnor", str(tmp_path / "student" / "ckpt.h5")), progress=False)
+
+
+def test_xnorpp_gamma_rederived_from_teacher_weights():
+    teacher = UNet(SMALL, rng=np.random.default_rng(0))
+    student = build_student(SMALL, "xnorpp", teacher.state_dict(), np.random.default_rng(1))
+    w = teacher.state_dict()["down.0.block.0.conv1.weight"]
+    np.testing.assert_allclose(student.state_dict()["down.0.block.0.conv1.gamma_out"],
+                               np.abs(w).mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+def test_trainer_anneals_reste_exponent(tmp_path):
+    from bidm_ref.binary.reste import reste_exponent
+    from bidm_ref.data.batches import BatchSampler
+    from bidm_ref.diffusion.objective import DenoisingObjective
+    from bidm_ref.diffusion.schedule import Schedule
+    from bidm_ref.train.trainer import Trainer, run_config_dict
+
+    student = build_student(SMALL, "reste", UNet(SMALL, rng=np.random.default_rng(0)).state_dict(),
+                            np.random.default_rng(1))
+    cfg = TrainConfig(steps=4, batch_size=2, out_dir=str(tmp_path))
+    images = np.random.default_rng(2).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    trainer = Trainer(student, DenoisingObjective(student, Schedule()), BatchSampler(images, 2, 0), cfg,
+                      AdamConfig(), run_config_dict(model=SMALL, train=cfg))
+    layer = dict(student.named_modules())["down.0.block.0.conv1"]
+    for step in range(3):
+        trainer.train_step()
+        assert layer.act.o == reste_exponent(step / 4, layer.o_end)

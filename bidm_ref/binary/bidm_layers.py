@@ -9,10 +9,9 @@ Binary conv (Zheng et al. 2024, §3.2 "learnable k"; official code `BNNConv2d`):
     u     = x + tau                                      [N, C, H, W]    tau: per-input-channel threshold
     z     = conv2d(sign(u), alpha * sign(W))             [N, O, Ho, Wo]  alpha [O] = mean |W| per output channel
     y     = z * K + s * shortcut(x)                      [N, O, Ho, Wo]
-shortcut(x) (full precision, ReActNet-style): x when shapes match, 2x2 average pool for stride 2,
-an FP 1x1 conv `shortcut` (stride as the layer) when C != O. s (`shortcut_scale`) starts at 0
-(the CIFAR code). k_weight starts at 1/(kh*kw) (XNOR-Net's K), k_bias at 0 (the official code
-leaves torch's random bias; we start exactly at XNOR's K).
+s * shortcut(x) is the FP path of shortcut.py (identity, 2x2 average pool for stride 2, FP 1x1 conv
+`shortcut` when C != O; s = `shortcut_scale` starts at 0, the CIFAR code). k_weight starts at
+1/(kh*kw) (XNOR-Net's K), k_bias at 0 (the official code leaves torch's random bias; we start exactly at XNOR's K).
 
 Backward, line by line (STE: sign' is replaced by the quantizers' pseudo-gradients):
     dz = dy * K;  dK = sum_o dy * z;  ds = sum dy * shortcut(x)
@@ -23,7 +22,7 @@ Backward, line by line (STE: sign' is replaced by the quantizers' pseudo-gradien
 Variants (one class, flags): BiDM = learnable k, learnable tau, ApproxSign; XNOR-Net ("Vanilla")
 = k fixed at 1/(kh*kw), tau = 0, clipped STE; "Vanilla + learnable k" = learnable k only.
 With `binarize = False` the layer is the FP layer it replaced, y = conv(x, W) + b (the official
-code's "full" mode); `bias` is kept for that mode and unused when binarized.
+code's "full" mode, switchable.py); `bias` is kept for that mode and unused when binarized.
 
 Binary linear (temb_proj): y = sign(x + tau) (alpha * sign(W))^T, per-row alpha, no K, no shortcut,
 no bias. The official code's forward uses sign(x) without tau while its backward uses x + tau; we
@@ -36,11 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..nn.conv import Conv2d, Padding, as_padding, conv2d, conv2d_backward
-from ..nn.init import uniform_fan_in
-from ..nn.module import Module
-from ..nn.resample import avg_pool2x, avg_pool2x_backward
+from ..nn.conv import Padding, conv2d, conv2d_backward
 from .quantizers import ApproxSign, ClippedSign, ScaledSignWeights
+from .shortcut import ScaledShortcut
+from .switchable import SwitchableConv2d, SwitchableLinear
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ XNOR = ScaledBinaryOptions(learn_k=False, learn_tau=False, approx_sign=False)
 XNOR_LEARN_K = ScaledBinaryOptions(learn_k=True, learn_tau=False, approx_sign=False)
 
 
-class BinaryConv2d(Module):
+class BinaryConv2d(SwitchableConv2d, ScaledShortcut):
     """Params `weight`, `bias` (FP mode only), [`tau`], [`k_weight`, `k_bias`], `shortcut_scale`, [`shortcut.*`]."""
 
     def __init__(
@@ -71,26 +69,16 @@ class BinaryConv2d(Module):
         rng: np.random.Generator,
         options: ScaledBinaryOptions = BIDM,
     ) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"BinaryConv2d supports stride 1 or 2 (its shortcut), got {stride}")
-        self.stride, self.padding, self.options = stride, as_padding(padding), options
-        self.binarize = True
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, rng=rng)
+        self.options = options
         self.act = ApproxSign() if options.approx_sign else ClippedSign()
         self.weights = ScaledSignWeights()
-        fan_in = in_channels * kernel_size * kernel_size
-        self.add_param("weight", uniform_fan_in(rng, (out_channels, in_channels, kernel_size, kernel_size), fan_in))
-        self.add_param("bias", uniform_fan_in(rng, (out_channels,), fan_in))
         if options.learn_tau:
             self.add_param("tau", np.zeros(in_channels, dtype=np.float32))
-        self.kernel_size = kernel_size
         if options.learn_k:
             self.add_param("k_weight", self.xnor_k_filter(np.float32))
             self.add_param("k_bias", np.zeros(1, dtype=np.float32))
-        self.add_param("shortcut_scale", np.zeros(1, dtype=np.float32))
-        self.shortcut = None
-        if in_channels != out_channels:
-            self.shortcut = self.add_child("shortcut", Conv2d(in_channels, out_channels, 1, stride, 0, rng=rng))
+        self.init_shortcut(in_channels, out_channels, stride, rng)
 
     def xnor_k_filter(self, dtype: np.dtype) -> np.ndarray:
         """XNOR-Net's fixed K filter: 1/(kh*kw) everywhere, [1, 1, kh, kw]."""
@@ -102,26 +90,8 @@ class BinaryConv2d(Module):
             return self.params["k_weight"], self.params["k_bias"]
         return self.xnor_k_filter(dtype), None
 
-    def shortcut_forward(self, x: np.ndarray) -> tuple[np.ndarray, object]:
-        """The FP path: identity, 2x2 avg pool (stride 2) or the 1x1 `shortcut` conv. [N, O, Ho, Wo]."""
-        if self.shortcut is not None:
-            return self.shortcut.forward(x)
-        if self.stride == 2:
-            return avg_pool2x(x), None
-        return x, None
-
-    def shortcut_backward(self, dy: np.ndarray, cache: object, x_shape: tuple[int, ...]) -> np.ndarray:
-        if self.shortcut is not None:
-            return self.shortcut.backward(dy, cache)                              # [N, C, H, W]
-        if self.stride == 2:
-            return avg_pool2x_backward(dy, x_shape)                               # [N, C, H, W]
-        return dy                                                                 # [N, C, H, W]
-
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    def binary_forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         w = self.params["weight"]                                                 # [O, C, kh, kw]
-        if not self.binarize:
-            y, cols = conv2d(x, w, self.params["bias"], self.stride, self.padding)  # [N, O, Ho, Wo]
-            return y, ("full", cols, x.shape)
         C = x.shape[1]
         a = np.abs(x).mean(axis=1, keepdims=True)                                 # [N, 1, H, W]
         k_weight, k_bias = self.k_filter(x.dtype)
@@ -129,27 +99,14 @@ class BinaryConv2d(Module):
         u = x + self.params["tau"][:, None, None] if self.options.learn_tau else x  # [N, C, H, W]
         wb = self.weights(w)                                                      # [O, C, kh, kw]
         z, cols_b = conv2d(self.act(u), wb, None, self.stride, self.padding)      # [N, O, Ho, Wo]
-        sc, c_sc = self.shortcut_forward(x)                                       # [N, O, Ho, Wo]
-        if sc.shape != z.shape:
-            raise ValueError(
-                f"BinaryConv2d: shortcut gives {sc.shape} but the conv gives {z.shape}; the FP shortcut "
-                "needs even H, W with stride 2 (as in the UNet)"
-            )
-        y = z * k_map + self.params["shortcut_scale"] * sc                        # [N, O, Ho, Wo]
-        return y, ("binary", x, u, wb, z, k_map, cols_a, cols_b, sc, c_sc, C)
+        sc, c_sc = self.shortcut_forward(x, z.shape)                              # [N, O, Ho, Wo]
+        y = z * k_map + sc                                                        # [N, O, Ho, Wo]
+        return y, (x, u, wb, z, k_map, cols_a, cols_b, c_sc, C)
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
+    def binary_backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
         w = self.params["weight"]                                                 # [O, C, kh, kw]
-        if cache[0] == "full":
-            _, cols, x_shape = cache
-            dx, dw, db = conv2d_backward(dy, cols, w, x_shape, self.stride, self.padding)
-            self.grads["weight"] += dw
-            self.grads["bias"] += db
-            return dx                                                             # [N, C, H, W]
-        _, x, u, wb, z, k_map, cols_a, cols_b, sc, c_sc, C = cache
-        s = self.params["shortcut_scale"]
-        self.grads["shortcut_scale"] += np.sum(dy * sc)                           # [1]
-        dx = self.shortcut_backward(s * dy, c_sc, x.shape)                        # [N, C, H, W]
+        x, u, wb, z, k_map, cols_a, cols_b, c_sc, C = cache
+        dx = self.shortcut_backward(dy, c_sc)                                     # [N, C, H, W]
         dz = dy * k_map                                                           # [N, O, Ho, Wo]
         dk_map = np.sum(dy * z, axis=1, keepdims=True)                            # [N, 1, Ho, Wo]
         dxb, dwb, _ = conv2d_backward(dz, cols_b, wb, x.shape, self.stride, self.padding)  # [N, C, H, W], [O, C, kh, kw]
@@ -165,39 +122,27 @@ class BinaryConv2d(Module):
         return dx + du + np.sign(x) * da / C                                      # [N, C, H, W]
 
 
-class BinaryLinear(Module):
+class BinaryLinear(SwitchableLinear):
     """Params `weight` [O, I], `bias` (FP mode only), [`tau`] [I]."""
 
     def __init__(
         self, in_features: int, out_features: int, *, rng: np.random.Generator, options: ScaledBinaryOptions = BIDM
     ) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, rng=rng)
         self.options = options
-        self.binarize = True
         self.act = ApproxSign() if options.approx_sign else ClippedSign()
         self.weights = ScaledSignWeights()
-        self.add_param("weight", uniform_fan_in(rng, (out_features, in_features), in_features))
-        self.add_param("bias", uniform_fan_in(rng, (out_features,), in_features))
         if options.learn_tau:
             self.add_param("tau", np.zeros(in_features, dtype=np.float32))
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-        w = self.params["weight"]                                                 # [O, I]
-        if not self.binarize:
-            return x @ w.T + self.params["bias"], ("full", x)                     # [N, O]
+    def binary_forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         u = x + self.params["tau"] if self.options.learn_tau else x               # [N, I]
-        xb, wb = self.act(u), self.weights(w)                                     # [N, I], [O, I]
-        return xb @ wb.T, ("binary", u, xb, wb)                                   # [N, O]
+        xb, wb = self.act(u), self.weights(self.params["weight"])                 # [N, I], [O, I]
+        return xb @ wb.T, (u, xb, wb)                                             # [N, O]
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
-        w = self.params["weight"]                                                 # [O, I]
-        if cache[0] == "full":
-            x = cache[1]
-            self.grads["weight"] += dy.T @ x                                      # [O, I]
-            self.grads["bias"] += dy.sum(axis=0)                                  # [O]
-            return dy @ w                                                         # [N, I]
-        _, u, xb, wb = cache
-        self.grads["weight"] += self.weights.grad(w, dy.T @ xb)                   # [O, I]
+    def binary_backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
+        u, xb, wb = cache
+        self.grads["weight"] += self.weights.grad(self.params["weight"], dy.T @ xb)  # [O, I]
         du = self.act.grad(u, dy @ wb)                                            # [N, I]
         if self.options.learn_tau:
             self.grads["tau"] += du.sum(axis=0)                                   # [I]

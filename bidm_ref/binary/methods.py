@@ -16,6 +16,10 @@ import numpy as np
 from ..nn.conv import Padding
 from ..nn.module import Module
 from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, ScaledBinaryOptions
+from .dorefa import DoReFaConv2d, DoReFaLinear
+from .reactnet import ReActNetConv2d, reactnet_linear
+from .reste import ReSTEConv2d, ReSTELinear
+from .xnorpp import XnorPPConv2d, XnorPPLinear
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,28 @@ METHODS: dict[str, Method] = {
     "bidm": scaled(BIDM, "BiDM: learnable K filter, learnable threshold, ApproxSign, scaled FP shortcut"),
     "xnor": scaled(XNOR, "XNOR-Net (Vanilla): fixed K = 1/(kh*kw), no threshold, clipped STE"),
     "xnor_k": scaled(XNOR_LEARN_K, "Vanilla + learnable k (BiDM ablation)"),
+    "xnorpp": Method(
+        conv=lambda cin, cout, k, stride, pad, resolution, rng: XnorPPConv2d(
+            cin, cout, k, stride, pad, rng=rng, resolution=resolution
+        ),
+        linear=lambda fin, fout, rng: XnorPPLinear(fin, fout, rng=rng),
+        description="XNOR-Net++: learned output scale Gamma = a (x) b (x) c over (O, Ho, Wo), clipped STE",
+    ),
+    "dorefa": Method(
+        conv=lambda cin, cout, k, stride, pad, resolution, rng: DoReFaConv2d(cin, cout, k, stride, pad, rng=rng),
+        linear=lambda fin, fout, rng: DoReFaLinear(fin, fout, rng=rng),
+        description="DoReFa-Net 1 bit: sign(W) * mean|W| per layer with identity STE, sign(x) with clipped STE",
+    ),
+    "reactnet": Method(
+        conv=lambda cin, cout, k, stride, pad, resolution, rng: ReActNetConv2d(cin, cout, k, stride, pad, rng=rng),
+        linear=lambda fin, fout, rng: reactnet_linear(fin, fout, rng=rng),
+        description="ReActNet: RSign (threshold, ApproxSign), mean|W| per channel, scaled FP shortcut, RPReLU",
+    ),
+    "reste": Method(
+        conv=lambda cin, cout, k, stride, pad, resolution, rng: ReSTEConv2d(cin, cout, k, stride, pad, rng=rng),
+        linear=lambda fin, fout, rng: ReSTELinear(fin, fout, rng=rng),
+        description="ReSTE: sign forward, power-function backward with o annealed 1 -> 3 (set_progress), mean|W| per layer",
+    ),
 }
 
 
@@ -78,3 +104,17 @@ def set_binarize(model: Module, on: bool) -> None:
     """Switch every binary layer between binary and full-precision ("full" mode of the official code)."""
     for _, layer in binary_layers(model):
         layer.binarize = on
+
+
+def init_from_weights(model: Module) -> None:
+    """Let layers whose init depends on their weights (XNOR++'s Gamma) re-derive it after a teacher load."""
+    for _, layer in model.named_modules():
+        if hasattr(layer, "init_from_weights"):
+            layer.init_from_weights()
+
+
+def set_progress(model: Module, fraction: float) -> None:
+    """Tell annealed binarizers (ReSTE's exponent o) how far training is, in [0, 1]."""
+    for _, layer in model.named_modules():
+        if hasattr(layer, "set_progress"):
+            layer.set_progress(fraction)

@@ -82,3 +82,62 @@ class ScaledSignWeights:
 
     def surrogate(self, w: np.ndarray) -> np.ndarray:
         return np.clip(w, -1, 1)
+
+
+class LayerScaledSignWeights:
+    """Weights E * sign(W) with one scale E = mean |W| over the whole tensor (DoReFa-Net's 1-bit weights).
+
+    Zhou et al. 2016, §2.2 (binarized weights): forward r_o = sign(r_i) * E(|r_i|), backward
+    dc/dr_i = dc/dr_o; the official tensorpack code takes E under stop_gradient and overrides
+    sign's gradient by the identity:
+    forward:     E * sign(W),  E = mean |W| over all axes (a scalar, a constant: no gradient)
+    surrogate:   S(W) = W
+    pseudo-grad: dS/dW = 1     (identity STE, no clipping)
+    """
+
+    def scale(self, w: np.ndarray) -> np.ndarray:
+        """E, a 0-d array in w's dtype."""
+        return np.abs(w).mean()                                                   # []
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        return self.scale(w) * sign(w)                                            # [O, ...]
+
+    def grad(self, w: np.ndarray, dv: np.ndarray) -> np.ndarray:
+        return dv                                                                 # [O, ...]
+
+    def surrogate(self, w: np.ndarray) -> np.ndarray:
+        return w
+
+
+class RectifiedSign:
+    """ReSTE's rectified straight-through estimator (Wu et al. 2023): sign forward, a power function backward.
+
+    ReSTE (the forward/backward equations of its official README): the estimator is the power
+    function f(u) = sign(u) |u|^(1/o), o >= 1 (o = 1 is the STE, o -> infinity is sign itself),
+    with backward f'(u) = (1/o) |u|^(1/o - 1). The official code
+    (DravenALG/ReSTE, `Binary_ReSTE`) bounds this slope twice, and so do we:
+      - |u| > t = 1.5: slope 0 (the clipped STE's range, widened);
+      - |u| <= m = 0.1 (the code's `interval`): f' -> infinity at 0, so the slope there is the secant
+        m^(1/o) / m of f over [0, m], i.e. f is replaced by the straight line through (0, 0) and (m, f(m)).
+    forward:     sign(u)
+    surrogate:   S(u) = sign(u) g(min(|u|, t)),  g(a) = a m^(1/o - 1) (a <= m),  a^(1/o) (a > m)
+    pseudo-grad: dS/du = m^(1/o - 1) (|u| <= m),  (1/o) |u|^(1/o - 1) (m < |u| <= t),  0 (|u| > t)
+    `o` is annealed during training by the owning layer's set_progress (reste.py).
+    """
+
+    def __init__(self, o: float = 1.0, t: float = 1.5, m: float = 0.1) -> None:
+        self.o, self.t, self.m = o, t, m
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        return sign(u)
+
+    def grad(self, u: np.ndarray, dv: np.ndarray) -> np.ndarray:
+        a = np.abs(u)                                                             # [...]
+        power = np.maximum(a, self.m) ** (1 / self.o - 1) / self.o                # [...]
+        slope = np.where(a <= self.m, self.m ** (1 / self.o - 1), power)          # [...]
+        return dv * np.where(a <= self.t, slope, 0).astype(dv.dtype)              # [...]
+
+    def surrogate(self, u: np.ndarray) -> np.ndarray:
+        a = np.minimum(np.abs(u), self.t)                                         # [...]
+        g = np.where(a <= self.m, a * self.m ** (1 / self.o - 1), np.maximum(a, self.m) ** (1 / self.o))  # [...]
+        return (np.sign(u) * g).astype(u.dtype)                                   # [...]

@@ -3,14 +3,15 @@
 The student starts from the FP teacher: every teacher parameter is copied under the same
 dotted name (weight and bias of the binarized layers included, so switching binarization
 off reproduces the teacher exactly); the binarizers' own parameters (thresholds, K filters,
-shortcut scales, ...) start at their documented init.
+shortcut scales, ...) start at their documented init, or are re-derived from the copied weights
+(XNOR++'s Gamma = mean |W| per output channel).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..binary.methods import BinaryLayers
+from ..binary.methods import BinaryLayers, init_from_weights
 from .config import UNetConfig
 from .unet import UNet
 
@@ -24,4 +25,5 @@ def build_student(cfg: UNetConfig, method: str, teacher_params: dict[str, np.nda
         raise ValueError(f"teacher parameters {missing[:3]} have no place in the {method} student: "
                          "the teacher was trained with another model config")
     student.load_state_dict(teacher_params, strict=False)
+    init_from_weights(student)
     return student

@@ -5,6 +5,7 @@ Dimensions: B batch, C, H, W image.
 One step s:
     x0        = batches.batch(s)                        # [B, C, H, W], depends only on (seed, s)
     step_rng  = default_rng([seed, s, 2])               # timesteps, noise, dropout of this step
+    set_progress(model, s / steps)                      # annealed binarizers (ReSTE) follow the step
     loss      = objective.step(x0, step_rng)            # forward + backward into the model's grads
     clip the global gradient norm, Adam step, EMA update
 
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ..binary.methods import set_progress
 from ..data.batches import BatchSampler
 from ..nn.module import Module
 from .adam import Adam, AdamConfig
@@ -121,6 +123,7 @@ class Trainer:
         """One optimizer step; returns the objective's metrics plus the pre-clip gradient norm."""
         x0 = self.batches.batch(self.step)                                        # [B, C, H, W]
         rng = np.random.default_rng([self.cfg.seed, self.step, STEP_STREAM])
+        set_progress(self.model, self.step / max(self.cfg.steps, 1))
         self.model.zero_grad()
         metrics = self.objective.step(x0, rng)
         if not np.isfinite(metrics["loss"]):
