@@ -1,0 +1,37 @@
+"""The command line: train -> sample round trip on fixtures, errors as one line with exit code 2."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+import cli
+from test_trainer import write_idx_dataset
+
+
+def test_train_then_sample_png_and_npz(tmp_path, capsys):
+    write_idx_dataset(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--preset", "tiny", "--data-dir", str(tmp_path), "--steps", "2", "--batch-size", "4",
+                     "--out", str(out)]) == 0
+    grid, npz = tmp_path / "grid.png", tmp_path / "grid.npz"
+    assert cli.main(["sample", "--weights", str(out / "ckpt.h5"), "--n", "3", "--steps", "2", "--out", str(grid),
+                     "--npz", str(npz)]) == 0
+    assert f"wrote {grid}" in capsys.readouterr().out
+    batch = np.load(npz)["arr_0"]
+    assert batch.shape == (3, 32, 32, 1) and batch.dtype == np.uint8
+    assert Image.open(grid).mode == "L"
+    again = tmp_path / "again.npz"
+    cli.main(["sample", "--weights", str(out / "ckpt.h5"), "--n", "3", "--steps", "2", "--out", str(tmp_path / "a.png"),
+              "--npz", str(again)])
+    np.testing.assert_array_equal(np.load(again)["arr_0"], batch)
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert cli.main(["sample", "--weights", str(tmp_path / "missing.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "missing.h5" in err and "\n" not in err
+    assert cli.main(["train", "--method", "bidm", "--steps", "1"]) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert cli.main(["train", "--data-dir", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "fashion-mnist" in capsys.readouterr().err
