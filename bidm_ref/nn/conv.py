@@ -12,63 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .im2col import col2im, im2col, output_size
 from .init import uniform_fan_in
 from .module import Module
-
-Padding = int | tuple[int, int, int, int]
-
-
-def as_padding(padding: Padding) -> tuple[int, int, int, int]:
-    """Normalise an int or a (top, bottom, left, right) tuple to the tuple form."""
-    if isinstance(padding, int):
-        return (padding, padding, padding, padding)
-    if len(padding) != 4 or any(p < 0 for p in padding):
-        raise ValueError(f"padding must be an int or (top, bottom, left, right) >= 0, got {padding}")
-    return tuple(int(p) for p in padding)
-
-
-def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:
-    """Output length of a convolution along one axis (floor, as torch)."""
-    return (size + pad_lo + pad_hi - kernel) // stride + 1
-
-
-def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: Padding) -> np.ndarray:
-    """Unfold zero-padded patches: x [N, C, H, W] -> cols [N*Ho*Wo, kh*kw*C].
-
-    Rows are ordered (n, ho, wo) and columns (i, j, c): channels innermost, so each copy below
-    moves contiguous runs of C values (an NHWC copy of x is made once). Weights are matched by
-    `weight_matrix` ([O, kh*kw*C], the same column order).
-    """
-    top, bottom, left, right = as_padding(padding)
-    N, C, H, W = x.shape
-    Ho = conv_output_size(H, kh, stride, top, bottom)
-    Wo = conv_output_size(W, kw, stride, left, right)
-    if Ho < 1 or Wo < 1:
-        raise ValueError(f"input {H}x{W} with padding {padding} is smaller than the kernel {kh}x{kw}")
-    xp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=x.dtype)    # [N, Hp, Wp, C]
-    xp[:, top : top + H, left : left + W, :] = x.transpose(0, 2, 3, 1)            # [N, H, W, C]
-    cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)                        # [N, Ho, Wo, kh, kw, C]
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = xp[:, i : i + stride * Ho : stride, j : j + stride * Wo : stride, :]  # [N, Ho, Wo, C]
-    return cols.reshape(N * Ho * Wo, kh * kw * C)                                 # [N*Ho*Wo, K]
-
-
-def col2im(
-    dcols: np.ndarray, x_shape: tuple[int, ...], kh: int, kw: int, stride: int, padding: Padding
-) -> np.ndarray:
-    """Adjoint of im2col: scatter-add dcols [N*Ho*Wo, kh*kw*C] back to dx [N, C, H, W]."""
-    top, bottom, left, right = as_padding(padding)
-    N, C, H, W = x_shape
-    Ho = conv_output_size(H, kh, stride, top, bottom)
-    Wo = conv_output_size(W, kw, stride, left, right)
-    d6 = dcols.reshape(N, Ho, Wo, kh, kw, C)                                      # [N, Ho, Wo, kh, kw, C]
-    dxp = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dcols.dtype)  # [N, Hp, Wp, C]
-    for i in range(kh):
-        for j in range(kw):
-            dxp[:, i : i + stride * Ho : stride, j : j + stride * Wo : stride, :] += d6[:, :, :, i, j, :]  # [N, Ho, Wo, C]
-    return dxp[:, top : top + H, left : left + W, :].transpose(0, 3, 1, 2)        # [N, C, H, W]
-
+from .padding import Padding, as_padding, conv_output_size  # noqa: F401  (re-exported)
 
 def weight_matrix(weight: np.ndarray) -> np.ndarray:
     """OIHW weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of im2col."""
@@ -81,11 +28,9 @@ def conv2d(
     """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], cols [N*Ho*Wo, K]) for the backward."""
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
-    top, bottom, left, right = as_padding(padding)
-    N, C, H, W = x.shape
+    N = x.shape[0]
     O, _, kh, kw = weight.shape
-    Ho = conv_output_size(H, kh, stride, top, bottom)
-    Wo = conv_output_size(W, kw, stride, left, right)
+    Ho, Wo = output_size(x.shape, kh, kw, stride, padding)
     cols = im2col(x, kh, kw, stride, padding)                                     # [N*Ho*Wo, K]
     y = cols @ weight_matrix(weight).T                                            # [N*Ho*Wo, O]
     if bias is not None:
