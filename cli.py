@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
     from bidm_ref.train.adam import AdamConfig
+    from bidm_ref.bidm.objective import BiDMConfig
     from bidm_ref.train.run import StudentConfig, train
     from bidm_ref.train.trainer import TrainConfig
 
@@ -45,12 +46,20 @@ def cmd_train(args: argparse.Namespace) -> None:
                         ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
                         out_dir=args.out)
     if args.method == "fp":
-        model, student = preset(args.preset, channels_of(args.dataset)), None
+        model, student, bidm = preset(args.preset, channels_of(args.dataset)), None, None
     else:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
         model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
-    train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, resume=args.resume)
+        full = args.method == "bidm"  # BiDM's defaults: TBS 2 connections + SPD; baselines: plain noise loss
+        bidm = BiDMConfig(
+            tbs_connections=args.tbs_connections if args.tbs_connections is not None else (2 if full else 0),
+            tbs_train_gap=args.tbs_train_gap,
+            distill=args.distill or ("spd" if full else "none"),
+            spd_lambda=args.spd_lambda, spd_patches=args.spd_patches, spd_variant=args.spd_variant,
+        )
+    train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
+          resume=args.resume)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -59,7 +68,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bidm_ref.data.images import save_grid, save_npz_batch
     from bidm_ref.diffusion.generate import SampleConfig, generate
     from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-    from bidm_ref.models.build import load_model
+    from bidm_ref.models.build import load_model, sampling_eps_fn
 
     cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
                        batch_size=args.batch_size)
@@ -67,7 +76,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
     shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
     start = time.perf_counter()
-    images = generate(lambda: (lambda x, t: model.forward(x, t)[0]), shape, schedule, cfg)
+    images = generate(lambda: sampling_eps_fn(model), shape, schedule, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
     print(f"wrote {args.out}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
@@ -103,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="fp", help="fp (teacher) or a binarization method: " + ", ".join(method_names()))
     p.add_argument("--teacher", default=None, help="FP teacher checkpoint a binary student starts from")
     p.add_argument("--preset", default="tiny", help="tiny | cifar10 (FP only; a student takes its teacher's)")
+    p.add_argument("--tbs-connections", type=int, default=None,
+                   help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
+    p.add_argument("--tbs-train-gap", type=int, default=1, help="TBS training: cache pass at t + gap")
+    p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
+                   help="feature distillation from the teacher (default spd for bidm, none otherwise)")
+    p.add_argument("--spd-lambda", type=float, default=1e-2, help="weight of the distillation loss")
+    p.add_argument("--spd-patches", type=int, default=4, help="SPD patches per side")
+    p.add_argument("--spd-variant", default="gram", choices=["gram", "token"],
+                   help="gram: the official code's per-channel Gram; token: the paper's token map")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: "
                    "/usr/share/datasets/fashion-mnist)")

@@ -32,16 +32,28 @@ def randomise(layer, rng: np.random.Generator, kinks: tuple[float, ...] = (1.0,)
 
 
 class StraightThrough:
-    """q's value frozen at the first input seen, q's surrogate slope around it."""
+    """q's value frozen at the point u0 a call is near, q's surrogate slope around it.
 
-    def __init__(self, q) -> None:
+    A layer may quantize several different inputs in one loss evaluation (BiDM's cache pass and
+    main pass); each first-seen input becomes an anchor u0, and a later call uses the anchor within
+    `tol` of it (finite-difference perturbations are ~1e-5, distinct inputs differ by far more).
+    """
+
+    def __init__(self, q, tol: float = 1e-3) -> None:
         self.q = q
-        self.u0 = None
+        self.tol = tol
+        self.anchors: list[np.ndarray] = []
+
+    def anchor(self, u: np.ndarray) -> np.ndarray:
+        for u0 in self.anchors:
+            if u0.shape == u.shape and np.max(np.abs(u0 - u), initial=0.0) <= self.tol:
+                return u0
+        self.anchors.append(u.copy())
+        return self.anchors[-1]
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
-        if self.u0 is None:
-            self.u0 = u.copy()
-        return self.q(self.u0) + self.q.surrogate(u) - self.q.surrogate(self.u0)
+        u0 = self.anchor(u)
+        return self.q(u0) + self.q.surrogate(u) - self.q.surrogate(u0)
 
     def __getattr__(self, name):
         return getattr(self.q, name)

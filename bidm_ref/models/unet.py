@@ -12,7 +12,10 @@ Dimensions: N batch, C channels (varies per level), H, W spatial, E = 4*ch embed
 Parameter names equal ddim's state_dict keys. Backward mirrors forward: skip connections
 accumulate into a gradient per hs entry, and every use of temb adds into dtemb.
 A "unit" (shared BIDM §4: a timestep-embedded block) is a ResnetBlock with the AttnBlock that
-follows it at the same index, if the level has attention.
+follows it at the same index, if the level has attention. Units are numbered b = 0, 1, ... in
+forward order (down, mid, up); every unit output is kept in the cache (`unit_features`) for
+feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite a unit's output:
+mixer.forward(b, h, t) -> (h', cache), mixer.backward(b, dh', cache) -> dh.
 """
 
 from __future__ import annotations
@@ -124,8 +127,38 @@ class UNet(Module):
         for level in range(nlev):
             up.append(up_nodes[level])
 
+        self.mixer: Module | None = None
         self.norm_out = self.add_child("norm_out", GroupNorm(cfg.groups, block_in))
         self.conv_out = self.add_child("conv_out", Conv2d(block_in, cfg.out_ch, 3, 1, 1, rng=rng))
+
+    def unit_forward(
+        self, unit: Unit, x: np.ndarray, temb: np.ndarray, t: np.ndarray, rng: np.random.Generator | None,
+        features: list[np.ndarray],
+    ) -> tuple[np.ndarray, tuple]:
+        """Run unit number b = len(features), then the mixer (TBS) if any; append its output to features."""
+        b = len(features)
+        h, c_unit = unit.forward(x, temb, rng)                                    # [N, C, H, W]
+        c_mix = None
+        if self.mixer is not None:
+            h, c_mix = self.mixer.forward(b, h, t)                                # [N, C, H, W]
+        features.append(h)
+        return h, (c_unit, c_mix, b)
+
+    def unit_backward(
+        self, unit: Unit, dh: np.ndarray, cache: tuple, dfeatures: dict[int, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mirror of unit_forward: feature gradient, mixer backward, unit backward -> (dx, dtemb)."""
+        c_unit, c_mix, b = cache
+        if dfeatures is not None and b in dfeatures:
+            dh = dh + dfeatures[b]                                                # [N, C, H, W]
+        if self.mixer is not None:
+            dh = self.mixer.backward(b, dh, c_mix)                                # [N, C, H, W]
+        return unit.backward(dh, c_unit)
+
+    @staticmethod
+    def unit_features(cache: tuple) -> list[np.ndarray]:
+        """The unit outputs (after mixing) of a forward pass, in units() order."""
+        return cache[-1]
 
     def units(self) -> list[Unit]:
         """All timestep units in forward order: down, mid, up (the order TBS counts blocks in)."""
@@ -152,10 +185,11 @@ class UNet(Module):
 
         h, c_in = self.conv_in.forward(x)                                         # [N, ch, H, W]
         hs = [h]
+        features: list[np.ndarray] = []
         c_down = []
         for level in range(nlev):
             for unit in self.down_units[level]:
-                h, c = unit.forward(hs[-1], temb, rng)                            # [N, C, H, W]
+                h, c = self.unit_forward(unit, hs[-1], temb, t, rng, features)    # [N, C, H, W]
                 hs.append(h)
                 c_down.append(c)
             if self.downsamples[level] is not None:
@@ -165,7 +199,7 @@ class UNet(Module):
 
         c_mid = []
         for unit in self.mid_units:
-            h, c = unit.forward(h, temb, rng)                                     # [N, C, h, w]
+            h, c = self.unit_forward(unit, h, temb, t, rng, features)             # [N, C, h, w]
             c_mid.append(c)
 
         c_up = []
@@ -174,7 +208,7 @@ class UNet(Module):
             for unit in self.up_units[level]:
                 skip = hs.pop()                                                   # [N, Cs, H, W]
                 skip_channels.append(skip.shape[1])
-                h, c = unit.forward(np.concatenate([h, skip], axis=1), temb, rng)  # [N, C, H, W]
+                h, c = self.unit_forward(unit, np.concatenate([h, skip], axis=1), temb, t, rng, features)  # [N, C, H, W]
                 c_up.append(c)
             if self.upsamples[level] is not None:
                 h, c = self.upsamples[level].forward(h)                           # [N, C, 2H, 2W]
@@ -183,12 +217,16 @@ class UNet(Module):
         h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
         h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
-        cache = (c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape)
+        cache = (c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape, features)
         return out, cache
 
-    def backward(self, dout: np.ndarray, cache: tuple) -> np.ndarray:
-        """dout [N, out_ch, H, W] -> dx [N, in_channels, H, W]; parameter gradients accumulate."""
-        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape = cache
+    def backward(self, dout: np.ndarray, cache: tuple, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """dout [N, out_ch, H, W] -> dx [N, in_channels, H, W]; parameter gradients accumulate.
+
+        dfeatures[b]: an extra gradient on unit b's output (a feature loss such as SPD), added where
+        that output's gradient is complete.
+        """
+        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _ = cache
         nlev = len(self.cfg.ch_mult)
         dtemb = np.zeros(temb_shape, dtype=dout.dtype)                            # [N, E]
         dh = self.conv_out.backward(dout, c_out)                                  # [N, ch, H, W]
@@ -202,14 +240,14 @@ class UNet(Module):
             if self.upsamples[level] is not None:
                 dh = self.upsamples[level].backward(dh, c_up.pop())              # [N, C, H/2, W/2]
             for unit in reversed(self.up_units[level]):
-                dcat, de = unit.backward(dh, c_up.pop())                          # [N, C + Cs, H, W], [N, E]
+                dcat, de = self.unit_backward(unit, dh, c_up.pop(), dfeatures)    # [N, C + Cs, H, W], [N, E]
                 dtemb += de
                 cs = skip_channels.pop()
                 dh, dskip = dcat[:, :-cs], dcat[:, -cs:]                          # [N, C, H, W], [N, Cs, H, W]
                 dskips.append(dskip)
 
         for unit, c in zip(reversed(self.mid_units), reversed(c_mid)):
-            dh, de = unit.backward(dh, c)                                         # [N, C, h, w], [N, E]
+            dh, de = self.unit_backward(unit, dh, c, dfeatures)                   # [N, C, h, w], [N, E]
             dtemb += de
 
         # dskips[k] is the gradient of hs[k] through its skip use (hs was popped from the end).
@@ -220,7 +258,7 @@ class UNet(Module):
                 dh = self.downsamples[level].backward(dh, c_down.pop())           # [N, C, H, W]
             for unit in reversed(self.down_units[level]):
                 dh = dh + dskips.pop()                                            # [N, C, H, W]
-                dh, de = unit.backward(dh, c_down.pop())                          # [N, Ci, H, W], [N, E]
+                dh, de = self.unit_backward(unit, dh, c_down.pop(), dfeatures)    # [N, Ci, H, W], [N, E]
                 dtemb += de
         dh = dh + dskips.pop()                                                    # [N, ch, H, W]
         dx = self.conv_in.backward(dh, c_in)                                      # [N, Cin, H, W]

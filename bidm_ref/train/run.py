@@ -2,7 +2,9 @@
 
 FP:      model_cfg given; the UNet starts from its seeded init.
 Student: StudentConfig names the method and the teacher checkpoint; the model config and the
-         beta schedule come from the teacher, the student starts from the teacher's EMA weights.
+         beta schedule come from the teacher, the student starts from the teacher's EMA weights and
+         trains with the BiDM objective (BiDMConfig: TBS connections, distillation; with 0
+         connections and no distillation it is the plain noise loss).
 The loss curve is appended to `out_dir/loss.tsv` (step, loss, grad_norm), so a resumed run
 continues the same file.
 """
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bidm.objective import PLAIN_NOISE_LOSS, BiDMConfig, BiDMObjective
+from ..bidm.tbs import attach_tbs
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
 from ..diffusion.objective import DenoisingObjective
@@ -23,7 +27,7 @@ from ..models.config import UNetConfig
 from ..models.student import build_student
 from ..models.unet import UNet
 from .adam import AdamConfig
-from .trainer import TrainConfig, Trainer, run_config_dict
+from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 
 
 @dataclass(frozen=True)
@@ -42,19 +46,29 @@ def append_loss_curve(out_dir: str, history: list[dict[str, float]]) -> None:
             f.write(f"{row['step']}\t{row['loss']:.6f}\t{row['grad_norm']:.6f}\n")
 
 
-def build_model(
-    model_cfg: UNetConfig | None, schedule_cfg: ScheduleConfig, student: StudentConfig | None, seed: int
-) -> tuple[UNet, ScheduleConfig]:
-    """The model to train and the schedule it is trained with (a student takes both from its teacher)."""
+def load_teacher(path: str) -> tuple[UNet, ScheduleConfig]:
+    """The FP teacher (EMA weights) and its schedule; refuses a student checkpoint."""
+    teacher, config = load_model(path, use_ema=True)
+    if "student" in config:
+        raise ValueError(f"{path} is a binary student, not an FP teacher: pass the teacher's checkpoint")
+    return teacher, ScheduleConfig(**config["schedule"])
+
+
+def build_objective(
+    model_cfg: UNetConfig | None, schedule_cfg: ScheduleConfig, student: StudentConfig | None,
+    bidm: BiDMConfig | None, seed: int,
+) -> tuple[UNet, Objective, ScheduleConfig]:
+    """The model to train, its objective and schedule (a student takes model and schedule from its teacher)."""
     rng = np.random.default_rng([seed, 0])
     if student is None:
         if model_cfg is None:
             raise ValueError("an FP run needs a model config (--preset)")
-        return UNet(model_cfg, rng=rng), schedule_cfg
-    teacher, teacher_config = load_model(student.teacher, use_ema=True)
-    if "student" in teacher_config:
-        raise ValueError(f"{student.teacher} is a binary student, not an FP teacher: pass the teacher's checkpoint")
-    return build_student(teacher.cfg, student.method, teacher.state_dict(), rng), ScheduleConfig(**teacher_config["schedule"])
+        model = UNet(model_cfg, rng=rng)
+        return model, DenoisingObjective(model, Schedule(schedule_cfg)), schedule_cfg
+    teacher, schedule_cfg = load_teacher(student.teacher)
+    model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng)
+    attach_tbs(model, bidm.tbs_connections, schedule_cfg.num_timesteps)
+    return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg
 
 
 def train(
@@ -64,11 +78,14 @@ def train(
     train_cfg: TrainConfig,
     model_cfg: UNetConfig | None = None,
     student: StudentConfig | None = None,
+    bidm: BiDMConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Trainer:
     """Train (or resume) with the denoising loss; returns the trainer (model, EMA and state live on it)."""
-    model, schedule_cfg = build_model(model_cfg, schedule_cfg, student, train_cfg.seed)
+    if student is not None and bidm is None:
+        bidm = PLAIN_NOISE_LOSS
+    model, objective, schedule_cfg = build_objective(model_cfg, schedule_cfg, student, bidm, train_cfg.seed)
     mcfg = model.cfg
     images = load_images(data_cfg)                                                # [N, C, H, W]
     if images.shape[1:] != (mcfg.in_channels, mcfg.resolution, mcfg.resolution):
@@ -79,9 +96,10 @@ def train(
     configs = dict(model=mcfg, data=data_cfg, schedule=schedule_cfg, adam=adam_cfg, train=train_cfg)
     if student is not None:
         configs["student"] = student
+        configs["bidm"] = bidm
     run_config = run_config_dict(**configs)
     batches = BatchSampler(images, train_cfg.batch_size, train_cfg.seed, data_cfg.hflip)
-    trainer = Trainer(model, DenoisingObjective(model, Schedule(schedule_cfg)), batches, train_cfg, adam_cfg, run_config)
+    trainer = Trainer(model, objective, batches, train_cfg, adam_cfg, run_config)
     if resume:
         trainer.resume(trainer.ckpt_path)
     history = trainer.run(progress)

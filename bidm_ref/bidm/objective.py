@@ -1,0 +1,81 @@
+"""The BiDM training step (shared BIDM.md §4-5): three forward passes, one backward.
+
+Dimensions: B batch, C, H, W image; F_b the output of unit b.
+
+    t ~ ddim's antithetic draw, eps ~ N(0, I); t' = min(t + gap, T - 1)       (gap: --tbs-train-gap)
+    1. cache   : student at x_t' = q_sample(x0, t', eps), TBS off -> connected units' outputs   (no backward)
+    2. teacher : FP teacher at (x_t, t)                            -> F_hat_b for every unit     (no backward)
+    3. student : at (x_t, t) with the cache                        -> eps_pred, F_b (after TBS mixing)
+    L = mean_B sum_CHW (eps - eps_pred)^2 + lambda * D(F, F_hat)     D: SPD, L2 or none
+Only pass 3 is backpropagated, into the student's weights, thresholds, K filters, shortcut
+scales and the TBS table a. Without TBS (0 connections) pass 1 is skipped; without distillation
+pass 2 is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..diffusion.loss import draw_timesteps, noise_loss
+from ..diffusion.schedule import Schedule
+from ..models.unet import UNet
+from .spd import l2_loss, spd_loss
+
+
+@dataclass(frozen=True)
+class BiDMConfig:
+    tbs_connections: int = 2
+    tbs_train_gap: int = 1
+    distill: str = "spd"
+    spd_lambda: float = 1e-2
+    spd_patches: int = 4
+    spd_variant: str = "gram"
+
+    def __post_init__(self) -> None:
+        if self.distill not in ("spd", "l2", "none"):
+            raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
+        if self.tbs_connections < 0 or self.tbs_train_gap < 1:
+            raise ValueError("--tbs-connections must be >= 0 and --tbs-train-gap >= 1")
+
+
+PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline student: the denoising loss only
+
+
+class BiDMObjective:
+    """step(x0, rng) of the BiDM loop; `student.mixer` is its TBS (or None without connections)."""
+
+    def __init__(self, student: UNet, teacher: UNet, schedule: Schedule, cfg: BiDMConfig) -> None:
+        self.student, self.teacher, self.schedule, self.cfg = student, teacher, schedule, cfg
+
+    def distill(self, features: list[np.ndarray], targets: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        if self.cfg.distill == "spd":
+            return spd_loss(features, targets, self.cfg.spd_patches, self.cfg.spd_variant)
+        return l2_loss(features, targets)
+
+    def step(self, x0: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        T = self.schedule.T
+        t = draw_timesteps(rng, x0.shape[0], T)                                   # [B]
+        eps = rng.standard_normal(x0.shape).astype(x0.dtype)                      # [B, C, H, W]
+        x_t = self.schedule.q_sample(x0, t, eps)                                  # [B, C, H, W]
+        tbs = self.student.mixer
+        if tbs is not None:
+            t_prev = np.minimum(t + self.cfg.tbs_train_gap, T - 1)                # [B]
+            tbs.forget()
+            _, c_prev = self.student.forward(self.schedule.q_sample(x0, t_prev, eps), t_prev, rng)
+            tbs.remember(UNet.unit_features(c_prev))
+        eps_pred, cache = self.student.forward(x_t, t, rng)                       # [B, C, H, W]
+        loss, d_pred = noise_loss(eps, eps_pred)                                  # [B, C, H, W]
+        metrics = {"noise_loss": loss}
+        dfeatures = None
+        if self.cfg.distill != "none":
+            _, c_teacher = self.teacher.forward(x_t, t)
+            d_loss, d_feats = self.distill(UNet.unit_features(cache), UNet.unit_features(c_teacher))
+            dfeatures = {b: self.cfg.spd_lambda * g for b, g in enumerate(d_feats)}
+            metrics["distill_loss"] = d_loss
+            loss += self.cfg.spd_lambda * d_loss
+        self.student.backward(d_pred, cache, dfeatures)
+        if tbs is not None:
+            tbs.forget()
+        return {"loss": loss, **metrics}
