@@ -1,0 +1,258 @@
+"""Binary (W1A1) convolution and linear layer on packed bits: Numba popcount kernels and their NumPy twins.
+
+Dimensions: N batch, C input channels (I features), O output channels, H, W input and Ho, Wo output
+spatial, kh, kw kernel, Wd = ceil(C / 64) packed words; packed layouts as in bitpack.py.
+
+Accumulator (shared DESIGN, "binary accumulator"), for each output (n, o, ho, wo):
+    acc = sum over VALID taps (i, j) of (C - 2 * sum_d popcount(x_word xor w_word))
+        = K_valid * C - 2 * sum over valid (i, j) and d of popcount(x_word xor w_word)
+    x_word = packed[n, ho*stride + i - top, wo*stride + j - left, d],  w_word = words[o, i, j, d]
+A tap is valid when its input position lies inside the image; K_valid counts them. Each valid tap adds
+sum_c (+-1)(+-1) = C - 2 * (number of differing signs), and pad bits are 0 in both operands, so acc equals
+conv2d(sign(x + tau), sign(W)) in float64 with zero padding (a padded tap adds 0) EXACTLY. int32 holds it:
+|acc| <= kh*kw*C.
+Fused epilogue (float32, in this order): out = float32(acc) * alpha[o] * k_map[n, ho, wo]. The NumPy twins
+evaluate the same float32 products in the same order, so they agree to float32 rounding (tests allow a few
+ulps; in practice the results are bit-equal).
+
+Numba kernels (conv_acc, conv_scaled): prange over the N*Ho output rows (fills both cores even at 8x8);
+per row an int32 buffer [Wo, O]. The valid taps j0..j1-1 of one kernel row are adjacent in the
+NHWC-packed input, and so are the rows q = j*Wd + d of words_t[i] ([kh, kw*Wd, O]), so per output pixel
+and valid kernel row the loop is: for q in j0*Wd .. j1*Wd-1: for o in 0..O-1: buf[wo, o] += popcount(...);
+the innermost loop over O is vectorised by LLVM (xor, popcount, add on whole registers: vpopcntq with
+AVX-512, a vpshufb nibble table with AVX2). Border pixels just run fewer taps (i0..i1, j0..j1 clipped to
+the image), so no padded copy of the input is needed. No fastmath. Arguments: C-contiguous arrays,
+`padding` a tuple of 4 ints (top, bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1
+image. The wrappers binary_conv2d / binary_linear take float activations and a PackedConvWeight /
+PackedLinearWeight and return the float32 layer output (z * K, resp. z).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..nn.conv import Padding, as_padding, conv_output_size
+from .bitpack import (
+    PackedConvWeight,
+    PackedLinearWeight,
+    pack_activations,
+    pack_activations_ref,
+    pack_signs,
+)
+from .popcount import popcount64
+
+
+@njit(cache=True)
+def _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc):
+    """Fill acc [Wo, O] int32 with the accumulators of output row (n, ho); see the module docstring."""
+    _, H, W, Wd = packed.shape
+    kh, kwWd, O = words_t.shape
+    kw = kwWd // Wd
+    top, _, left, _ = padding
+    flat = packed.reshape(packed.shape[0], H, W * Wd)                             # [N, H, W*Wd]
+    h0 = ho * stride - top
+    i0 = max(0, -h0)
+    i1 = min(kh, H - h0)
+    for wo in range(acc.shape[0]):
+        w0 = wo * stride - left
+        j0 = max(0, -w0)
+        j1 = min(kw, W - w0)
+        counts = acc[wo]                                                          # [O]
+        counts[:] = 0
+        for i in range(i0, i1):
+            for q in range(j0 * Wd, j1 * Wd):
+                x_word = flat[n, h0 + i, w0 * Wd + q]
+                for o in range(O):
+                    counts[o] += np.int32(popcount64(x_word ^ words_t[i, q, o]))
+        valid = (i1 - i0) * (j1 - j0) * channels
+        for o in range(O):
+            counts[o] = valid - 2 * counts[o]
+
+
+@njit(parallel=True, cache=True)
+def conv_acc(packed, words_t, channels, stride, padding):
+    """packed [N, H, W, Wd], words_t [kh, kw*Wd, O] -> int32 acc [N, O, Ho, Wo]; padding (top, bottom, left, right)."""
+    N, H, W, Wd = packed.shape
+    kh, kwWd, O = words_t.shape
+    top, bottom, left, right = padding
+    Ho = (H + top + bottom - kh) // stride + 1
+    Wo = (W + left + right - kwWd // Wd) // stride + 1
+    out = np.empty((N, O, Ho, Wo), dtype=np.int32)                                # [N, O, Ho, Wo]
+    for row in prange(N * Ho):
+        n = row // Ho
+        ho = row % Ho
+        acc = np.empty((Wo, O), dtype=np.int32)                                   # [Wo, O]
+        _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
+        for o in range(O):
+            for wo in range(Wo):
+                out[n, o, ho, wo] = acc[wo, o]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def conv_scaled(packed, words_t, channels, stride, padding, alpha, k_map):
+    """As conv_acc with the fused epilogue: float32 out [N, O, Ho, Wo] = acc * alpha[o] [O] * k_map [N, Ho, Wo]."""
+    N, H, W, Wd = packed.shape
+    kh, kwWd, O = words_t.shape
+    top, bottom, left, right = padding
+    Ho = (H + top + bottom - kh) // stride + 1
+    Wo = (W + left + right - kwWd // Wd) // stride + 1
+    out = np.empty((N, O, Ho, Wo), dtype=np.float32)                              # [N, O, Ho, Wo]
+    for row in prange(N * Ho):
+        n = row // Ho
+        ho = row % Ho
+        acc = np.empty((Wo, O), dtype=np.int32)                                   # [Wo, O]
+        _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
+        for o in range(O):
+            scale = alpha[o]
+            for wo in range(Wo):
+                out[n, o, ho, wo] = np.float32(acc[wo, o]) * scale * k_map[n, ho, wo]
+    return out
+
+
+def conv_acc_ref(packed: np.ndarray, words: np.ndarray, channels: int, stride: int, padding: Padding) -> np.ndarray:
+    """NumPy twin of conv_acc on the canonical words [O, kh, kw, Wd]: one tap at a time, masks for validity."""
+    top, bottom, left, right = as_padding(padding)
+    N, H, W, Wd = packed.shape
+    O, kh, kw, _ = words.shape
+    Ho = conv_output_size(H, kh, stride, top, bottom)
+    Wo = conv_output_size(W, kw, stride, left, right)
+    acc = np.zeros((N, O, Ho, Wo), dtype=np.int64)                                # [N, O, Ho, Wo]
+    for i in range(kh):
+        rows = np.arange(Ho) * stride + i - top                                   # [Ho]
+        for j in range(kw):
+            cols = np.arange(Wo) * stride + j - left                              # [Wo]
+            valid = (rows[:, None] >= 0) & (rows[:, None] < H) & (cols >= 0) & (cols < W)  # [Ho, Wo]
+            taps = packed[:, rows.clip(0, H - 1)][:, :, cols.clip(0, W - 1)]      # [N, Ho, Wo, Wd]
+            differ = np.bitwise_count(taps[:, None] ^ words[None, :, i, j, None, None, :])  # [N, O, Ho, Wo, Wd]
+            acc += valid * (channels - 2 * differ.sum(axis=-1, dtype=np.int64))    # [N, O, Ho, Wo]
+    return acc.astype(np.int32)
+
+
+def scale_ref(acc: np.ndarray, alpha: np.ndarray, k_map: np.ndarray) -> np.ndarray:
+    """NumPy twin of the fused epilogue: float32(acc [N, O, Ho, Wo]) * alpha [O] * k_map [N, Ho, Wo]."""
+    return acc.astype(np.float32) * alpha[:, None, None] * k_map[:, None, :, :]    # [N, O, Ho, Wo]
+
+
+def conv_scaled_ref(
+    packed: np.ndarray,
+    words: np.ndarray,
+    channels: int,
+    stride: int,
+    padding: Padding,
+    alpha: np.ndarray,
+    k_map: np.ndarray,
+) -> np.ndarray:
+    """NumPy twin of conv_scaled on the canonical words [O, kh, kw, Wd]."""
+    return scale_ref(conv_acc_ref(packed, words, channels, stride, padding), alpha, k_map)
+
+
+def _k_map_rows(k_map: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
+    """K map [N, 1, Ho, Wo] (or None: ones) -> contiguous float32 [N, Ho, Wo]."""
+    if k_map is None:
+        return np.ones(shape, dtype=np.float32)                                   # [N, Ho, Wo]
+    if k_map.shape != (shape[0], 1, *shape[1:]):
+        raise ValueError(f"k_map must be [N, 1, Ho, Wo] = {[shape[0], 1, *shape[1:]]}, got {list(k_map.shape)}")
+    return np.ascontiguousarray(k_map[:, 0], dtype=np.float32)                     # [N, Ho, Wo]
+
+
+def _threshold(tau: np.ndarray | None, channels: int, dtype: np.dtype) -> np.ndarray:
+    """tau [C] in the activations' dtype (the float path adds tau in that dtype too); None -> zeros."""
+    if tau is None:
+        return np.zeros(channels, dtype=dtype)                                    # [C]
+    if tau.shape != (channels,):
+        raise ValueError(f"tau must be [C] = [{channels}], got {list(tau.shape)}")
+    return np.ascontiguousarray(tau, dtype=dtype)                                 # [C]
+
+
+def pack_input(x: np.ndarray, tau: np.ndarray | None, channels: int) -> np.ndarray:
+    """x [N, C, H, W] float32/float64, tau [C] or None -> packed sign(x + tau) [N, H, W, Wd] (Numba)."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"binary conv: input {list(x.shape)} is not NCHW [N, {channels}, H, W]")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"binary conv: input dtype {x.dtype} is not float32 or float64: cast it")
+    return pack_activations(np.ascontiguousarray(x), _threshold(tau, channels, x.dtype))  # [N, H, W, Wd]
+
+
+def output_shape(x_shape: tuple[int, ...], weight: PackedConvWeight, stride: int, padding: Padding) -> tuple[int, ...]:
+    """[N, O, Ho, Wo] of the binary conv of an input [N, C, H, W]; a clear error if the kernel does not fit."""
+    top, bottom, left, right = as_padding(padding)
+    O, kh, kw, _ = weight.words.shape
+    if stride < 1:
+        raise ValueError(f"binary conv: stride must be >= 1, got {stride}")
+    Ho = conv_output_size(x_shape[2], kh, stride, top, bottom)
+    Wo = conv_output_size(x_shape[3], kw, stride, left, right)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"binary conv: input {x_shape[2]}x{x_shape[3]} with padding {padding}, stride {stride} "
+            f"does not fit the kernel {kh}x{kw}"
+        )
+    return (x_shape[0], O, Ho, Wo)
+
+
+def binary_conv2d(
+    x: np.ndarray,
+    tau: np.ndarray | None,
+    weight: PackedConvWeight,
+    stride: int,
+    padding: Padding,
+    k_map: np.ndarray | None = None,
+) -> np.ndarray:
+    """z * K of BiDM's conv on packed bits: conv2d(sign(x + tau), alpha * sign(W)) * k_map, float32 [N, O, Ho, Wo].
+
+    x [N, C, H, W] float32/float64, tau [C] or None, k_map [N, 1, Ho, Wo] or None (no K), padding an int or
+    (top, bottom, left, right). Packs x (one parallel pass), then runs conv_scaled.
+    """
+    packed = pack_input(x, tau, weight.channels)                                  # [N, H, W, Wd]
+    N, O, Ho, Wo = output_shape(x.shape, weight, stride, padding)
+    k_rows = _k_map_rows(k_map, (N, Ho, Wo))                                      # [N, Ho, Wo]
+    return conv_scaled(packed, weight.words_t, weight.channels, stride, as_padding(padding), weight.alpha, k_rows)
+
+
+def binary_conv2d_ref(
+    x: np.ndarray,
+    tau: np.ndarray | None,
+    weight: PackedConvWeight,
+    stride: int,
+    padding: Padding,
+    k_map: np.ndarray | None = None,
+) -> np.ndarray:
+    """NumPy twin of binary_conv2d (pack_activations_ref, conv_scaled_ref)."""
+    N, O, Ho, Wo = output_shape(x.shape, weight, stride, padding)
+    packed = pack_activations_ref(x, _threshold(tau, weight.channels, x.dtype))   # [N, H, W, Wd]
+    k_rows = _k_map_rows(k_map, (N, Ho, Wo))                                      # [N, Ho, Wo]
+    return conv_scaled_ref(packed, weight.words, weight.channels, stride, padding, weight.alpha, k_rows)
+
+
+def linear_acc(packed: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
+    """packed inputs [N, Wd] -> int32 acc [N, O] = I - 2 * popcount(x xor w), by conv_acc as a 1x1 conv on 1x1."""
+    N, Wd = packed.shape
+    image = np.ascontiguousarray(packed).reshape(N, 1, 1, Wd)                     # [N, 1, 1, Wd]
+    return conv_acc(image, weight.words_t, weight.features, 1, (0, 0, 0, 0))[:, :, 0, 0]  # [N, O]
+
+
+def linear_acc_ref(packed: np.ndarray, words: np.ndarray, features: int) -> np.ndarray:
+    """NumPy twin of linear_acc: packed [N, Wd], words [O, Wd] -> int32 [N, O]."""
+    differ = np.bitwise_count(packed[:, None, :] ^ words[None, :, :]).sum(axis=-1, dtype=np.int64)  # [N, O]
+    return (features - 2 * differ).astype(np.int32)
+
+
+def binary_linear(x: np.ndarray, tau: np.ndarray | None, weight: PackedLinearWeight) -> np.ndarray:
+    """BiDM's binary linear on packed bits: sign(x + tau) (alpha * sign(W))^T, float32 [N, O].
+
+    x [N, I] float32/float64, tau [I] or None.
+    """
+    if x.ndim != 2 or x.shape[1] != weight.features:
+        raise ValueError(f"binary linear: input {list(x.shape)} is not [N, {weight.features}]")
+    N, I = x.shape
+    packed = pack_input(x.reshape(N, I, 1, 1), tau, I)                            # [N, 1, 1, Wd]
+    ones = np.ones((N, 1, 1), dtype=np.float32)                                   # [N, Ho=1, Wo=1]
+    return conv_scaled(packed, weight.words_t, I, 1, (0, 0, 0, 0), weight.alpha, ones)[:, :, 0, 0]  # [N, O]
+
+
+def binary_linear_ref(x: np.ndarray, tau: np.ndarray | None, weight: PackedLinearWeight) -> np.ndarray:
+    """NumPy twin of binary_linear (pack_signs, linear_acc_ref, the float32 epilogue)."""
+    packed = pack_signs(x + _threshold(tau, weight.features, x.dtype))            # [N, Wd]
+    acc = linear_acc_ref(packed, weight.words, weight.features)                   # [N, O]
+    return acc.astype(np.float32) * weight.alpha                                  # [N, O]

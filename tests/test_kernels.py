@@ -1,0 +1,205 @@
+"""Popcount and the packed binary conv / linear kernels against independent float64 references.
+
+Dimensions: N batch, C input channels (I features), O output channels, H, W input and Ho, Wo output
+spatial, Wd = ceil(C / 64) words.
+References: the float64 conv (nn.conv.conv2d, im2col + BLAS; and the nested-loop definition in
+tests/reference_ops.py) of the +-1 tensors sign(x + tau), sign(W) with zero padding: integer sums, so the
+int32 accumulators must equal them EXACTLY. Scaled outputs: float32(acc) * alpha * K takes two float32
+roundings, so they match the float64 product of the same float32 factors to rtol 2^-22, and the NumPy twins
+(same products, same order) to a few float32 ulps. Inputs hold exact zeros on purpose (sign(0) = +1).
+No timing is asserted; Numba compile time is paid once per signature (cache=True keeps it for reruns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from numba import njit
+
+from bidm_ref.binary.bitpack import pack_activations, pack_conv_weight, pack_linear_weight, pack_signs
+from bidm_ref.binary.kernels import (
+    binary_conv2d,
+    binary_conv2d_ref,
+    binary_linear,
+    binary_linear_ref,
+    conv_acc,
+    conv_acc_ref,
+    conv_scaled,
+    conv_scaled_ref,
+    linear_acc,
+    linear_acc_ref,
+)
+from bidm_ref.binary.popcount import popcount64, popcount64_swar
+from bidm_ref.nn.conv import as_padding, conv2d
+from reference_ops import conv_nested_loops, pm1
+
+FLOAT32_ROUNDINGS = 2.0**-22            # two float32 roundings (each <= 2^-24 relative), with margin
+TWIN_ULPS = 4 * np.finfo(np.float32).eps
+
+CHANNELS = st.one_of(st.sampled_from([1, 31, 32, 33, 63, 64, 65, 127, 128, 129]), st.integers(1, 300))
+PADDINGS = st.sampled_from([0, 1, (0, 1, 0, 1)])
+
+
+@njit(cache=True)
+def popcounts_ctpop(words):
+    """popcount64 of each word: [M] uint64 -> [M] int64."""
+    out = np.empty(words.size, dtype=np.int64)
+    for m in range(words.size):
+        out[m] = popcount64(words[m])
+    return out
+
+
+@njit(cache=True)
+def popcounts_swar(words):
+    """popcount64_swar of each word: [M] uint64 -> [M] int64."""
+    out = np.empty(words.size, dtype=np.int64)
+    for m in range(words.size):
+        out[m] = popcount64_swar(words[m])
+    return out
+
+
+EDGE_WORDS = [0, 1, 2, 3, 2**63, 2**64 - 1, 2**63 - 1, 0x5555555555555555, 0xAAAAAAAAAAAAAAAA,
+              0x8000000000000001, 0xFF, 0x0123456789ABCDEF, 0xF0F0F0F0F0F0F0F0]
+
+
+@pytest.mark.parametrize("popcounts", [popcounts_ctpop, popcounts_swar])
+@given(extra=st.lists(st.integers(0, 2**64 - 1), max_size=50))
+def test_popcount_matches_bit_count(popcounts, extra: list[int]) -> None:
+    values = EDGE_WORDS + extra
+    expected = [bin(v).count("1") for v in values]
+    assert popcounts(np.array(values, dtype=np.uint64)).tolist() == expected
+
+
+def signed_ints(rng: np.random.Generator, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """Values in {-2, -1, 0, 1, 2} (1/5 exact zeros, some of them -0.0) in `dtype`."""
+    values = rng.integers(-2, 3, shape).astype(dtype)
+    values[rng.random(shape) < 0.1] = -0.0
+    return values
+
+
+def conv_inputs(seed: int, N: int, C: int, O: int, H: int, W: int, k: int, dtype: type = np.float32):
+    """x [N, C, H, W], tau [C] (x + tau is often exactly 0), weight [O, C, k, k] with zeros, alpha [O]."""
+    rng = np.random.default_rng(seed)
+    x = signed_ints(rng, (N, C, H, W), dtype)
+    tau = rng.integers(-1, 2, C).astype(dtype)
+    weight = signed_ints(rng, (O, C, k, k))
+    alpha = (np.abs(weight).mean(axis=(1, 2, 3)) + 0.25).astype(np.float32)      # [O] > 0
+    return x, tau, weight, alpha
+
+
+def pm1_conv(x: np.ndarray, tau: np.ndarray, weight: np.ndarray, stride: int, padding) -> np.ndarray:
+    """float64 conv2d(sign(x + tau), sign(W)) with zero padding: [N, O, Ho, Wo] integers."""
+    return conv2d(pm1(x + tau[:, None, None]), pm1(weight), None, stride, padding)[0]
+
+
+def fits(H: int, W: int, k: int, padding) -> bool:
+    top, bottom, left, right = as_padding(padding)
+    return H + top + bottom >= k and W + left + right >= k
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    N=st.integers(1, 3),
+    C=CHANNELS,
+    O=st.integers(1, 9),
+    H=st.integers(1, 9),
+    W=st.integers(1, 9),
+    k=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    padding=PADDINGS,
+)
+def test_conv_equals_float64_pm1_conv(seed, N, C, O, H, W, k, stride, padding) -> None:
+    assume(fits(H, W, k, padding))
+    x, tau, weight, alpha = conv_inputs(seed, N, C, O, H, W, k)
+    expected = pm1_conv(x, tau, weight, stride, padding)                          # [N, O, Ho, Wo]
+    packed = pack_activations(x, tau)                                             # [N, H, W, Wd]
+    packed_weight = pack_conv_weight(weight, alpha)
+    acc = conv_acc(packed, packed_weight.words_t, C, stride, as_padding(padding))
+    assert acc.dtype == np.int32 and acc.shape == expected.shape
+    assert np.array_equal(acc, expected)
+    assert np.array_equal(conv_acc_ref(packed, packed_weight.words, C, stride, padding), expected)
+
+    k_map = np.random.default_rng(seed + 1).uniform(0.5, 2.0, (N, *expected.shape[2:]))           # [N, Ho, Wo]
+    k_map = k_map.astype(np.float32)
+    scaled = conv_scaled(packed, packed_weight.words_t, C, stride, as_padding(padding), packed_weight.alpha, k_map)
+    assert scaled.dtype == np.float32
+    exact = expected * packed_weight.alpha.astype(np.float64)[:, None, None] * k_map[:, None].astype(np.float64)
+    np.testing.assert_allclose(scaled, exact, rtol=FLOAT32_ROUNDINGS, atol=0)
+    twin = conv_scaled_ref(packed, packed_weight.words, C, stride, padding, packed_weight.alpha, k_map)
+    np.testing.assert_allclose(scaled, twin, rtol=TWIN_ULPS, atol=0)
+
+
+def test_downsample_padding_against_the_definition() -> None:
+    """ddim's Downsample: pad (0, 1, 0, 1), 3x3 stride 2, odd and even sizes; the nested-loop conv as reference."""
+    for H, W in [(6, 6), (7, 5)]:
+        x, tau, weight, alpha = conv_inputs(3, 2, 70, 4, H, W, 3)
+        expected = conv_nested_loops(pm1(x + tau[:, None, None]), pm1(weight), None, 2, (0, 1, 0, 1))
+        packed_weight = pack_conv_weight(weight, alpha)
+        acc = conv_acc(pack_activations(x, tau), packed_weight.words_t, 70, 2, (0, 1, 0, 1))
+        assert np.array_equal(acc, expected)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    C=CHANNELS,
+    H=st.integers(1, 9),
+    stride=st.sampled_from([1, 2]),
+    padding=PADDINGS,
+    dtype=st.sampled_from([np.float32, np.float64]),
+    with_k=st.booleans(),
+)
+def test_binary_conv2d_is_bidm_conv(seed, C, H, stride, padding, dtype, with_k) -> None:
+    """binary_conv2d = conv2d(sign(x + tau), alpha * sign(W)) * K (BIDM.md §1), float32 or float64 inputs."""
+    assume(fits(H, H, 3, padding))
+    x, tau, weight, alpha = conv_inputs(seed, 2, C, 5, H, H, 3, dtype)
+    expected = pm1_conv(x, tau, weight, stride, padding) * alpha.astype(np.float64)[:, None, None]  # [N, O, Ho, Wo]
+    k_map = None
+    if with_k:
+        k_map = np.random.default_rng(seed).uniform(0.5, 2.0, (2, 1, *expected.shape[2:])).astype(np.float32)
+        expected = expected * k_map.astype(np.float64)                            # [N, O, Ho, Wo]
+    packed_weight = pack_conv_weight(weight, alpha)
+    out = binary_conv2d(x, tau, packed_weight, stride, padding, k_map)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=FLOAT32_ROUNDINGS, atol=0)
+    twin = binary_conv2d_ref(x, tau, packed_weight, stride, padding, k_map)
+    np.testing.assert_allclose(out, twin, rtol=TWIN_ULPS, atol=0)
+
+
+@given(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 3), I=CHANNELS, O=st.integers(1, 70))
+def test_linear_equals_float64_pm1_matmul(seed, N, I, O) -> None:
+    rng = np.random.default_rng(seed)
+    x, weight = signed_ints(rng, (N, I)), signed_ints(rng, (O, I))                # [N, I], [O, I]
+    tau = rng.integers(-1, 2, I).astype(np.float32)                               # [I]
+    alpha = rng.uniform(0.1, 1.0, O).astype(np.float32)                           # [O]
+    expected = pm1(x + tau) @ pm1(weight).T                                       # [N, O] float64
+    packed_weight = pack_linear_weight(weight, alpha)
+    packed = pack_signs(x + tau)                                                  # [N, Wd]
+    acc = linear_acc(packed, packed_weight)
+    assert acc.dtype == np.int32 and np.array_equal(acc, expected)
+    assert np.array_equal(linear_acc_ref(packed, packed_weight.words, I), expected)
+    out = binary_linear(x, tau, packed_weight)
+    np.testing.assert_allclose(out, expected * alpha.astype(np.float64), rtol=FLOAT32_ROUNDINGS, atol=0)
+    np.testing.assert_allclose(out, binary_linear_ref(x, tau, packed_weight), rtol=TWIN_ULPS, atol=0)
+
+
+def test_bad_inputs_raise_one_line_errors() -> None:
+    x, tau, weight, alpha = conv_inputs(0, 1, 8, 2, 4, 4, 3)
+    packed_weight = pack_conv_weight(weight, alpha)
+    with pytest.raises(ValueError, match=r"not NCHW \[N, 8, H, W\]"):
+        binary_conv2d(x[:, :7], None, packed_weight, 1, 1)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        binary_conv2d(x, None, packed_weight, 0, 1)
+    with pytest.raises(ValueError, match=r"not NCHW"):
+        binary_conv2d(x[0], None, packed_weight, 1, 1)
+    with pytest.raises(ValueError, match="does not fit the kernel"):
+        binary_conv2d(x[:, :, :1, :1], None, packed_weight, 1, 0)
+    with pytest.raises(ValueError, match="k_map"):
+        binary_conv2d(x, None, packed_weight, 1, 1, np.ones((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="tau"):
+        binary_conv2d(x, tau[:5], packed_weight, 1, 1)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        binary_conv2d(x.astype(np.int32), None, packed_weight, 1, 1)
+    with pytest.raises(ValueError, match=r"not \[N, 8\]"):
+        binary_linear(np.ones((2, 9), np.float32), None, pack_linear_weight(np.ones((3, 8)), np.ones(3)))
