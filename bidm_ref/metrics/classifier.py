@@ -1,0 +1,149 @@
+"""A small in-domain classifier whose features give "FD-clf", a fast CI-sized stand-in for FID.
+
+Dimensions: N batch, C image channels, 32x32 images, F = 64 feature size, K = 10 classes.
+
+    x [N, C, 32, 32] -> conv3x3(C->32) GN SiLU avgpool2 -> conv3x3(32->64) GN SiLU avgpool2
+      -> conv3x3(64->64) GN SiLU -> global mean over H, W = features [N, F] -> linear -> logits [N, K]
+    loss = mean_N cross-entropy(softmax(logits), label);  d logits = (softmax - onehot) / N
+
+FD-clf is the Frechet distance between the features of two image sets; the "classifier score"
+is exp(E_x KL(p(y|x) || p(y))) with this classifier's softmax (Inception Score's formula on an
+in-domain classifier). Neither is FID or IS: they are only comparable with each other, for the
+same classifier weights (whose sha256 is reported with them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.batches import BatchSampler
+from ..nn.activation import SiLU
+from ..nn.attention import softmax
+from ..nn.conv import Conv2d
+from ..nn.groupnorm import GroupNorm
+from ..nn.linear import Linear
+from ..nn.module import Module
+from ..nn.resample import avg_pool2x, avg_pool2x_backward
+from ..train.adam import Adam, AdamConfig
+from .frechet import frechet_distance
+from .inception_score import inception_score
+
+FEATURES = 64
+
+
+class FeatureClassifier(Module):
+    """Children conv1..3, norm1..3, head; forward(x) -> (logits, cache); `features(x)` for FD-clf."""
+
+    def __init__(self, in_channels: int, num_classes: int = 10, *, rng: np.random.Generator) -> None:
+        super().__init__()
+        widths = [(in_channels, 32), (32, 64), (64, FEATURES)]
+        self.convs = [self.add_child(f"conv{i + 1}", Conv2d(ci, co, 3, 1, 1, rng=rng)) for i, (ci, co) in enumerate(widths)]
+        self.norms = [self.add_child(f"norm{i + 1}", GroupNorm(8, co)) for i, (_, co) in enumerate(widths)]
+        self.head = self.add_child("head", Linear(FEATURES, num_classes, rng=rng))
+        self.act = SiLU()
+
+    def trunk(self, x: np.ndarray) -> tuple[np.ndarray, list]:
+        """x [N, C, 32, 32] -> features [N, F] and the caches of every stage."""
+        caches = []
+        h = x
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            h, c_conv = conv.forward(h)                                           # [N, Co, H, W]
+            h, c_norm = norm.forward(h)                                           # [N, Co, H, W]
+            h, c_act = self.act.forward(h)                                        # [N, Co, H, W]
+            pooled = i < len(self.convs) - 1
+            shape = h.shape
+            h = avg_pool2x(h) if pooled else h                                    # [N, Co, H/2, W/2]
+            caches.append((c_conv, c_norm, c_act, pooled, shape))
+        return h.mean(axis=(2, 3)), caches + [h.shape]                            # [N, F]
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self.trunk(x)[0]
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+        feats, c_trunk = self.trunk(x)                                            # [N, F]
+        logits, c_head = self.head.forward(feats)                                 # [N, K]
+        return logits, (c_trunk, c_head)
+
+    def backward(self, dlogits: np.ndarray, cache: tuple) -> np.ndarray:
+        c_trunk, c_head = cache
+        *stages, last_shape = c_trunk
+        dfeats = self.head.backward(dlogits, c_head)                              # [N, F]
+        N, F, H, W = last_shape
+        dh = np.broadcast_to(dfeats[:, :, None, None] / (H * W), last_shape).copy()  # [N, F, H, W]
+        for (conv, norm), (c_conv, c_norm, c_act, pooled, shape) in zip(
+            reversed(list(zip(self.convs, self.norms))), reversed(stages)
+        ):
+            dh = avg_pool2x_backward(dh, shape) if pooled else dh                 # [N, Co, H, W]
+            dh = self.act.backward(dh, c_act)
+            dh = norm.backward(dh, c_norm)
+            dh = conv.backward(dh, c_conv)                                        # [N, Ci, H, W]
+        return dh
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """mean_N -log softmax(logits)[label] and d/d logits [N, K]."""
+    p = softmax(logits.astype(np.float64), axis=1)                                # [N, K]
+    n = logits.shape[0]
+    loss = float(-np.mean(np.log(p[np.arange(n), labels] + 1e-300)))
+    p[np.arange(n), labels] -= 1.0
+    return loss, (p / n).astype(logits.dtype)                                     # [N, K]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, progress: bool = True
+) -> tuple[FeatureClassifier, list[float]]:
+    """Train on images [N, C, 32, 32] in [-1, 1] with int labels [N]; returns the model and the loss curve."""
+    model = FeatureClassifier(images.shape[1], int(labels.max()) + 1, rng=np.random.default_rng([cfg.seed, 0]))
+    sampler = BatchSampler(images, cfg.batch_size, cfg.seed)
+    adam = Adam(AdamConfig(lr=cfg.lr))
+    params, grads = dict(model.named_parameters()), dict(model.named_grads())
+    losses = []
+    for step in tqdm(range(cfg.steps), disable=not progress, unit="step"):
+        idx = sampler.indices(step)                                               # [B]
+        model.zero_grad()
+        logits, cache = model.forward(images[idx])                                # [B, K]
+        loss, dlogits = cross_entropy(logits, labels[idx])
+        model.backward(dlogits, cache)
+        adam.step(params, grads)
+        losses.append(loss)
+    return model, losses
+
+
+def classifier_outputs(model: FeatureClassifier, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, F] float64, softmax probabilities [N, K]) of images [N, C, 32, 32] in [-1, 1]."""
+    feats, probs = [], []
+    for start in range(0, len(images), batch):
+        f, _ = model.trunk(images[start : start + batch])                         # [b, F]
+        logits, _ = model.head.forward(f)                                         # [b, K]
+        feats.append(f.astype(np.float64))
+        probs.append(softmax(logits.astype(np.float64), axis=1))
+    return np.concatenate(feats), np.concatenate(probs)
+
+
+def accuracy(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray) -> float:
+    _, probs = classifier_outputs(model, images)
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def fd_clf(model: FeatureClassifier, images_a: np.ndarray, images_b: np.ndarray) -> float:
+    """Frechet distance between the classifier features of two image sets ([N, C, 32, 32] in [-1, 1])."""
+    fa, _ = classifier_outputs(model, images_a)                                   # [Na, F]
+    fb, _ = classifier_outputs(model, images_b)                                   # [Nb, F]
+    return frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+
+
+def classifier_score(model: FeatureClassifier, images: np.ndarray, splits: int = 1) -> float:
+    """exp(E KL(p(y|x) || p(y))) with this classifier (Inception Score's formula; not IS)."""
+    _, probs = classifier_outputs(model, images)
+    return inception_score(probs, splits)[0]
