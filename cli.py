@@ -94,6 +94,15 @@ def cmd_import_ddim(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from bidm_ref.bidm.ablation import AblationConfig, run_ablation
+    from bidm_ref.data.datasets import DataConfig
+
+    cfg = AblationConfig(teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, n_samples=args.n, sample_steps=args.sample_steps)
+    print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
+
+
 def method_names() -> list[str]:
     from bidm_ref.binary.methods import METHODS
 
@@ -156,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .h5")
     p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
     p.set_defaults(func=cmd_import_ddim)
+
+    p = sub.add_parser("ablate", help="train, sample and score the paper's comparison/ablation rows (resumable)")
+    p.add_argument("--teacher", required=True, help="FP teacher checkpoint")
+    p.add_argument("--out", default="results")
+    p.add_argument("--steps", type=int, default=200, help="training steps per row")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=64, help="samples per row")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when sampling a row")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
     p.add_argument("--what", default="conv", choices=["conv"], help="which benchmark")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bidm_ref.metrics.classifier import (ClassifierConfig, FeatureClassifier, accuracy, classifier_score,
-                                         cross_entropy, fd_clf, train_classifier)
+                                         cross_entropy, fd_clf, load_classifier, save_classifier,
+                                         train_classifier)
 from fdcheck import assert_close, check_module, directional_fd
 
 
@@ -34,6 +35,14 @@ def two_class_fixture(n, rng):
     stripes = np.where(labels[:, None, None] == 0, rows[:, :, None], rows[:, None, :])  # [n, 32, 32]
     images = np.where(stripes, 0.8, -0.8) + rng.normal(0, 0.1, (n, 32, 32))
     return images[:, None].astype(np.float32), labels
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = FeatureClassifier(1, 4, rng=np.random.default_rng(0))
+    save_classifier(model, str(tmp_path / "clf.h5"), "fixture", 0.5)
+    loaded = load_classifier(str(tmp_path / "clf.h5"))
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x)[0], model.forward(x)[0])
 
 
 def test_training_separates_classes_and_fd_clf_orders_sets():

@@ -24,16 +24,16 @@ MICRO = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,
                    in_channels=1, out_ch=1, resolution=32, groups=2)
 
 
-def write_idx_dataset(folder, n=24):
-    """A Fashion-MNIST-shaped IDX pair (train images + labels, gzipped) with simple blobs."""
-    rng = np.random.default_rng(0)
+def write_idx_dataset(folder, n=24, split="train"):
+    """A Fashion-MNIST-shaped IDX pair (images + labels of `split`: train or t10k, gzipped) with simple blobs."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
     images = np.zeros((n, 28, 28), np.uint8)
     for i in range(n):
         r, c = rng.integers(4, 20, 2)
         images[i, r : r + 8, c : c + 8] = 255
-    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+    with gzip.open(folder / f"{split}-images-idx3-ubyte.gz", "wb") as f:
         f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+    with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
         f.write(struct.pack(">II", 0x801, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
 
 

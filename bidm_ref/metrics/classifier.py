@@ -28,6 +28,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module
 from ..nn.resample import avg_pool2x, avg_pool2x_backward
 from ..train.adam import Adam, AdamConfig
+from ..train.checkpoint import load_checkpoint, save_checkpoint
 from .frechet import frechet_distance
 from .inception_score import inception_score
 
@@ -147,3 +148,22 @@ def classifier_score(model: FeatureClassifier, images: np.ndarray, splits: int =
     """exp(E KL(p(y|x) || p(y))) with this classifier (Inception Score's formula; not IS)."""
     _, probs = classifier_outputs(model, images)
     return inception_score(probs, splits)[0]
+
+
+def save_classifier(model: FeatureClassifier, path: str, dataset: str, accuracy_test: float) -> None:
+    """Write the classifier as a bidm-ckpt file (config names the dataset and test accuracy)."""
+    in_channels = model.convs[0].params["weight"].shape[1]
+    num_classes = model.head.params["weight"].shape[0]
+    config = {"classifier": {"in_channels": in_channels, "num_classes": num_classes, "dataset": dataset,
+                             "test_accuracy": accuracy_test}}
+    save_checkpoint(path, params=model.state_dict(), config=config)
+
+
+def load_classifier(path: str) -> FeatureClassifier:
+    ckpt = load_checkpoint(path)
+    if "classifier" not in ckpt.config:
+        raise ValueError(f"{path} is not an FD-clf classifier checkpoint")
+    cfg = ckpt.config["classifier"]
+    model = FeatureClassifier(cfg["in_channels"], cfg["num_classes"], rng=np.random.default_rng(0))
+    model.load_state_dict(ckpt.params)
+    return model

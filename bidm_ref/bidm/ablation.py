@@ -1,0 +1,173 @@
+"""`cli.py ablate`: the paper's comparison and ablation rows as runs of one training command each.
+
+Every row trains a student from the same teacher with the same steps, batch, lr and seed (FP is
+the teacher itself), draws the same number of samples with the same sampler seed, and is scored
+by its final training loss and FD-clf / classifier score against the dataset's test split (the
+in-domain classifier of metrics/classifier.py, trained once and kept in OUT/classifier.h5).
+A row writes OUT/rows/<slug>/{ckpt.h5, loss.tsv, samples.png, samples.npz, result.json};
+a row with result.json is not rerun, and an interrupted row resumes from its checkpoint.
+OUT/ablation.md is regenerated from the result files after every row.
+
+Rows (shared BIDM.md §3, §6): FP; the five baselines (XNOR = Vanilla, XNOR++, DoReFa, ReActNet,
+ReSTE); Vanilla + learnable k; +TBS (BiDM layers and cross-timestep connections, no distillation);
++SPD (Vanilla layers with SPD); BiDM; BiDM with L2 instead of SPD; BiDM with 0, 1 and all decoder
+TBS connections (2 is the BiDM row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..data.datasets import DataConfig, load_labeled
+from ..data.images import save_grid, save_npz_batch
+from ..diffusion.generate import SampleConfig, generate
+from ..diffusion.schedule import Schedule, ScheduleConfig
+from ..metrics.classifier import (ClassifierConfig, accuracy, classifier_score, fd_clf, load_classifier,
+                                  save_classifier, train_classifier)
+from ..models.build import load_model, sampling_eps_fn
+from ..train.adam import AdamConfig
+from ..train.atomic import atomic_write
+from ..train.run import StudentConfig, train
+from ..train.trainer import TrainConfig
+from .objective import BiDMConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    method: str
+    tbs_connections: int
+    distill: str
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "_" for c in self.name.lower()).strip("_")
+
+    @property
+    def bits(self) -> str:
+        return "32/32" if self.method == "fp" else "1/1"
+
+
+def ablation_rows(decoder_units: int) -> list[Row]:
+    """The rows in table order; `decoder_units` is the 'all' TBS setting."""
+    return [
+        Row("FP", "fp", 0, "none"),
+        Row("XNOR (Vanilla)", "xnor", 0, "none"),
+        Row("XNOR++", "xnorpp", 0, "none"),
+        Row("DoReFa", "dorefa", 0, "none"),
+        Row("ReActNet", "reactnet", 0, "none"),
+        Row("ReSTE", "reste", 0, "none"),
+        Row("Vanilla + learnable k", "xnor_k", 0, "none"),
+        Row("+TBS", "bidm", 2, "none"),
+        Row("+SPD", "xnor", 0, "spd"),
+        Row("BiDM", "bidm", 2, "spd"),
+        Row("BiDM, L2 instead of SPD", "bidm", 2, "l2"),
+        Row("BiDM, TBS 0", "bidm", 0, "spd"),
+        Row("BiDM, TBS 1", "bidm", 1, "spd"),
+        Row(f"BiDM, TBS all ({decoder_units})", "bidm", decoder_units, "spd"),
+    ]
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    teacher: str
+    out: str = "results"
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 2e-4
+    seed: int = 0
+    n_samples: int = 64
+    sample_steps: int = 20
+    eval_images: int = 2000
+    classifier_steps: int = 1500
+
+
+def final_loss(loss_tsv: str, last: int = 20) -> float:
+    """Mean training loss over the last `last` steps of a run's loss.tsv."""
+    rows = [line.split("\t") for line in open(loss_tsv).read().splitlines()[1:]]
+    return float(np.mean([float(r[1]) for r in rows[-last:]]))
+
+
+def classifier_for(cfg: AblationConfig, data: DataConfig, progress: bool):
+    """OUT/classifier.h5, trained on the training split's labels on first use."""
+    path = os.path.join(cfg.out, "classifier.h5")
+    if not os.path.exists(path):
+        images, labels = load_labeled(data)
+        if labels is None:
+            raise ValueError(f"dataset {data.name} has no labels: FD-clf needs a labelled dataset")
+        model, _ = train_classifier(images, labels, ClassifierConfig(steps=cfg.classifier_steps, seed=cfg.seed), progress)
+        test_images, test_labels = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
+                                                           limit=cfg.eval_images))
+        save_classifier(model, path, data.name, accuracy(model, test_images, test_labels))
+    return load_classifier(path)
+
+
+def run_row(row: Row, cfg: AblationConfig, data: DataConfig, progress: bool) -> tuple[dict, np.ndarray]:
+    """Train (unless FP) and sample one row; returns its result dict and the samples [N, C, H, W] in [-1, 1]."""
+    folder = os.path.join(cfg.out, "rows", row.slug)
+    if row.method == "fp":
+        weights, loss = cfg.teacher, None
+    else:
+        ckpt = os.path.join(folder, "ckpt.h5")
+        train(data, ScheduleConfig(), AdamConfig(lr=cfg.lr),
+              TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, out_dir=folder),
+              student=StudentConfig(row.method, cfg.teacher),
+              bidm=BiDMConfig(tbs_connections=row.tbs_connections, distill=row.distill),
+              resume=os.path.exists(ckpt), progress=progress)
+        weights, loss = ckpt, final_loss(os.path.join(folder, "loss.tsv"))
+    model, config = load_model(weights)
+    shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
+    sample_cfg = SampleConfig(n=cfg.n_samples, steps=cfg.sample_steps, seed=cfg.seed, batch_size=cfg.n_samples)
+    samples = np.clip(generate(lambda: sampling_eps_fn(model), shape, Schedule(ScheduleConfig(**config["schedule"])),
+                               sample_cfg, progress), -1, 1)
+    save_grid(samples, os.path.join(folder, "samples.png"))
+    save_npz_batch(samples, os.path.join(folder, "samples.npz"))
+    return {"row": asdict(row), "final_loss": loss, "samples": cfg.n_samples, "sample_steps": cfg.sample_steps}, samples
+
+
+def write_table(cfg: AblationConfig, rows: list[Row]) -> str:
+    """OUT/ablation.md from the rows' result.json files (rows without one are listed as pending)."""
+    lines = [
+        f"Ablation on the teacher `{cfg.teacher}`: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, "
+        f"seed {cfg.seed}; {cfg.n_samples} samples, DDIM {cfg.sample_steps} steps. FD-clf and the classifier score "
+        "use the in-domain classifier (not Inception; comparable only within this table).",
+        "",
+        "| method | #bits W/A | TBS | distill | final loss | FD-clf | clf score |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        path = os.path.join(cfg.out, "rows", row.slug, "result.json")
+        if not os.path.exists(path):
+            lines.append(f"| {row.name} | {row.bits} | {row.tbs_connections} | {row.distill} | pending | | |")
+            continue
+        r = json.load(open(path))
+        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.2f}"
+        lines.append(f"| {row.name} | {row.bits} | {row.tbs_connections} | {row.distill} | {loss} | "
+                     f"{r['fd_clf']:.3f} | {r['clf_score']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    with atomic_write(os.path.join(cfg.out, "ablation.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def run_ablation(cfg: AblationConfig, data: DataConfig, only: list[str] | None = None, progress: bool = True) -> str:
+    """Run every row not yet finished (or only the named slugs); returns the table."""
+    teacher, _ = load_model(cfg.teacher)
+    decoder_units = len(teacher.cfg.ch_mult) * (teacher.cfg.num_res_blocks + 1)
+    rows = ablation_rows(decoder_units)
+    classifier = classifier_for(cfg, data, progress)
+    reference = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test", limit=cfg.eval_images))[0]
+    for row in rows:
+        result_path = os.path.join(cfg.out, "rows", row.slug, "result.json")
+        if os.path.exists(result_path) or (only and row.slug not in only):
+            continue
+        result, samples = run_row(row, cfg, data, progress)                        # [N, C, H, W]
+        result.update(fd_clf=fd_clf(classifier, reference, samples), clf_score=classifier_score(classifier, samples))
+        with atomic_write(result_path, "w") as f:
+            json.dump(result, f, indent=2)
+        write_table(cfg, rows)
+    return write_table(cfg, rows)
