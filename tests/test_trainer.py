@@ -60,6 +60,9 @@ def test_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(p, resumed.model.state_dict()[name], err_msg=name)
     for name, s in straight.ema.shadow.items():
         np.testing.assert_array_equal(s, resumed.ema.shadow[name], err_msg=name)
+    curve_a = (tmp_path / "a" / "loss.tsv").read_text().splitlines()
+    curve_b = (tmp_path / "b" / "loss.tsv").read_text().splitlines()
+    assert curve_b == curve_a and [row.split("\t")[0] for row in curve_b[1:]] == ["1", "2", "3", "4"]
     ckpt = load_checkpoint(tmp_path / "b" / "ckpt.h5")
     assert ckpt.step == 4 and ckpt.optim.t == 4 and ckpt.config["model"]["ch"] == 4
 

@@ -5,13 +5,11 @@ Student: StudentConfig names the method and the teacher checkpoint; the model co
          beta schedule come from the teacher, the student starts from the teacher's EMA weights and
          trains with the BiDM objective (BiDMConfig: TBS connections, distillation; with 0
          connections and no distillation it is the plain noise loss).
-The loss curve is appended to `out_dir/loss.tsv` (step, loss, grad_norm), so a resumed run
-continues the same file.
+The loss curve goes to `out_dir/loss.tsv` (see Trainer), so a resumed run continues the same file.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,16 +32,6 @@ from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 class StudentConfig:
     method: str = "bidm"
     teacher: str = ""
-
-
-def append_loss_curve(out_dir: str, history: list[dict[str, float]]) -> None:
-    path = os.path.join(out_dir, "loss.tsv")
-    new = not os.path.exists(path)
-    with open(path, "a") as f:
-        if new:
-            f.write("step\tloss\tgrad_norm\n")
-        for row in history:
-            f.write(f"{row['step']}\t{row['loss']:.6f}\t{row['grad_norm']:.6f}\n")
 
 
 def load_teacher(path: str) -> tuple[UNet, ScheduleConfig]:
@@ -102,6 +90,5 @@ def train(
     trainer = Trainer(model, objective, batches, train_cfg, adam_cfg, run_config)
     if resume:
         trainer.resume(trainer.ckpt_path)
-    history = trainer.run(progress)
-    append_loss_curve(train_cfg.out_dir, history)
+    trainer.run(progress)
     return trainer

@@ -11,7 +11,8 @@ One step s:
 
 Nothing random is carried between steps, so a run resumed from the checkpoint of step k
 continues bit-identically to an uninterrupted run. The checkpoint `out_dir/ckpt.h5` is
-rewritten atomically every `ckpt_every` steps and at the end.
+rewritten atomically every `ckpt_every` steps and at the end; `out_dir/loss.tsv` gets the
+metrics (step, loss, ..., grad_norm) of the steps each checkpoint covers.
 
 EMA: ddim averages with a fixed decay 0.9999, which barely moves in a short CPU run. We use
 decay_s = min(decay, (1 + s) / (10 + s)) (TensorFlow's ExponentialMovingAverage with
@@ -90,6 +91,8 @@ class Trainer:
         self.run_config = run_config
         self.step = 0
         self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.h5")
+        self.loss_path = os.path.join(cfg.out_dir, "loss.tsv")
+        self.unsaved: list[dict[str, float]] = []
 
     def resume(self, path: str) -> None:
         """Load params, EMA, Adam state and step from a checkpoint of the same run config."""
@@ -108,6 +111,7 @@ class Trainer:
         return {**run_config, "train": train}
 
     def save(self) -> None:
+        """Write the checkpoint, then append the loss rows of the steps it covers to loss.tsv."""
         os.makedirs(self.cfg.out_dir, exist_ok=True)
         save_checkpoint(
             self.ckpt_path,
@@ -118,6 +122,9 @@ class Trainer:
             optim=self.adam.state_dict(),
             rng_state={"seed": self.cfg.seed, "next_step": self.step, "stream": STEP_STREAM},
         )
+        if self.unsaved:
+            append_rows(self.loss_path, self.unsaved)
+            self.unsaved = []
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns the objective's metrics plus the pre-clip gradient norm."""
@@ -143,6 +150,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             metrics = self.train_step()
             history.append({"step": self.step, **metrics})
+            self.unsaved.append(history[-1])
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             bar.update(1)
             if self.step % self.cfg.ckpt_every == 0:
@@ -154,6 +162,20 @@ class Trainer:
             print(f"trained {len(history)} steps in {elapsed:.1f} s ({len(history) / elapsed:.2f} it/s); "
                   f"checkpoint {self.ckpt_path}")
         return history
+
+
+def append_rows(path: str, rows: list[dict[str, float]]) -> None:
+    """Append metric rows to a TSV (header from the first row's keys when the file is new).
+
+    Rows are written when their steps are checkpointed, so after a crash the file ends at the
+    checkpoint a resumed run restarts from and the curve continues without gaps or repeats.
+    """
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write("\t".join(rows[0]) + "\n")
+        for row in rows:
+            f.write("\t".join(str(row["step"]) if k == "step" else f"{row[k]:.6f}" for k in rows[0]) + "\n")
 
 
 def run_config_dict(**configs: Any) -> dict[str, Any]:
