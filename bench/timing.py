@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bidm_ref.train.atomic import atomic_write
+
 
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     """Run fn `warmup` times untimed (compiles, caches), then `repeats` times; median and min seconds."""
@@ -57,7 +59,5 @@ def format_table(results: list[dict]) -> str:
 def write_report(path: str, results: list[dict], ratios: dict) -> None:
     """Write the JSON report atomically (temp file + rename)."""
     report = {"machine": machine_info(), "results": results, "ratios": ratios}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(report, f, indent=2)
-    os.replace(tmp, path)
