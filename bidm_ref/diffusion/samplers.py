@@ -55,6 +55,44 @@ def default_noise(rng: np.random.Generator | None, dtype: np.dtype) -> NoiseFn:
     return draw
 
 
+def ddim_update(x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, eta: float, noise_fn: NoiseFn) -> np.ndarray:
+    """One DDIM step x_t -> x_next (module docstring)."""
+    x0_hat = (x - float(np.sqrt(1 - a_t)) * eps) / float(np.sqrt(a_t))            # [N, C, H, W]
+    c1 = eta * np.sqrt((1 - a_t / a_n) * (1 - a_n) / (1 - a_t))
+    c2 = np.sqrt(1 - a_n - c1**2)
+    x_next = float(np.sqrt(a_n)) * x0_hat + float(c2) * eps                       # [N, C, H, W]
+    return x_next + float(c1) * noise_fn(x.shape) if eta > 0 else x_next
+
+
+def ddpm_update(x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, noise_fn: NoiseFn) -> np.ndarray:
+    """One ancestral DDPM step x_t -> x_next (module docstring); no noise is drawn at t = 0."""
+    beta = 1 - a_t / a_n
+    x0_hat = np.clip(float(np.sqrt(1 / a_t)) * x - float(np.sqrt(1 / a_t - 1)) * eps, -1, 1)  # [N, C, H, W]
+    mean = (float(np.sqrt(a_n) * beta) * x0_hat + float(np.sqrt(1 - beta) * (1 - a_n)) * x) / float(1 - a_t)
+    return mean if t == 0 else mean + float(np.sqrt(beta)) * noise_fn(x.shape)    # [N, C, H, W]
+
+
+def run_steps(
+    update: Callable[[np.ndarray, np.ndarray, float, float, int, NoiseFn], np.ndarray],
+    eps_fn: EpsFn,
+    x_T: np.ndarray,
+    schedule: Schedule,
+    steps: int,
+    rng: np.random.Generator | None,
+    noise_fn: NoiseFn | None,
+    callback: Callback | None,
+) -> np.ndarray:
+    """The loop both samplers share: for each (t, t_next), eps = eps_fn(x, t), callback, x = update(...)."""
+    noise_fn = noise_fn or default_noise(rng, x_T.dtype)
+    x = x_T
+    for step, (t, t_next) in enumerate(step_pairs(schedule.T, steps)):
+        eps = eps_fn(x, np.full(x.shape[0], t, dtype=np.int64))                  # [N, C, H, W]
+        if callback is not None:
+            callback(step, t, x, eps)
+        x = update(x, eps, schedule.alpha_bar(t), schedule.alpha_bar(t_next), t, noise_fn)  # [N, C, H, W]
+    return x
+
+
 def sample_ddim(
     eps_fn: EpsFn,
     x_T: np.ndarray,
@@ -66,20 +104,10 @@ def sample_ddim(
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Run DDIM from x_T [N, C, H, W]; returns x_0 [N, C, H, W] (not clipped)."""
-    noise_fn = noise_fn or default_noise(rng, x_T.dtype)
-    x = x_T
-    for step, (t, t_next) in enumerate(step_pairs(schedule.T, steps)):
-        a_t, a_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
-        eps = eps_fn(x, np.full(x.shape[0], t, dtype=np.int64))                  # [N, C, H, W]
-        if callback is not None:
-            callback(step, t, x, eps)
-        x0_hat = (x - float(np.sqrt(1 - a_t)) * eps) / float(np.sqrt(a_t))        # [N, C, H, W]
-        c1 = eta * np.sqrt((1 - a_t / a_n) * (1 - a_n) / (1 - a_t))
-        c2 = np.sqrt(1 - a_n - c1**2)
-        x = float(np.sqrt(a_n)) * x0_hat + float(c2) * eps                        # [N, C, H, W]
-        if eta > 0:
-            x = x + float(c1) * noise_fn(x.shape)                                 # [N, C, H, W]
-    return x
+    def update(x, eps, a_t, a_n, t, noise):
+        return ddim_update(x, eps, a_t, a_n, t, eta, noise)
+
+    return run_steps(update, eps_fn, x_T, schedule, steps, rng, noise_fn, callback)
 
 
 def sample_ddpm(
@@ -92,15 +120,4 @@ def sample_ddpm(
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Ancestral DDPM sampling from x_T over the same timestep sequence; returns x_0 [N, C, H, W]."""
-    noise_fn = noise_fn or default_noise(rng, x_T.dtype)
-    x = x_T
-    for step, (t, t_next) in enumerate(step_pairs(schedule.T, steps)):
-        a_t, a_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
-        beta = 1 - a_t / a_n
-        eps = eps_fn(x, np.full(x.shape[0], t, dtype=np.int64))                  # [N, C, H, W]
-        if callback is not None:
-            callback(step, t, x, eps)
-        x0_hat = np.clip(float(np.sqrt(1 / a_t)) * x - float(np.sqrt(1 / a_t - 1)) * eps, -1, 1)  # [N, C, H, W]
-        mean = (float(np.sqrt(a_n) * beta) * x0_hat + float(np.sqrt(1 - beta) * (1 - a_n)) * x) / float(1 - a_t)
-        x = mean if t == 0 else mean + float(np.sqrt(beta)) * noise_fn(x.shape)   # [N, C, H, W]
-    return x
+    return run_steps(ddpm_update, eps_fn, x_T, schedule, steps, rng, noise_fn, callback)
