@@ -23,12 +23,26 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from bench.bench_conv import bench_conv
+    from bench.bench_kernels import bench_kernels
+    from bench.bench_unet import bench_unet
     from bench.timing import format_table, write_report
+    from bidm_ref.models.efficiency import efficiency_table, format_efficiency
 
-    results = bench_conv(args.repeats)
-    print(format_table(results))
+    suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet}
+    what = args.what or (None if args.table else "all")
+    results, ratios = [], {}
+    for name in list(suites) if what == "all" else [what] if what else []:
+        rows, more = suites[name](args.repeats)
+        results += rows
+        ratios.update(more)
+    if results:
+        print(format_table(results))
+        for key, value in ratios.items():
+            print(f"{key}: {value:.2f}x")
+    if args.table == "efficiency":
+        print(format_efficiency(efficiency_table()))
     if args.json:
-        write_report(args.json, results, {})
+        write_report(args.json, results, ratios)
         print(f"wrote {args.json}")
 
 
@@ -101,6 +115,15 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     cfg = AblationConfig(teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, n_samples=args.n, sample_steps=args.sample_steps)
     print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from bidm_ref.models.packed import export_packed
+
+    summary = export_packed(args.weights, args.out, use_ema=not args.raw)
+    print(f"wrote {summary.path}: {summary.bytes_on_disk:,} bytes on disk ({summary.bytes_on_disk / 2**20:.3f} MB); "
+          f"{summary.binary_layers} binary layers, {summary.binary_weights:,} weights at 1 bit, "
+          f"{summary.float_params:,} float parameters ({summary.weights} weights)")
 
 
 def method_names() -> list[str]:
@@ -180,8 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
 
+    p = sub.add_parser("export", help="pack a trained binary student (bidm, xnor, xnor_k) into 1-bit words")
+    p.add_argument("--weights", required=True, help="the float student checkpoint (.h5) of `cli.py train`")
+    p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
+    p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
-    p.add_argument("--what", default="conv", choices=["conv"], help="which benchmark")
+    p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "all"],
+                   help="which timings: float conv, popcount kernels, UNet sampling step (default all, "
+                   "none when only --table is given)")
+    p.add_argument("--table", default=None, choices=["efficiency"],
+                   help="also print the efficiency table (bits, MB, BOPs, FLOPs, OPs; FP, XNOR, BiDM; tiny, cifar10)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_bench)

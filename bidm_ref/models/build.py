@@ -3,6 +3,8 @@
 A run config is {"model": UNetConfig fields, "schedule": ..., ...}; tuples come back as lists.
 A binary student's run config also has {"student": {"method": ..., "teacher": path}} and
 {"bidm": BiDMConfig fields}; a student with TBS connections gets its TBS mixer back.
+A packed student (root attr `packed`, written by `cli.py export`, models/packed.py) loads as the
+UNet of packed popcount layers, so every reader of `load_model` samples it unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import numpy as np
 
 from ..bidm.tbs import attach_tbs
 from ..binary.methods import BinaryLayers
-from ..nn.factory import DENSE
-from ..train.checkpoint import load_checkpoint
+from ..nn.factory import DENSE, LayerFactory
+from ..train.checkpoint import Checkpoint, load_checkpoint
 from .config import UNetConfig
 from .unet import UNet
 
@@ -26,18 +28,38 @@ def unet_config(run_config: dict[str, Any]) -> UNetConfig:
     return UNetConfig(**fields)
 
 
-def load_model(path: str, use_ema: bool = True) -> tuple[UNet, dict[str, Any]]:
-    """The UNet (FP or binary student) of a checkpoint with its EMA weights (or raw params) and run config."""
-    ckpt = load_checkpoint(path)
+def tbs_connections(run_config: dict[str, Any]) -> int:
+    """The TBS connections of a run config (0 for an FP model or a student without TBS)."""
+    return run_config.get("bidm", {}).get("tbs_connections", 0)
+
+
+def build_unet(cfg: UNetConfig, body: LayerFactory, connections: int, num_timesteps: int) -> UNet:
+    """A UNet with `body` layers (seeded init, to be overwritten by a load) and its TBS mixer if connections > 0."""
+    model = UNet(cfg, rng=np.random.default_rng(0), body=body)
+    attach_tbs(model, connections, num_timesteps)
+    return model
+
+
+def model_from_checkpoint(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
+    """The UNet (FP, binary student or packed student) of a loaded checkpoint, with its EMA weights or raw params."""
     if "model" not in ckpt.config:
-        raise ValueError(f"{path} has no model config: it was not written by `cli.py train`")
+        raise ValueError(f"{where} has no model config: it was not written by `cli.py train` or `cli.py export`")
+    from .packed import is_packed, packed_model  # packed.py builds on this module, so it is imported here
+
+    if is_packed(ckpt):
+        return packed_model(ckpt, where, use_ema)
     body = BinaryLayers(ckpt.config["student"]["method"]) if "student" in ckpt.config else DENSE
-    model = UNet(unet_config(ckpt.config), rng=np.random.default_rng(0), body=body)
-    connections = ckpt.config.get("bidm", {}).get("tbs_connections", 0)
-    attach_tbs(model, connections, ckpt.config["schedule"]["num_timesteps"])
+    model = build_unet(unet_config(ckpt.config), body, tbs_connections(ckpt.config),
+                       ckpt.config["schedule"]["num_timesteps"])
     weights = ckpt.ema if use_ema and ckpt.ema is not None else ckpt.params
     model.load_state_dict(weights)
-    return model, ckpt.config
+    return model
+
+
+def load_model(path: str, use_ema: bool = True) -> tuple[UNet, dict[str, Any]]:
+    """The UNet of a checkpoint file (FP, binary student or packed student) and its run config."""
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, path, use_ema), ckpt.config
 
 
 def sampling_eps_fn(model: UNet) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
