@@ -140,8 +140,8 @@ def test_writer_layout_matches_torch(tmp_path):
         my_records = {n.split("/", 1)[1] for n in mine.namelist()}
         real_records = {n.split("/", 1)[1] for n in real.namelist()} - {".data/serialization_id"}
         assert my_records == {r for r in real_records if not r.startswith("data/") or r == "data/0"}
-        for info in mine.infolist():  # storages start on 64-byte boundaries, as torch.save aligns them
-            raw = open(path, "rb").read()
+        raw = path.read_bytes()
+        for info in mine.infolist():  # record data starts on 64-byte boundaries, as torch.save aligns it
             name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
             assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
         my_globals = pickle_globals(mine.read("x/data.pkl"))

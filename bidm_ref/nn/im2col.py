@@ -6,9 +6,12 @@ Padding is (top, bottom, left, right) zeros (see conv.as_padding).
 
 im2col: cols[(n, ho, wo), (i, j, c)] = x[n, c, ho*stride + i - top, wo*stride + j - left]  (0 outside)
 col2im: its adjoint, dx[n, c, h, w] = sum of the cols entries that read x[n, c, h, w].
-The Numba col2im gathers (each input pixel sums the taps that read it) so the parallel loop over
-(n, h) rows has no write conflicts; its summation order differs from the twin's, so the two agree
-to float rounding (exactly for im2col, a pure copy).
+The Numba col2im gathers (each input pixel sums the taps that read it), so its loop over (n, h)
+rows has no write conflicts; its summation order differs from the twin's, so the two agree to
+float rounding (exactly for im2col, a pure copy). Both run on one thread: they are memory copies,
+and a parallel region per conv stalls on a busy machine (OpenMP workers descheduled by other
+processes cost ~10 ms per launch, measured with the UNet step benchmark), while the matmul
+next to them already uses BLAS's threads.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import numpy as np
 from .padding import Padding, as_padding, conv_output_size
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def im2col_nhwc_kernel(x_nhwc, kh, kw, stride, top, left, Ho, Wo, cols):  # pragma: no cover - compiled
     N, H, W, C = x_nhwc.shape
-    for r in numba.prange(N * Ho):
+    for r in range(N * Ho):
         n, i = r // Ho, r % Ho
         for j in range(Wo):
             row = (n * Ho + i) * Wo + j
@@ -39,10 +42,10 @@ def im2col_nhwc_kernel(x_nhwc, kh, kw, stride, top, left, Ho, Wo, cols):  # prag
                             cols[row, base + c] = 0
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def col2im_nhwc_kernel(dcols, kh, kw, stride, top, left, Ho, Wo, dx_nhwc):  # pragma: no cover - compiled
     N, H, W, C = dx_nhwc.shape
-    for r in numba.prange(N * H):
+    for r in range(N * H):
         n, h = r // H, r % H
         for w in range(W):
             for a in range(kh):
