@@ -24,14 +24,6 @@ import numpy as np
 from scipy.special import xlogy
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax of logits [N, K] in float64, shifted by the row max for stability."""
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=1, keepdims=True)       # [N, K]
-    e = np.exp(z)                              # [N, K]
-    return e / e.sum(axis=1, keepdims=True)    # [N, K]
-
-
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """(mean, std) of IS over `splits` consecutive chunks of class probabilities [N, K]."""
     p = np.asarray(probs, np.float64)          # [N, K]
