@@ -138,3 +138,11 @@ def test_binary_layers_factory_and_errors():
         BinaryLayers("ternary")
     with pytest.raises(ValueError, match="stride 1 or 2"):
         BinaryConv2d(2, 2, 3, 3, 1, rng=rng)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_binary_conv_shares_the_switchable_full_mode(method):
+    from bidm_ref.binary.switchable import SwitchableConv2d
+
+    conv = get_method(method).conv(2, 3, 3, 1, 1, 4, np.random.default_rng(0))
+    assert isinstance(conv, SwitchableConv2d) and conv.binarize

@@ -105,3 +105,23 @@ def test_antithetic_timesteps():
     t = draw_timesteps(np.random.default_rng(0), 7, 1000)
     assert t.shape == (7,) and t.min() >= 0 and t.max() <= 999
     np.testing.assert_array_equal(t[4:7], 999 - t[:3])
+
+
+def test_generate_is_seeded_and_batches_the_remainder():
+    from bidm_ref.diffusion.generate import SampleConfig, generate
+
+    calls = []
+
+    def make_eps_fn():
+        calls.append(1)
+        return lambda x, t: 0.1 * x
+
+    cfg = SampleConfig(n=5, steps=3, seed=7, batch_size=2)
+    a = generate(make_eps_fn, (1, 2, 2), Schedule(), cfg, progress=False)
+    b = generate(make_eps_fn, (1, 2, 2), Schedule(), cfg, progress=False)
+    assert a.shape == (5, 1, 2, 2) and a.dtype == np.float32 and len(calls) == 6
+    np.testing.assert_array_equal(a, b)
+    other = generate(make_eps_fn, (1, 2, 2), Schedule(), SampleConfig(n=5, steps=3, seed=8, batch_size=2), progress=False)
+    assert not np.array_equal(a, other)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SampleConfig(sampler="euler")
