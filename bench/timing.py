@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -42,6 +43,9 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "load_1min_at_start": os.getloadavg()[0],
     }
 
 
@@ -57,7 +61,8 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_report(path: str, results: list[dict], ratios: dict) -> None:
-    """Write the JSON report atomically (temp file + rename)."""
-    report = {"machine": machine_info(), "results": results, "ratios": ratios}
+    """Write the JSON report atomically (temp file + rename); `command` is the command line that made it."""
+    command = " ".join(["python", *sys.argv])
+    report = {"machine": machine_info(), "command": command, "results": results, "ratios": ratios}
     with atomic_write(path, "w") as f:
         json.dump(report, f, indent=2)

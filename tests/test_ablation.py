@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
+from bidm_ref.bidm import ablation
 from bidm_ref.bidm.ablation import AblationConfig, ablation_rows, run_ablation
 from bidm_ref.data.datasets import DataConfig
 from bidm_ref.diffusion.schedule import ScheduleConfig
@@ -27,10 +30,12 @@ def test_ablation_runs_scores_and_resumes(tmp_path):
     train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
           model_cfg=MICRO, progress=False)
     cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"), steps=2, batch_size=4,
-                         n_samples=4, sample_steps=2, eval_images=12, classifier_steps=2)
+                         n_samples=4, sample_steps=2, eval_images=12, classifier_steps=2,
+                         inception=str(tmp_path / "no_inception.h5"))
     table = run_ablation(cfg, data, only=["fp", "bidm"], progress=False)
     assert "| FP | 32/32 | 0 | none | - |" in table and "| BiDM | 1/1 | 2 | spd |" in table
-    assert "| ReSTE | 1/1 | 0 | none | pending | | |" in table
+    assert "| ReSTE | 1/1 | 0 | none | pending | | | | | | |" in table
+    assert table.count("| - | - | - | - |") == 2  # no Inception weights: those columns stay empty
     result = tmp_path / "res" / "rows" / "bidm" / "result.json"
     stamp = os.path.getmtime(result)
     scores = json.loads(result.read_text())
@@ -39,3 +44,26 @@ def test_ablation_runs_scores_and_resumes(tmp_path):
     run_ablation(cfg, data, only=["fp", "bidm"], progress=False)
     assert os.path.getmtime(result) == stamp
     assert (tmp_path / "res" / "ablation.md").read_text() == table
+
+
+def test_inception_columns_filled_when_weights_exist(tmp_path, monkeypatch):
+    write_idx_dataset(tmp_path, n=24, split="train")
+    write_idx_dataset(tmp_path, n=12, split="t10k")
+    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
+    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
+          model_cfg=MICRO, progress=False)
+    weights = tmp_path / "inception.h5"
+    weights.write_bytes(b"stand-in: compute_metrics is replaced below")
+    calls = []
+
+    def fake_metrics(samples, reference, metrics, inception_path, cache_dir, progress):
+        calls.append((samples.dtype, samples.shape, reference.name, metrics, inception_path))
+        return {"fid": 12.25, "sfid": 3.5, "precision": 0.5, "recall": 0.25}
+
+    monkeypatch.setattr(ablation, "compute_metrics", fake_metrics)
+    cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"), steps=1, batch_size=4,
+                         n_samples=4, sample_steps=2, eval_images=12, classifier_steps=2, inception=str(weights),
+                         fid_reference_images=12)
+    table = run_ablation(cfg, data, only=["fp"], progress=False)
+    assert calls == [(np.uint8, (4, 32, 32, 1), "fashion-mnist-test-12", ("fid", "sfid", "pr"), str(weights))]
+    assert "| 12.2 | 3.5 | 0.500 | 0.250 |" in table

@@ -3,7 +3,11 @@
 Every row trains a student from the same teacher with the same steps, batch, lr and seed (FP is
 the teacher itself), draws the same number of samples with the same sampler seed, and is scored
 by its final training loss and FD-clf / classifier score against the dataset's test split (the
-in-domain classifier of metrics/classifier.py, trained once and kept in OUT/classifier.h5).
+in-domain classifier of metrics/classifier.py, trained once and kept in OUT/classifier.h5) and,
+when the FID Inception weights exist (`cfg.inception`, from `cli.py fetch-inception`), by FID, sFID
+and precision/recall against the first `fid_reference_images` test images (statistics cached in OUT/).
+With tens of samples per row these Inception numbers carry a large small-sample bias: compare them
+within one table only.
 A row writes OUT/rows/<slug>/{ckpt.h5, loss.tsv, samples.png, samples.npz, result.json};
 a row with result.json is not rerun, and an interrupted row resumes from its checkpoint.
 OUT/ablation.md is regenerated from the result files after every row.
@@ -19,15 +23,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..data.datasets import DataConfig, load_labeled
-from ..data.images import save_grid, save_npz_batch
+from ..data.images import save_grid, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig, generate
 from ..diffusion.schedule import Schedule, ScheduleConfig
 from ..metrics.classifier import (ClassifierConfig, accuracy, classifier_score, fd_clf, load_classifier,
                                   save_classifier, train_classifier)
+from ..metrics.evaluate import compute_metrics
+from ..metrics.run_eval import dataset_reference
 from ..models.build import load_model, sampling_eps_fn
 from ..train.adam import AdamConfig
 from ..train.atomic import atomic_write
@@ -84,6 +91,8 @@ class AblationConfig:
     sample_steps: int = 20
     eval_images: int = 2000
     classifier_steps: int = 1500
+    inception: str = "weights/inception_fid.h5"
+    fid_reference_images: int = 1000
 
 
 def final_loss(loss_tsv: str, last: int = 20) -> float:
@@ -134,20 +143,24 @@ def write_table(cfg: AblationConfig, rows: list[Row]) -> str:
     lines = [
         f"Ablation on the teacher `{cfg.teacher}`: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, "
         f"seed {cfg.seed}; {cfg.n_samples} samples, DDIM {cfg.sample_steps} steps. FD-clf and the classifier score "
-        "use the in-domain classifier (not Inception; comparable only within this table).",
+        "use the in-domain classifier (not Inception; comparable only within this table). FID, sFID, precision and "
+        f"recall: FID Inception, {cfg.n_samples} samples against the first {cfg.fid_reference_images} test images "
+        "(a large small-sample bias; '-' without the Inception weights).",
         "",
-        "| method | #bits W/A | TBS | distill | final loss | FD-clf | clf score |",
-        "|---|---|---|---|---|---|---|",
+        "| method | #bits W/A | TBS | distill | final loss | FD-clf | clf score | FID | sFID | precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         path = os.path.join(cfg.out, "rows", row.slug, "result.json")
         if not os.path.exists(path):
-            lines.append(f"| {row.name} | {row.bits} | {row.tbs_connections} | {row.distill} | pending | | |")
+            lines.append(f"| {row.name} | {row.bits} | {row.tbs_connections} | {row.distill} | pending | | | | | | |")
             continue
         r = json.load(open(path))
         loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.2f}"
+        inception = " | ".join(f"{r[key]:.{digits}f}" if key in r else "-"
+                               for key, digits in (("fid", 1), ("sfid", 1), ("precision", 3), ("recall", 3)))
         lines.append(f"| {row.name} | {row.bits} | {row.tbs_connections} | {row.distill} | {loss} | "
-                     f"{r['fd_clf']:.3f} | {r['clf_score']:.2f} |")
+                     f"{r['fd_clf']:.3f} | {r['clf_score']:.2f} | {inception} |")
     text = "\n".join(lines) + "\n"
     with atomic_write(os.path.join(cfg.out, "ablation.md"), "w") as f:
         f.write(text)
@@ -167,6 +180,10 @@ def run_ablation(cfg: AblationConfig, data: DataConfig, only: list[str] | None =
             continue
         result, samples = run_row(row, cfg, data, progress)                        # [N, C, H, W]
         result.update(fd_clf=fd_clf(classifier, reference, samples), clf_score=classifier_score(classifier, samples))
+        if Path(cfg.inception).is_file():
+            fid_reference = dataset_reference(f"{data.name}-test", data.data_dir, cfg.fid_reference_images)
+            result.update(compute_metrics(to_uint8(samples), fid_reference, ("fid", "sfid", "pr"), cfg.inception,
+                                          cache_dir=cfg.out, progress=progress))
         with atomic_write(result_path, "w") as f:
             json.dump(result, f, indent=2)
         write_table(cfg, rows)

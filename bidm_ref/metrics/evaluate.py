@@ -23,7 +23,6 @@ its content, so an edited file is never served stale statistics.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.images import load_npz_batch
+from ..hashing import file_sha256
 from ..train.atomic import atomic_write
 from .frechet import FeatureStats, frechet_distance
 from .inception import DEFAULT_WEIGHTS_PATH, POOL3_DIM, SPATIAL_DIM, InceptionWeights, inception_features, load_inception
@@ -61,15 +61,6 @@ class FeatureSummary:
     spatial_mean: np.ndarray  # [2023]
     spatial_cov: np.ndarray   # [2023, 2023]
     pool3: np.ndarray         # [N, 2048] float32, for precision/recall
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def npz_reference(path: str | Path) -> Reference:
