@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    import os
     import time
 
     from bidm_ref.data.images import save_grid, save_npz_batch
@@ -84,16 +85,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
     from bidm_ref.models.build import load_model, sampling_eps_fn
 
+    from bidm_ref.models.shipped import shipped_weights
+
+    if args.weights and args.method:
+        raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
+    weights = args.weights or shipped_weights(args.method or "bidm")
     cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
                        batch_size=args.batch_size)
-    model, run_config = load_model(args.weights, use_ema=not args.raw)
+    model, run_config = load_model(weights, use_ema=not args.raw)
+    print(f"sampling {weights}")
     schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
     shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
     start = time.perf_counter()
     images = generate(lambda: sampling_eps_fn(model), shape, schedule, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
-    print(f"wrote {args.out}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
+    print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
           f"({elapsed / cfg.n:.2f} s/image)")
     if args.npz:
         save_npz_batch(images, args.npz)
@@ -113,7 +120,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig
 
     cfg = AblationConfig(teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, n_samples=args.n, sample_steps=args.sample_steps)
+                         seed=args.seed, n_samples=args.n, sample_steps=args.sample_steps, inception=args.inception,
+                         fid_reference_images=args.fid_reference_images)
     print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
 
 
@@ -192,10 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid")
-    p.add_argument("--weights", required=True, help="checkpoint (.h5)")
+    p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid (default: the shipped "
+                       "packed BiDM student)")
+    p.add_argument("--weights", default=None, help="checkpoint (.h5) of `train` or `export`")
+    p.add_argument("--method", default=None, choices=["bidm", "xnor", "fp"],
+                   help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
+                   "student; xnor: the packed XNOR student; fp: the FP teacher)")
     p.add_argument("--n", type=int, default=64)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--seed", type=int, default=0)
@@ -222,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when sampling a row")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--inception", default="weights/inception_fid.h5",
+                   help="FID Inception weights; the FID/sFID/precision/recall columns stay '-' without them")
+    p.add_argument("--fid-reference-images", type=int, default=1000, help="test images behind the FID columns")
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
 

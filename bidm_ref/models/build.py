@@ -19,6 +19,7 @@ from ..binary.methods import BinaryLayers
 from ..nn.factory import DENSE, LayerFactory
 from ..train.checkpoint import Checkpoint, load_checkpoint
 from .config import UNetConfig
+from .shipped import verify_listed
 from .unet import UNet
 
 
@@ -57,7 +58,10 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str, use_ema: bool = True) ->
 
 
 def load_model(path: str, use_ema: bool = True) -> tuple[UNet, dict[str, Any]]:
-    """The UNet of a checkpoint file (FP, binary student or packed student) and its run config."""
+    """The UNet of a checkpoint file (FP, binary student or packed student) and its run config.
+
+    A file listed in a MANIFEST.json of its folder (the shipped weights/) must match its sha256 first."""
+    verify_listed(path)
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt, path, use_ema), ckpt.config
 
