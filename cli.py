@@ -126,9 +126,9 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bidm_ref.models.packed import export_packed
+    from bidm_ref.models.export import export_checkpoint
 
-    summary = export_packed(args.weights, args.out, use_ema=not args.raw)
+    summary = export_checkpoint(args.weights, args.out, use_ema=not args.raw)
     print(f"wrote {summary.path}: {summary.bytes_on_disk:,} bytes on disk ({summary.bytes_on_disk / 2**20:.3f} MB); "
           f"{summary.binary_layers} binary layers, {summary.binary_weights:,} weights at 1 bit, "
           f"{summary.float_params:,} float parameters ({summary.weights} weights)")
@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("export", help="pack a trained binary student (bidm, xnor, xnor_k) into 1-bit words")
-    p.add_argument("--weights", required=True, help="the float student checkpoint (.h5) of `cli.py train`")
+    p = sub.add_parser("export", help="inference file: pack a binary student (bidm, xnor, xnor_k) into 1-bit "
+                       "words, or write an FP model's EMA weights without optimizer state")
+    p.add_argument("--weights", required=True, help="the checkpoint (.h5) of `cli.py train`")
     p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
     p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
     p.set_defaults(func=cmd_export)

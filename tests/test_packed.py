@@ -24,11 +24,12 @@ from bidm_ref.diffusion.samplers import sample_ddim
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
 from bidm_ref.models.build import load_model, sampling_eps_fn
 from bidm_ref.models.config import UNetConfig
+from bidm_ref.models.export import export_checkpoint
 from bidm_ref.models.packed import export_packed
 from bidm_ref.models.student import build_student
 from bidm_ref.models.unet import UNet
 from bidm_ref.nn.conv import conv2d
-from bidm_ref.train.checkpoint import CheckpointError, save_checkpoint
+from bidm_ref.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 seeds = st.integers(0, 2**31 - 1)
 # (kernel, padding, stride) of the UNet's binary convs: 1x1 attention, 3x3 ResBlock / Upsample, Downsample
@@ -294,3 +295,22 @@ def test_cli_export_prints_size_and_sample_runs_packed(tmp_path, capsys):
     write_student(tmp_path / "d.h5", "reste", 0)
     assert cli.main(["export", "--weights", str(tmp_path / "d.h5"), "--out", str(tmp_path / "x.h5")]) == 2
     assert "supports bidm, xnor, xnor_k" in capsys.readouterr().err
+
+
+def test_export_of_an_fp_model_keeps_the_ema_weights_only(tmp_path):
+    rng = np.random.default_rng(3)
+    teacher = UNet(MICRO, rng=rng)
+    params = teacher.state_dict()
+    ema = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in params.items()}
+    save_checkpoint(tmp_path / "fp.h5", params=params, ema=ema, step=5,
+                    config={"model": asdict(MICRO), "schedule": asdict(ScheduleConfig())})
+    summary = export_checkpoint(str(tmp_path / "fp.h5"), str(tmp_path / "slim.h5"))
+    assert summary.weights == "ema" and summary.binary_layers == 0
+    slim = load_checkpoint(str(tmp_path / "slim.h5"))
+    assert slim.ema is None and slim.optim is None and slim.step == 5
+    x = rng.standard_normal((2, MICRO.in_channels, MICRO.resolution, MICRO.resolution)).astype(np.float32)
+    t = np.array([3, 700])
+    from_slim, _ = load_model(str(tmp_path / "slim.h5"))
+    from_full, _ = load_model(str(tmp_path / "fp.h5"))
+    np.testing.assert_array_equal(from_slim.forward(x, t)[0], from_full.forward(x, t)[0])
+    assert (tmp_path / "slim.h5").stat().st_size < (tmp_path / "fp.h5").stat().st_size
