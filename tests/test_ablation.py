@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from bidm_ref.bidm import ablation
 from bidm_ref.bidm.ablation import AblationConfig, ablation_rows, run_ablation
@@ -21,6 +22,18 @@ def test_rows_cover_the_paper_table():
     names = [row.name for row in ablation_rows(6)]
     assert names[:6] == ["FP", "XNOR (Vanilla)", "XNOR++", "DoReFa", "ReActNet", "ReSTE"]
     assert "BiDM, TBS all (6)" in names and len({row.slug for row in ablation_rows(6)}) == len(names)
+    assert [row.slug for row in ablation_rows(6)][1:3] == ["xnor_vanilla", "xnorpp"]
+
+
+def test_unknown_row_is_refused_before_any_work(tmp_path):
+    write_idx_dataset(tmp_path, n=8, split="train")
+    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
+    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
+          model_cfg=MICRO, progress=False)
+    cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"))
+    with pytest.raises(ValueError, match=r"unknown ablation rows \['xnor\+\+'\]: choose from fp, xnor_vanilla"):
+        run_ablation(cfg, data, only=["xnor++"], progress=False)
+    assert not (tmp_path / "res").exists()
 
 
 def test_ablation_runs_scores_and_resumes(tmp_path):

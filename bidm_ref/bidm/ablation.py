@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ class Row:
 
     @property
     def slug(self) -> str:
-        return "".join(c if c.isalnum() else "_" for c in self.name.lower()).strip("_")
+        """Folder name: lower case, '++' -> 'pp', '+' -> 'plus', other runs of symbols -> '_'."""
+        spelled = self.name.lower().replace("++", "pp").replace("+", " plus ")
+        return re.sub(r"[^a-z0-9]+", "_", spelled).strip("_")
 
     @property
     def bits(self) -> str:
@@ -172,6 +175,9 @@ def run_ablation(cfg: AblationConfig, data: DataConfig, only: list[str] | None =
     teacher, _ = load_model(cfg.teacher)
     decoder_units = len(teacher.cfg.ch_mult) * (teacher.cfg.num_res_blocks + 1)
     rows = ablation_rows(decoder_units)
+    unknown = sorted(set(only or ()) - {row.slug for row in rows})
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}: choose from {', '.join(row.slug for row in rows)}")
     classifier = classifier_for(cfg, data, progress)
     reference = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test", limit=cfg.eval_images))[0]
     for row in rows:
