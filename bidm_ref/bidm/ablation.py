@@ -145,7 +145,9 @@ def write_table(cfg: AblationConfig, rows: list[Row]) -> str:
     """OUT/ablation.md from the rows' result.json files (rows without one are listed as pending)."""
     lines = [
         f"Ablation on the teacher `{cfg.teacher}`: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, "
-        f"seed {cfg.seed}; {cfg.n_samples} samples, DDIM {cfg.sample_steps} steps. FD-clf and the classifier score "
+        f"seed {cfg.seed}; {cfg.n_samples} samples, DDIM {cfg.sample_steps} steps. Final loss: mean training loss of "
+        "the last 20 steps (the noise loss, plus lambda x the distillation loss in the distilled rows). "
+        "FD-clf and the classifier score "
         "use the in-domain classifier (not Inception; comparable only within this table). FID, sFID, precision and "
         f"recall: FID Inception, {cfg.n_samples} samples against the first {cfg.fid_reference_images} test images "
         "(a large small-sample bias; '-' without the Inception weights).",
