@@ -1,0 +1,89 @@
+"""Copy the generated tables into README.md between their markers, or check that they are current.
+
+    python docs/readme_tables.py           # rewrite the generated sections of README.md
+    python docs/readme_tables.py --check   # exit 1 (naming the section) if README.md is stale
+
+Sections (README.md holds `<!-- generated:NAME -->` ... `<!-- end:NAME -->`):
+    efficiency   `python cli.py bench --table efficiency`, computed from the models here and now
+    ablation     results/ablation.md, written by `python cli.py ablate ... --out results`
+    bench        the ratios and machine of results/bench.json, written by `python cli.py bench --json`
+So the README never holds a retyped number: tests/test_readme.py runs --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bidm_ref.models.efficiency import efficiency_table, format_efficiency  # noqa: E402
+from bidm_ref.train.atomic import atomic_write  # noqa: E402
+
+
+def efficiency_section() -> str:
+    return "```\n" + format_efficiency(efficiency_table()) + "\n```"
+
+
+def ablation_section() -> str:
+    return (ROOT / "results" / "ablation.md").read_text().strip()
+
+
+def bench_section() -> str:
+    report = json.loads((ROOT / "results" / "bench.json").read_text())
+    machine = report["machine"]
+    lines = [f"Measured with `{report.get('command', 'python cli.py bench')}` on {machine['cpu_count']} cores "
+             f"(numba {machine['numba']}, numpy {machine['numpy']}, Numba threads {machine.get('numba_threads', '?')}, "
+             f"OpenBLAS threads {machine.get('openblas_threads', '?')}); ratios from one run:", "",
+             "| ratio | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.2f}x |" for key, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "bench": bench_section}
+
+
+def section_pattern(name: str) -> re.Pattern:
+    """Groups: the start marker line, the body (empty or ending in a newline), the end marker."""
+    return re.compile(rf"(<!-- generated:{name} -->\n)(.*?)(<!-- end:{name} -->)", re.S)
+
+
+def render(readme: str) -> str:
+    """README text with every generated section replaced by its current content."""
+    for name, make in SECTIONS.items():
+        pattern = section_pattern(name)
+        if not pattern.search(readme):
+            raise ValueError(f"README.md has no <!-- generated:{name} --> ... <!-- end:{name} --> section")
+        readme = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(3), readme)
+    return readme
+
+
+def render_one(readme: str, name: str) -> str:
+    """The body of one generated section."""
+    return section_pattern(name).search(readme).group(2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if a section is stale")
+    args = parser.parse_args()
+    path = ROOT / "README.md"
+    current = path.read_text()
+    fresh = render(current)
+    if args.check:
+        stale = [name for name in SECTIONS if render_one(current, name) != render_one(fresh, name)]
+        if stale:
+            print(f"README.md: generated section(s) {', '.join(stale)} are stale: run python docs/readme_tables.py")
+            return 1
+        return 0
+    with atomic_write(path, "w") as handle:
+        handle.write(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
