@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..nn.conv import Padding, as_padding, conv_output_size
+from ..nn.padding import Padding, as_padding, conv_output_size
 from .bitpack import (
     PackedConvWeight,
     PackedLinearWeight,

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn.conv import Padding, conv2d, conv2d_backward, conv_output_size
+from ..nn.conv import Padding, conv2d, conv2d_backward
+from ..nn.padding import conv_output_size
 from .quantizers import ClippedSign
 from .switchable import SwitchableConv2d, SwitchableLinear
 

@@ -51,7 +51,8 @@ from ..binary.bidm_layers import BinaryConv2d, BinaryLinear
 from ..binary.methods import BinaryLayers
 from ..binary.packed_layers import LATENT_PARAMS, PackedConv2d, PackedLinear
 from ..nn.attention import AttnBlock
-from ..nn.conv import Conv2d, conv_output_size
+from ..nn.conv import Conv2d
+from ..nn.padding import conv_output_size
 from ..nn.factory import DENSE
 from ..nn.groupnorm import GroupNorm
 from ..nn.linear import Linear

@@ -15,7 +15,7 @@ import numpy as np
 from .im2col import col2im, im2col, output_size
 from .init import uniform_fan_in
 from .module import Module
-from .padding import Padding, as_padding, conv_output_size  # noqa: F401  (re-exported)
+from .padding import Padding, as_padding
 
 def weight_matrix(weight: np.ndarray) -> np.ndarray:
     """OIHW weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of im2col."""
