@@ -127,6 +127,17 @@ def test_spd_definition_on_one_patch_and_zero_for_identical_features():
         spd_loss([F], [G], 4)
 
 
+@pytest.mark.parametrize("variant", ["gram", "token"])
+def test_spd_of_an_all_zero_patch_is_finite(variant):
+    rng = np.random.default_rng(1)
+    F, zero = rng.standard_normal((2, 3, 4, 4)), np.zeros((2, 3, 4, 4))
+    loss, (grad,) = spd_loss([zero], [F], 2, variant)
+    assert loss == pytest.approx(1.0, rel=1e-9), "Qn = 0 against a unit-norm Qn_hat"
+    assert np.array_equal(grad, np.zeros_like(grad))
+    loss, (grad,) = spd_loss([F], [zero], 2, variant)
+    assert loss == pytest.approx(1.0, rel=1e-9) and np.all(np.isfinite(grad))
+
+
 def test_l2_loss_value_and_fd():
     rng = np.random.default_rng(1)
     feats = [rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 1, 2, 2))]

@@ -7,13 +7,14 @@ P = F[:, :, i*h:(i+1)*h, j*w:(j+1)*w] (i, j < p; the official code's patch grid)
 
     gram  (official code):  Q = P P^T over the last two axes, per (n, c)       [N, C, h, h]
     token (paper eq. 11):   Q = P' P'^T with P' = P as tokens [N, h*w, C]       [N, h*w, h*w]
-    Qn    = Q / ||Q||_F                           (norm over the whole tensor, batch included)
+    Qn    = Q / max(||Q||_F, eps)                 (norm over the whole tensor, batch included; an all-zero
+                                                   patch gives Qn = 0 instead of NaN)
     l     = sqrt(||Qn - Qn_hat||_F^2 + eps)       (not squared; eps keeps the gradient finite at 0)
     L_SPD = mean over (units, patches) of l
 
 Backward of one patch (D = Qn - Qn_hat, r = ||Q||_F):
     dQn = D / l;  dQ = (dQn - Qn <dQn, Qn>) / r;  dP = (dQ + dQ^T) P   (gram)   /   P'-form (token)
-Gradients flow into the student only. eps = 1e-12 (ours; the code's torch.norm has none).
+Gradients flow into the student only. eps = 1e-12 in both places (ours; the code's torch.norm has none).
 
 L2 (the paper's Table 7 comparison): L = mean over units of mean((F - F_hat)^2).
 """
@@ -58,8 +59,8 @@ def relation_backward(P: np.ndarray, dQ: np.ndarray, variant: str) -> np.ndarray
 def patch_loss(P: np.ndarray, P_hat: np.ndarray, variant: str) -> tuple[float, np.ndarray]:
     """l of one patch pair and dl/dP (the teacher side gets no gradient)."""
     Q, Q_hat = relation(P, variant), relation(P_hat, variant)
-    r = np.sqrt(np.sum(Q * Q))
-    Qn, Qn_hat = Q / r, Q_hat / np.sqrt(np.sum(Q_hat * Q_hat))
+    r = max(np.sqrt(np.sum(Q * Q)), EPS)
+    Qn, Qn_hat = Q / r, Q_hat / max(np.sqrt(np.sum(Q_hat * Q_hat)), EPS)
     D = Qn - Qn_hat
     loss = np.sqrt(np.sum(D * D) + EPS)
     dQn = D / loss
