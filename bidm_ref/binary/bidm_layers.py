@@ -73,9 +73,13 @@ class BinaryConv2d(SwitchableConv2d, ScaledShortcut):
         self.options = options
         self.act = ApproxSign() if options.approx_sign else ClippedSign()
         self.weights = ScaledSignWeights()
-        if options.learn_tau:
+        self.init_scale_params(in_channels, out_channels, stride, rng)
+
+    def init_scale_params(self, in_channels: int, out_channels: int, stride: int, rng: np.random.Generator) -> None:
+        """Register [`tau`] [C], [`k_weight`] [1, 1, kh, kw] and [`k_bias`] [1] per `options`, and the shortcut."""
+        if self.options.learn_tau:
             self.add_param("tau", np.zeros(in_channels, dtype=np.float32))
-        if options.learn_k:
+        if self.options.learn_k:
             self.add_param("k_weight", self.xnor_k_filter(np.float32))
             self.add_param("k_bias", np.zeros(1, dtype=np.float32))
         self.init_shortcut(in_channels, out_channels, stride, rng)
@@ -90,12 +94,16 @@ class BinaryConv2d(SwitchableConv2d, ScaledShortcut):
             return self.params["k_weight"], self.params["k_bias"]
         return self.xnor_k_filter(dtype), None
 
+    def k_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K = conv2d(mean_c |x|, k_weight) + k_bias [N, 1, Ho, Wo], the im2col columns of mean_c |x|)."""
+        a = np.abs(x).mean(axis=1, keepdims=True)                                 # [N, 1, H, W]
+        k_weight, k_bias = self.k_filter(x.dtype)
+        return conv2d(a, k_weight, k_bias, self.stride, self.padding)             # [N, 1, Ho, Wo]
+
     def binary_forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         w = self.params["weight"]                                                 # [O, C, kh, kw]
         C = x.shape[1]
-        a = np.abs(x).mean(axis=1, keepdims=True)                                 # [N, 1, H, W]
-        k_weight, k_bias = self.k_filter(x.dtype)
-        k_map, cols_a = conv2d(a, k_weight, k_bias, self.stride, self.padding)    # [N, 1, Ho, Wo]
+        k_map, cols_a = self.k_map(x)                                             # [N, 1, Ho, Wo]
         u = x + self.params["tau"][:, None, None] if self.options.learn_tau else x  # [N, C, H, W]
         wb = self.weights(w)                                                      # [O, C, kh, kw]
         z, cols_b = conv2d(self.act(u), wb, None, self.stride, self.padding)      # [N, O, Ho, Wo]

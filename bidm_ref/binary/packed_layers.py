@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn.conv import Padding, as_padding, conv2d
+from ..nn.conv import Padding, as_padding
 from ..nn.module import Module
 from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, ScaledBinaryOptions
 from .bitpack import (
@@ -71,8 +71,23 @@ def pack_binary_layer(layer: BinaryConv2d | BinaryLinear) -> PackedConvWeight | 
     )
 
 
+def check_words_fit(layer: str, words: np.ndarray, expected: tuple[int, ...], layout: str, sizes: str) -> None:
+    """One-line error when packed words do not have the shape `layer` expects (`layout` names the axes)."""
+    if words.shape != expected:
+        raise ValueError(
+            f"{layer}: words {list(words.shape)} do not fit this layer's {layout} = {list(expected)} "
+            f"({sizes}): packed for another model config"
+        )
+
+
 class InferenceOnly:
     """Mixin: the packed layers have no gradient (1-bit weights, no latent weight to update)."""
+
+    def packed_weight(self):
+        """The packed weight given by set_packed; refuses to run without one."""
+        if self.packed is None:
+            raise RuntimeError(f"{type(self).__name__} has no packed weight yet: load a packed checkpoint (set_packed)")
+        return self.packed
 
     def backward(self, dy: np.ndarray, cache: object) -> np.ndarray:
         raise RuntimeError(
@@ -93,36 +108,28 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
         self.stride, self.padding = stride, as_padding(padding)
         self.options = options
         self.packed: PackedConvWeight | None = None
-        if options.learn_tau:
-            self.add_param("tau", np.zeros(in_channels, dtype=np.float32))
-        if options.learn_k:
-            self.add_param("k_weight", self.xnor_k_filter(np.float32))
-            self.add_param("k_bias", np.zeros(1, dtype=np.float32))
-        self.init_shortcut(in_channels, out_channels, stride, rng)
+        self.init_scale_params(in_channels, out_channels, stride, rng)
 
-    # BinaryConv2d's K filter helpers, reused as they are (they read kernel_size, options and params only)
+    # BinaryConv2d's parameter set and K map, reused as they are (they read kernel_size, stride, padding,
+    # options and params only), so both layers hold the same parameters and compute the same K
+    init_scale_params = BinaryConv2d.init_scale_params
     xnor_k_filter = BinaryConv2d.xnor_k_filter
     k_filter = BinaryConv2d.k_filter
+    k_map = BinaryConv2d.k_map
 
     def set_packed(self, words: np.ndarray, alpha: np.ndarray) -> None:
         """Take sign(W) words [O, kh, kw, Wd] uint64 and alpha [O] float32; one-line error if they do not fit."""
         expected = (self.out_channels, self.kernel_size, self.kernel_size, num_words(self.in_channels))
-        if words.shape != expected:
-            raise ValueError(
-                f"PackedConv2d: words {list(words.shape)} do not fit this layer's [O, kh, kw, Wd] = {list(expected)} "
-                f"({self.in_channels} -> {self.out_channels} channels): packed for another model config"
-            )
+        check_words_fit("PackedConv2d", words, expected, "[O, kh, kw, Wd]",
+                        f"{self.in_channels} -> {self.out_channels} channels")
         self.packed = PackedConvWeight(words, self.in_channels, alpha)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
-        if self.packed is None:
-            raise RuntimeError("PackedConv2d has no packed weight yet: load a packed checkpoint (set_packed)")
+        packed = self.packed_weight()
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"PackedConv2d: input {list(x.shape)} is not NCHW [N, {self.in_channels}, H, W]")
-        a = np.abs(x).mean(axis=1, keepdims=True)                                 # [N, 1, H, W]
-        k_weight, k_bias = self.k_filter(x.dtype)
-        k_map, _ = conv2d(a, k_weight, k_bias, self.stride, self.padding)         # [N, 1, Ho, Wo]
-        zk = binary_conv2d(x, self.params.get("tau"), self.packed, self.stride, self.padding, k_map)  # [N, O, Ho, Wo]
+        k_map, _ = self.k_map(x)                                                  # [N, 1, Ho, Wo]
+        zk = binary_conv2d(x, self.params.get("tau"), packed, self.stride, self.padding, k_map)  # [N, O, Ho, Wo]
         sc, _ = self.shortcut_forward(x, zk.shape)                                # [N, O, Ho, Wo]
         return zk + sc, None                                                      # [N, O, Ho, Wo]
 
@@ -141,17 +148,11 @@ class PackedLinear(InferenceOnly, Module):
     def set_packed(self, words: np.ndarray, alpha: np.ndarray) -> None:
         """Take sign(W) words [O, Wd] uint64 and alpha [O] float32; one-line error if they do not fit."""
         expected = (self.out_features, num_words(self.in_features))
-        if words.shape != expected:
-            raise ValueError(
-                f"PackedLinear: words {list(words.shape)} do not fit this layer's [O, Wd] = {list(expected)} "
-                f"({self.in_features} -> {self.out_features} features): packed for another model config"
-            )
+        check_words_fit("PackedLinear", words, expected, "[O, Wd]", f"{self.in_features} -> {self.out_features} features")
         self.packed = PackedLinearWeight(words, self.in_features, alpha)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
-        if self.packed is None:
-            raise RuntimeError("PackedLinear has no packed weight yet: load a packed checkpoint (set_packed)")
-        return binary_linear(x, self.params.get("tau"), self.packed), None        # [N, O]
+        return binary_linear(x, self.params.get("tau"), self.packed_weight()), None  # [N, O]
 
 
 class PackedLayers:
