@@ -25,7 +25,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from bench.bench_conv import bench_conv
     from bench.bench_kernels import bench_kernels
     from bench.bench_unet import bench_unet
-    from bench.timing import format_table, write_report
+    from bench.timing import print_results, write_report
     from bidm_ref.models.efficiency import efficiency_table, format_efficiency
 
     suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet}
@@ -36,9 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         results += rows
         ratios.update(more)
     if results:
-        print(format_table(results))
-        for key, value in ratios.items():
-            print(f"{key}: {value:.2f}x")
+        print_results(results, ratios)
     if args.table == "efficiency":
         print(format_efficiency(efficiency_table()))
     if args.json:

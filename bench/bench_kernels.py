@@ -35,7 +35,7 @@ from bidm_ref.binary.bitpack import pack_conv_weight
 from bidm_ref.binary.kernels import binary_conv2d, conv_scaled, output_shape, pack_input
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
 
-from .timing import format_table, machine_info, write_report
+from .timing import machine_info, print_results, write_report
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,7 @@ def main() -> None:
     print(f"machine: {machine_info()}")
     print(f"llvm cpu {get_host_cpu_name()}, numba threads {numba.get_num_threads()}, load {os.getloadavg()}")
     results, ratios = bench_kernels(args.repeats)
-    print(format_table(results))
-    for key, value in ratios.items():
-        print(f"{key}: {value:.2f}x")
+    print_results(results, ratios)
     print(f"load after: {os.getloadavg()}")
     if args.json:
         write_report(args.json, results, ratios)

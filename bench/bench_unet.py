@@ -34,7 +34,7 @@ from bidm_ref.models.student import build_student
 from bidm_ref.models.unet import UNet
 
 from .bench_kernels import geometric_mean, time_interleaved
-from .timing import format_table, machine_info, write_report
+from .timing import machine_info, print_results, write_report
 
 TIMESTEPS = 1000
 TBS_CONNECTIONS = 2
@@ -106,9 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine_info()}, load {os.getloadavg()}")
     results, ratios = bench_unet(args.repeats)
-    print(format_table(results))
-    for key, value in ratios.items():
-        print(f"{key}: {value:.2f}x")
+    print_results(results, ratios)
     if args.json:
         write_report(args.json, results, ratios)
 

@@ -60,6 +60,13 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def print_results(results: list[dict], ratios: dict) -> None:
+    """Print the table of result rows, then each ratio as `key: value x`."""
+    print(format_table(results))
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f}x")
+
+
 def write_report(path: str, results: list[dict], ratios: dict) -> None:
     """Write the JSON report atomically (temp file + rename); `command` is the command line that made it."""
     command = " ".join(["python", *sys.argv])
