@@ -209,12 +209,14 @@ def tower(x: np.ndarray, w: InceptionWeights, prefix: str, depth: int) -> np.nda
     return x
 
 
-def inception_a(x: np.ndarray, w: InceptionWeights, p: str) -> list[np.ndarray]:
-    """Branches of InceptionA (mixed, mixed_1, mixed_2), each [N, 35, 35, *]."""
+def inception_ac(x: np.ndarray, w: InceptionWeights, p: str, depths: tuple[int, int]) -> list[np.ndarray]:
+    """Branches of InceptionA (mixed .. mixed_2, depths (2, 3), each [N, 35, 35, *]) and InceptionC
+    (mixed_4 .. mixed_7, depths (3, 5), each [N, 17, 17, 192]): a 1x1 conv, two towers of `depths` convs,
+    and a 3x3 average pool followed by a conv."""
     return [
         conv_bn_relu(x, w[f"{p}.conv"]),
-        tower(x, w, f"{p}.tower", 2),
-        tower(x, w, f"{p}.tower_1", 3),
+        tower(x, w, f"{p}.tower", depths[0]),
+        tower(x, w, f"{p}.tower_1", depths[1]),
         conv_bn_relu(pool2d(x, 3, 1, 1, "avg"), w[f"{p}.tower_2.conv"]),
     ]
 
@@ -222,16 +224,6 @@ def inception_a(x: np.ndarray, w: InceptionWeights, p: str) -> list[np.ndarray]:
 def inception_b(x: np.ndarray, w: InceptionWeights, p: str) -> list[np.ndarray]:
     """Branches of InceptionB (mixed_3), each [N, 17, 17, *]."""
     return [conv_bn_relu(x, w[f"{p}.conv"]), tower(x, w, f"{p}.tower", 3), pool2d(x, 3, 2, 0, "max")]
-
-
-def inception_c(x: np.ndarray, w: InceptionWeights, p: str) -> list[np.ndarray]:
-    """Branches of InceptionC (mixed_4 .. mixed_7), each [N, 17, 17, 192]."""
-    return [
-        conv_bn_relu(x, w[f"{p}.conv"]),
-        tower(x, w, f"{p}.tower", 3),
-        tower(x, w, f"{p}.tower_1", 5),
-        conv_bn_relu(pool2d(x, 3, 1, 1, "avg"), w[f"{p}.tower_2.conv"]),
-    ]
 
 
 def inception_d(x: np.ndarray, w: InceptionWeights, p: str) -> list[np.ndarray]:
@@ -261,10 +253,10 @@ def inception_forward(x: np.ndarray, w: InceptionWeights) -> tuple[np.ndarray, n
     x = conv_bn_relu(conv_bn_relu(x, w["conv_3"]), w["conv_4"])             # [N, 71, 71, 192]
     x = pool2d(x, 3, 2, 0, "max")                                           # [N, 35, 35, 192]
     for name in ("mixed", "mixed_1", "mixed_2"):
-        x = np.concatenate(inception_a(x, w, name), axis=3)                 # [N, 35, 35, 256 | 288 | 288]
+        x = np.concatenate(inception_ac(x, w, name, (2, 3)), axis=3)        # [N, 35, 35, 256 | 288 | 288]
     x = np.concatenate(inception_b(x, w, "mixed_3"), axis=3)               # [N, 17, 17, 768]
     for name in ("mixed_4", "mixed_5", "mixed_6", "mixed_7"):
-        branches = inception_c(x, w, name)
+        branches = inception_ac(x, w, name, (3, 5))
         if name == "mixed_6":
             spatial = branches[0]                                           # [N, 17, 17, 192]
         x = np.concatenate(branches, axis=3)                                # [N, 17, 17, 768]
