@@ -1,4 +1,4 @@
-"""File content hashes: shipped-weights manifests and reference-statistics cache keys use them."""
+"""File content hashes: shipped-weights and golden manifests and reference-statistics cache keys use them."""
 
 from __future__ import annotations
 
@@ -13,3 +13,10 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_entries(folder: str | Path, names: list[str]) -> dict[str, dict]:
+    """{name: {"sha256", "bytes"}} for the files `names` (paths relative to `folder`), sorted by name."""
+    folder = Path(folder)
+    return {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in sorted(names)}

@@ -24,7 +24,7 @@ from unittest import mock
 
 import numpy as np
 
-from ..hashing import file_sha256
+from ..hashing import file_sha256, manifest_entries
 from ..nn import conv
 from ..nn.im2col import col2im_ref, im2col_ref
 from ..train.atomic import atomic_write
@@ -86,8 +86,7 @@ def file_list(out: Path) -> list[str]:
 
 def write_manifest(out: Path) -> Path:
     """(Re)write MANIFEST.json next to `out` for every .h5 file under it."""
-    files = {name: {"sha256": file_sha256(out.parent / name), "bytes": (out.parent / name).stat().st_size}
-             for name in file_list(out)}
+    files = manifest_entries(out.parent, file_list(out))
     path = manifest_path(out)
     with atomic_write(path, "w") as handle:
         json.dump({"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "files": files}, handle, indent=1)

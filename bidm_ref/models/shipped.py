@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..hashing import file_sha256
+from ..hashing import file_sha256, manifest_entries
 from ..train.atomic import atomic_write
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
@@ -55,9 +55,8 @@ def verify_listed(path: str | Path) -> None:
 
 def write_manifest(folder: str | Path, names: list[str]) -> Path:
     """(Re)write folder/MANIFEST.json for the files `names` in it; returns its path."""
-    folder = Path(folder)
-    files = {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in sorted(names)}
-    path = folder / MANIFEST
+    files = manifest_entries(folder, names)
+    path = Path(folder) / MANIFEST
     with atomic_write(path, "w") as handle:
         json.dump({"format": MANIFEST_FORMAT, "files": files}, handle, indent=2)
         handle.write("\n")
