@@ -159,3 +159,15 @@ def test_check_refuses_a_file_changed_behind_the_manifest(golden_copy: Path, cap
 def test_check_refuses_a_broken_manifest(golden_copy: Path, capsys) -> None:
     (golden_copy.parent / "MANIFEST.json").write_text("{not json")
     assert "MANIFEST.json is not valid JSON" in one_line_error(capsys, golden_copy)
+
+
+def test_every_case_module_contributes_cases_that_are_checked_above() -> None:
+    # cases_nn, cases_binary, cases_packed, cases_model, cases_bidm (through harness) are exercised by
+    # test_implementation_matches_golden_file; this pins that none of them silently registers nothing
+    from bidm_ref.golden.catalog import CASE_MODULES
+
+    cases = all_cases()
+    for module in CASE_MODULES:
+        keys = [key for key, case in cases.items()
+                if getattr(case.draw, "func", case.draw).__module__ == module.__name__]  # functools.partial or a function
+        assert len(keys) >= 3, f"{module.__name__} registers {len(keys)} golden cases"
