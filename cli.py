@@ -74,6 +74,21 @@ def cmd_train(args: argparse.Namespace) -> None:
           resume=args.resume)
 
 
+def cmd_train_ae(args: argparse.Namespace) -> None:
+    from bidm_ref.data.datasets import DataConfig, channels_of
+    from bidm_ref.models.autoencoder import ae_preset
+    from bidm_ref.train.adam import AdamConfig
+    from bidm_ref.train.autoencoder import AutoencoderLossConfig, train_autoencoder
+    from bidm_ref.train.trainer import TrainConfig
+
+    data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
+                            ema_decay=args.ema_decay, ckpt_every=args.ckpt_every, out_dir=args.out)
+    train_autoencoder(data, ae_preset(args.preset, channels_of(args.dataset)),
+                      AutoencoderLossConfig(reconstruction=args.rec_loss, kl_weight=args.kl_weight),
+                      AdamConfig(lr=args.lr), train_cfg, resume=args.resume)
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import os
     import time
@@ -203,6 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="run", help="output folder (ckpt.h5, loss.tsv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-ae", help="train the FP first-stage autoencoder of latent diffusion (KL, no GAN/LPIPS)")
+    p.add_argument("--preset", default="f4", help="f4: 32x32 -> 8x8x4 latents | f2: 32x32 -> 16x16x2")
+    p.add_argument("--rec-loss", default="l1", choices=["l1", "l2"], help="reconstruction loss (LDM: l1)")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (LDM's kl-f4: 1e-6)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--out", default="run_ae", help="output folder (ckpt.h5, loss.tsv)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+    p.set_defaults(func=cmd_train_ae)
 
     p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid (default: the shipped "
                        "packed BiDM student)")

@@ -2,7 +2,8 @@
 
 Dimensions: N batch, Ci input channels, Co output channels, H, W spatial, E embedding size.
 
-    h = conv1(SiLU(norm1(x)))  +  temb_proj(SiLU(temb))[:, :, None, None]
+    h = conv1(SiLU(norm1(x)))  +  temb_proj(SiLU(temb))[:, :, None, None]   (no temb term when E = 0:
+                                                                            the autoencoder's blocks, as LDM's)
     h = conv2(Dropout(SiLU(norm2(h))))
     y = shortcut(x) + h        shortcut: identity if Ci == Co, else a 3x3 `conv_shortcut`
                                (conv_shortcut=True) or a 1x1 `nin_shortcut`, both full precision
@@ -41,7 +42,8 @@ class ResnetBlock(Module):
         self.act = SiLU()
         self.norm1 = self.add_child("norm1", GroupNorm(groups, in_channels))
         self.conv1 = self.add_child("conv1", body.conv(in_channels, out_channels, 3, 1, 1, rng=rng))
-        self.temb_proj = self.add_child("temb_proj", body.linear(temb_channels, out_channels, rng=rng))
+        self.temb_proj = (self.add_child("temb_proj", body.linear(temb_channels, out_channels, rng=rng))
+                          if temb_channels > 0 else None)
         self.norm2 = self.add_child("norm2", GroupNorm(groups, out_channels))
         self.dropout = self.add_child("dropout", Dropout(dropout))
         self.conv2 = self.add_child("conv2", body.conv(out_channels, out_channels, 3, 1, 1, rng=rng))
@@ -51,14 +53,17 @@ class ResnetBlock(Module):
             self.shortcut = self.add_child(name, Conv2d(in_channels, out_channels, kernel, 1, kernel // 2, rng=rng))
 
     def forward(
-        self, x: np.ndarray, temb: np.ndarray, rng: np.random.Generator | None = None
+        self, x: np.ndarray, temb: np.ndarray | None = None, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, tuple]:
+        """temb [N, E] is required iff the block has a temb_proj (E > 0)."""
         h, c_n1 = self.norm1.forward(x)                                           # [N, Ci, H, W]
         h, c_a1 = self.act.forward(h)                                             # [N, Ci, H, W]
         h, c_c1 = self.conv1.forward(h)                                           # [N, Co, H, W]
-        e, c_ae = self.act.forward(temb)                                          # [N, E]
-        e, c_te = self.temb_proj.forward(e)                                       # [N, Co]
-        h = h + e[:, :, None, None]                                               # [N, Co, H, W]
+        c_ae = c_te = None
+        if self.temb_proj is not None:
+            e, c_ae = self.act.forward(temb)                                      # [N, E]
+            e, c_te = self.temb_proj.forward(e)                                   # [N, Co]
+            h = h + e[:, :, None, None]                                           # [N, Co, H, W]
         h, c_n2 = self.norm2.forward(h)                                           # [N, Co, H, W]
         h, c_a2 = self.act.forward(h)                                             # [N, Co, H, W]
         h, c_do = self.dropout.forward(h, rng)                                    # [N, Co, H, W]
@@ -67,15 +72,17 @@ class ResnetBlock(Module):
         return s + h, (c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc)
 
     def backward(self, dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (dx [N, Ci, H, W], dtemb [N, E])."""
+        """Returns (dx [N, Ci, H, W], dtemb [N, E]); dtemb is None for a block without temb."""
         c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc = cache
         dx = dy if self.shortcut is None else self.shortcut.backward(dy, c_sc)    # [N, Ci, H, W]
         dh = self.conv2.backward(dy, c_c2)                                        # [N, Co, H, W]
         dh = self.dropout.backward(dh, c_do)                                      # [N, Co, H, W]
         dh = self.act.backward(dh, c_a2)                                          # [N, Co, H, W]
         dh = self.norm2.backward(dh, c_n2)                                        # [N, Co, H, W]
-        de = self.temb_proj.backward(dh.sum(axis=(2, 3)), c_te)                   # [N, E]
-        dtemb = self.act.backward(de, c_ae)                                       # [N, E]
+        dtemb = None
+        if self.temb_proj is not None:
+            de = self.temb_proj.backward(dh.sum(axis=(2, 3)), c_te)               # [N, E]
+            dtemb = self.act.backward(de, c_ae)                                   # [N, E]
         dh = self.conv1.backward(dh, c_c1)                                        # [N, Ci, H, W]
         dh = self.act.backward(dh, c_a1)                                          # [N, Ci, H, W]
         return dx + self.norm1.backward(dh, c_n1), dtemb                          # [N, Ci, H, W], [N, E]
