@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig, channels_of
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
+    from bidm_ref.models.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.objective import BiDMConfig
     from bidm_ref.train.run import StudentConfig, train
@@ -57,8 +58,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
                         ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
                         out_dir=args.out)
-    if args.method == "fp":
-        model, student, bidm = preset(args.preset, channels_of(args.dataset)), None, None
+    if args.method == "fp" and args.latent:
+        model, student, bidm = unet_config_for(preset(args.preset or "latent"), args.latent), None, None
+    elif args.method == "fp":
+        model, student, bidm = preset(args.preset or "tiny", channels_of(args.dataset)), None, None
     else:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
@@ -71,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             spd_lambda=args.spd_lambda, spd_patches=args.spd_patches, spd_variant=args.spd_variant,
         )
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
-          resume=args.resume)
+          resume=args.resume, latent_ae=args.latent)
 
 
 def cmd_train_ae(args: argparse.Namespace) -> None:
@@ -94,10 +97,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
     from bidm_ref.data.images import save_grid, save_npz_batch
-    from bidm_ref.diffusion.generate import SampleConfig, generate
-    from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-    from bidm_ref.models.build import load_model, sampling_eps_fn
-
+    from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.models.build import load_model
+    from bidm_ref.models.sampling import draw_images
     from bidm_ref.models.shipped import shipped_weights
 
     if args.weights and args.method:
@@ -107,10 +109,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                        batch_size=args.batch_size)
     model, run_config = load_model(weights, use_ema=not args.raw)
     print(f"sampling {weights}")
-    schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
-    shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
     start = time.perf_counter()
-    images = generate(lambda: sampling_eps_fn(model), shape, schedule, cfg)
+    images = draw_images(model, run_config, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
     print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the FP UNet (teacher) or a binary student with the denoising loss")
     p.add_argument("--method", default="fp", help="fp (teacher) or a binarization method: " + ", ".join(method_names()))
     p.add_argument("--teacher", default=None, help="FP teacher checkpoint a binary student starts from")
-    p.add_argument("--preset", default="tiny", help="tiny | cifar10 (FP only; a student takes its teacher's)")
+    p.add_argument("--preset", default=None, help="tiny | cifar10 | latent (FP only; a student takes its teacher's; "
+                   "default tiny, latent with --latent)")
+    p.add_argument("--latent", default=None, help="FP: train on the latents of this autoencoder (ckpt.h5 of "
+                   "`train-ae`); a student of a latent teacher uses the teacher's autoencoder")
     p.add_argument("--tbs-connections", type=int, default=None,
                    help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
     p.add_argument("--tbs-train-gap", type=int, default=1, help="TBS training: cache pass at t + gap")
@@ -240,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid (default: the shipped "
                        "packed BiDM student)")
-    p.add_argument("--weights", default=None, help="checkpoint (.h5) of `train` or `export`")
+    p.add_argument("--weights", default=None, help="checkpoint (.h5) of `train` or `export` (a latent model is "
+                   "decoded with the autoencoder its checkpoint names)")
     p.add_argument("--method", default=None, choices=["bidm", "xnor", "fp"],
                    help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
                    "student; xnor: the packed XNOR student; fp: the FP teacher)")

@@ -14,6 +14,7 @@ from bidm_ref.models.efficiency import (
     table_model,
     unet_efficiency,
 )
+from bidm_ref.models.autoencoder import AE_PRESETS, Autoencoder, Head
 from bidm_ref.models.packed import packed_twin
 from bidm_ref.nn.attention import AttnBlock
 from bidm_ref.nn.conv import Conv2d
@@ -121,3 +122,26 @@ def test_table_rows_and_format():
     assert [(r.model, r.preset) for r in rows] == [("fp", "tiny"), ("xnor", "tiny"), ("bidm", "tiny")]
     text = format_efficiency(rows)
     assert len(text.splitlines()) == 5 + 4 and "OPs = BOPs/64 + FLOPs" in text
+
+
+def test_autoencoder_blocks_by_hand_and_latent_rows_add_the_decoder():
+    rng = np.random.default_rng(3)
+    block = ResnetBlock(2, 2, 0, 0.0, rng=rng, groups=2)                          # no temb (the autoencoder's)
+    x = rng.standard_normal((1, 2, 2, 2)).astype(np.float32)
+    ops = count_ops(block, lambda: block.forward(x))
+    # conv1, conv2 3x3 2 -> 2: 8 * 18 + 8 each; SiLU(norm1) 8, SiLU(norm2) + residual 2 * 8
+    assert ops.flops_by_category["fp_layers"] == 2 * (144 + 8)
+    assert ops.flops_by_category["elementwise"] == 8 + 16
+    head = Head(2, 1, 2, rng)
+    ops = count_ops(head, lambda: head.forward(x))
+    assert ops.flops_by_category["elementwise"] == 8 and ops.flops_by_category["fp_layers"] == 4 * 18 + 4
+    rows = {(r.model, r.preset): r for r in efficiency_table(("tiny", "latent"))}
+    assert all(rows[(m, "tiny")].ops.flops_by_category["autoencoder"] == 0 for m in ("fp", "xnor", "bidm"))
+    ae = Autoencoder(AE_PRESETS["f4"], rng=np.random.default_rng(0))
+    z = np.zeros((1, 4, 8, 8), np.float32)
+    decode = count_ops(ae, lambda: ae.decode(z))                                 # a real forward, not shapes only
+    unet = unet_efficiency(table_model("bidm", "latent"), "bidm", "latent")
+    row = rows[("bidm", "latent")]
+    assert row.ops.flops_by_category["autoencoder"] == decode.flops > 0 and row.ops.bops == unet.ops.bops
+    decoder_params = sum(p.size for n, p in ae.named_parameters() if n.startswith(("decoder.", "post_quant_conv.")))
+    assert row.size.float_params == unet.size.float_params + decoder_params

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import cli
-from bidm_ref.diffusion.generate import SampleConfig, generate
-from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.models.build import load_model, sampling_eps_fn
+from bidm_ref.diffusion.generate import SampleConfig
+from bidm_ref.models.build import load_model
 from bidm_ref.models.packed import is_packed
+from bidm_ref.models.sampling import draw_images
 from bidm_ref.hashing import file_sha256
 from bidm_ref.models.shipped import MANIFEST, SHIPPED, WEIGHTS_DIR, read_manifest, shipped_weights
 from bidm_ref.train.checkpoint import load_checkpoint
@@ -30,8 +30,7 @@ def test_shipped_checkpoint_loads_and_samples(method):
     assert is_packed(load_checkpoint(str(path))) == (method != "fp")
     model, config = load_model(str(path))
     shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
-    images = generate(lambda: sampling_eps_fn(model), shape, Schedule(ScheduleConfig(**config["schedule"])),
-                      SampleConfig(n=2, steps=3, seed=0, batch_size=2), progress=False)
+    images = draw_images(model, config, SampleConfig(n=2, steps=3, seed=0, batch_size=2), progress=False)
     assert images.shape == (2, *shape)
     assert np.isfinite(images).all()
     assert images.std() > 0.05  # a real model output, not a constant

@@ -30,13 +30,14 @@ import numpy as np
 
 from ..data.datasets import DataConfig, load_labeled
 from ..data.images import save_grid, save_npz_batch, to_uint8
-from ..diffusion.generate import SampleConfig, generate
-from ..diffusion.schedule import Schedule, ScheduleConfig
+from ..diffusion.generate import SampleConfig
+from ..diffusion.schedule import ScheduleConfig
 from ..metrics.classifier import (ClassifierConfig, accuracy, classifier_score, fd_clf, load_classifier,
                                   save_classifier, train_classifier)
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
-from ..models.build import load_model, sampling_eps_fn
+from ..models.build import load_model
+from ..models.sampling import draw_images
 from ..train.adam import AdamConfig
 from ..train.atomic import atomic_write
 from ..train.run import StudentConfig, train
@@ -132,10 +133,8 @@ def run_row(row: Row, cfg: AblationConfig, data: DataConfig, progress: bool) -> 
               resume=os.path.exists(ckpt), progress=progress)
         weights, loss = ckpt, final_loss(os.path.join(folder, "loss.tsv"))
     model, config = load_model(weights)
-    shape = (model.cfg.in_channels, model.cfg.resolution, model.cfg.resolution)
     sample_cfg = SampleConfig(n=cfg.n_samples, steps=cfg.sample_steps, seed=cfg.seed, batch_size=cfg.n_samples)
-    samples = np.clip(generate(lambda: sampling_eps_fn(model), shape, Schedule(ScheduleConfig(**config["schedule"])),
-                               sample_cfg, progress), -1, 1)
+    samples = np.clip(draw_images(model, config, sample_cfg, progress), -1, 1)    # [N, C, H, W]
     save_grid(samples, os.path.join(folder, "samples.png"))
     save_npz_batch(samples, os.path.join(folder, "samples.npz"))
     return {"row": asdict(row), "final_loss": loss, "samples": cfg.n_samples, "sample_steps": cfg.sample_steps}, samples

@@ -28,6 +28,11 @@ FLOP rules, per module call (categories in brackets), 1 FLOP per element for eac
     ResnetBlock               SiLU(norm1 out) N*C*H*W, SiLU(temb) N*E, temb add, SiLU(norm2 out) and the
                               residual add 3*N*O*H*W                                           [elementwise]
     UNet                      timestep embedding N*ch, SiLU of the temb MLP N*E, SiLU(norm_out) N*ch*H*W
+    autoencoder Head          SiLU(norm_out) N*C*H*W (a ResnetBlock without temb counts no temb terms)
+Latent rows (preset `latent`, the UNet on the `f4` autoencoder's 8x8x4 latents): the full-precision decoder
+that turns the sampled latent into an image is part of the model, as in the paper's Table 4: its parameters
+are float parameters of the row and one decoder pass (batch 1, the same rules) is added to the FLOPs under
+[autoencoder]. The encoder is not needed to sample and is not counted.
     TBS (connected unit)      (1 - a) * h + a * cache: 2 per element, counted as in the sampler's steady
                               state (every step after the first mixes)                          [elementwise]
 How: instrumented counting. `count_ops` wraps the `forward` of every module that has a rule above,
@@ -58,20 +63,22 @@ from ..nn.groupnorm import GroupNorm
 from ..nn.linear import Linear
 from ..nn.module import Module
 from ..nn.resblock import ResnetBlock
+from .autoencoder import AE_PRESETS, Autoencoder, Head
 from .config import preset
 from .unet import UNet
 
 FLOAT_BITS = 32
 WORD_OPS = 64                                                                     # BOPs per OP
 MB = 8 * 2**20                                                                    # bits per MB (2^20 bytes)
-CATEGORIES = ("fp_layers", "binary_scales", "shortcut", "norm", "attention", "elementwise")
+CATEGORIES = ("fp_layers", "binary_scales", "shortcut", "norm", "attention", "elementwise", "autoencoder")
 BINARY_CONVS = (BinaryConv2d, PackedConv2d)
 BINARY_LINEARS = (BinaryLinear, PackedLinear)
 LEAVES = (*BINARY_CONVS, *BINARY_LINEARS, Conv2d, Linear, GroupNorm)
-RULED = (*LEAVES, AttnBlock, ResnetBlock, TBS, UNet)
+RULED = (*LEAVES, AttnBlock, ResnetBlock, TBS, UNet, Head)
 TABLE_MODELS = {"fp": None, "xnor": "xnor", "bidm": "bidm"}                       # name -> binarization method
 BIDM_TBS_CONNECTIONS = 2                                                          # BiDM's default (CIFAR-10)
 TABLE_TIMESTEPS = 1000
+LATENT_PRESET, LATENT_AUTOENCODER = "latent", "f4"                                # the latent rows' UNet and AE
 
 
 @dataclass(frozen=True)
@@ -229,8 +236,11 @@ def call_counts(call: Call, shortcut_convs: set[str]) -> tuple[int, dict[str, in
         P = H * W
         return 0, {"attention": 2 * N * P * P * C + 4 * N * P * P + out.size}
     if isinstance(m, ResnetBlock):
-        x, temb = call.args[:2]                                                   # [N, C, H, W], [N, E]
-        return 0, {"elementwise": x.size + temb.size + 3 * out.size}
+        x = call.args[0]                                                          # [N, C, H, W]
+        temb = call.args[1] if len(call.args) > 1 and call.args[1] is not None else np.zeros(0)  # [N, E] | none
+        return 0, {"elementwise": x.size + temb.size + (3 if m.temb_proj is not None else 2) * out.size}
+    if isinstance(m, Head):
+        return 0, {"elementwise": call.args[0].size}
     if isinstance(m, TBS):
         b, h = call.args[:2]                                                      # unit index, [N, C, H, W]
         return 0, {"elementwise": 2 * h.size if m.connected(b) else 0}
@@ -275,9 +285,21 @@ def unet_efficiency(model: UNet, name: str, preset_name: str, shapes_only: bool 
     return Efficiency(name, preset_name, count_size(model), ops)
 
 
-def efficiency_table(presets: tuple[str, ...] = ("tiny", "cifar10")) -> list[Efficiency]:
-    """Rows for FP, XNOR and BiDM at each preset (batch 1, the preset's resolution)."""
-    return [unet_efficiency(table_model(name, p), name, p) for p in presets for name in TABLE_MODELS]
+def with_decoder(row: Efficiency, ae: Autoencoder) -> Efficiency:
+    """A latent row: the decoder's parameters as floats, one decoder pass (batch 1) as [autoencoder] FLOPs."""
+    z = np.zeros((1, *ae.cfg.latent_shape), np.float32)                          # [1, Z, h, w]
+    decode = count_ops(ae, lambda: ae.decode(z), shapes_only=True)
+    size = ModelSize(row.size.binary_weights,
+                     row.size.float_params + ae.decoder.num_parameters() + ae.post_quant_conv.num_parameters())
+    flops = {**row.ops.flops_by_category, "autoencoder": decode.flops}
+    return Efficiency(row.model, row.preset, size, OpCounts(row.ops.bops, flops))
+
+
+def efficiency_table(presets: tuple[str, ...] = ("tiny", "cifar10", LATENT_PRESET)) -> list[Efficiency]:
+    """Rows for FP, XNOR and BiDM at each preset (batch 1, the preset's resolution; latent rows with the decoder)."""
+    ae = Autoencoder(AE_PRESETS[LATENT_AUTOENCODER], rng=np.random.default_rng(0))
+    rows = [unet_efficiency(table_model(name, p), name, p) for p in presets for name in TABLE_MODELS]
+    return [with_decoder(row, ae) if row.preset == LATENT_PRESET else row for row in rows]
 
 
 def format_efficiency(rows: list[Efficiency]) -> str:
@@ -295,7 +317,8 @@ def format_efficiency(rows: list[Efficiency]) -> str:
             f"{row.size.mb:>9.3f} {row.ops.bops:>10.3e} {row.ops.flops:>10.3e} {row.ops.ops:>10.3e} {size_x} {ops_x}"
         )
     lines.append("BOPs: 1-bit multiply-adds; FLOPs: float work, a multiply-add = 1 FLOP; OPs = BOPs/64 + FLOPs; "
-                 "batch 1, one UNet evaluation; MB = 2^20 bytes")
+                 "batch 1, one UNet evaluation (latent rows: plus the FP decoder, one pass and its parameters); "
+                 "MB = 2^20 bytes")
     lines.append(f"{'FLOPs by':<15} " + " ".join(f"{c:>13}" for c in CATEGORIES))
     for row in rows:
         by = row.ops.flops_by_category

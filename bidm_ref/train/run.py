@@ -5,6 +5,8 @@ Student: StudentConfig names the method and the teacher checkpoint; the model co
          beta schedule come from the teacher, the student starts from the teacher's EMA weights and
          trains with the BiDM objective (BiDMConfig: TBS connections, distillation; with 0
          connections and no distillation it is the plain noise loss).
+Latent:  `latent_ae` (FP) trains on the scaled latents of that autoencoder; a student of a latent
+         teacher trains on the teacher's latents (models/latent.py). Nothing else changes.
 The loss curve goes to `out_dir/loss.tsv` (see Trainer), so a resumed run continues the same file.
 """
 
@@ -18,6 +20,7 @@ from ..bidm.objective import PLAIN_NOISE_LOSS, BiDMConfig, BiDMObjective
 from ..bidm.tbs import attach_tbs
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
+from ..models.latent import LatentConfig, latent_of, training_latents
 from ..diffusion.objective import DenoisingObjective
 from ..diffusion.schedule import Schedule, ScheduleConfig
 from ..models.build import load_model
@@ -34,29 +37,31 @@ class StudentConfig:
     teacher: str = ""
 
 
-def load_teacher(path: str) -> tuple[UNet, ScheduleConfig]:
-    """The FP teacher (EMA weights) and its schedule; refuses a student checkpoint."""
+def load_teacher(path: str) -> tuple[UNet, dict]:
+    """The FP teacher (EMA weights) and its run config; refuses a student checkpoint."""
     teacher, config = load_model(path, use_ema=True)
     if "student" in config:
         raise ValueError(f"{path} is a binary student, not an FP teacher: pass the teacher's checkpoint")
-    return teacher, ScheduleConfig(**config["schedule"])
+    return teacher, config
 
 
 def build_objective(
     model_cfg: UNetConfig | None, schedule_cfg: ScheduleConfig, student: StudentConfig | None,
     bidm: BiDMConfig | None, seed: int,
-) -> tuple[UNet, Objective, ScheduleConfig]:
-    """The model to train, its objective and schedule (a student takes model and schedule from its teacher)."""
+) -> tuple[UNet, Objective, ScheduleConfig, LatentConfig | None]:
+    """The model to train, its objective, schedule and (for a student) the teacher's latent section;
+    a student takes model, schedule and latent space from its teacher."""
     rng = np.random.default_rng([seed, 0])
     if student is None:
         if model_cfg is None:
             raise ValueError("an FP run needs a model config (--preset)")
         model = UNet(model_cfg, rng=rng)
-        return model, DenoisingObjective(model, Schedule(schedule_cfg)), schedule_cfg
-    teacher, schedule_cfg = load_teacher(student.teacher)
+        return model, DenoisingObjective(model, Schedule(schedule_cfg)), schedule_cfg, None
+    teacher, teacher_config = load_teacher(student.teacher)
+    schedule_cfg = ScheduleConfig(**teacher_config["schedule"])
     model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng)
     attach_tbs(model, bidm.tbs_connections, schedule_cfg.num_timesteps)
-    return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg
+    return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg, latent_of(teacher_config)
 
 
 def train(
@@ -69,19 +74,28 @@ def train(
     bidm: BiDMConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    latent_ae: str | None = None,
 ) -> Trainer:
     """Train (or resume) with the denoising loss; returns the trainer (model, EMA and state live on it)."""
     if student is not None and bidm is None:
         bidm = PLAIN_NOISE_LOSS
-    model, objective, schedule_cfg = build_objective(model_cfg, schedule_cfg, student, bidm, train_cfg.seed)
+    if student is not None and latent_ae is not None:
+        raise ValueError("a student trains in its teacher's space (pixels or the teacher's latents): drop --latent")
+    model, objective, schedule_cfg, inherited = build_objective(model_cfg, schedule_cfg, student, bidm, train_cfg.seed)
     mcfg = model.cfg
-    images = load_images(data_cfg)                                                # [N, C, H, W]
+    latent = None
+    if latent_ae is None and inherited is None:
+        images = load_images(data_cfg)                                            # [N, C, H, W]
+    else:
+        images, latent = training_latents(data_cfg, latent_ae, inherited, progress)  # [N, Z, h, w]
     if images.shape[1:] != (mcfg.in_channels, mcfg.resolution, mcfg.resolution):
         raise ValueError(
-            f"data {data_cfg.name} has images {images.shape[1:]} but the model expects "
+            f"data {data_cfg.name} has {'latents' if latent else 'images'} {images.shape[1:]} but the model expects "
             f"{(mcfg.in_channels, mcfg.resolution, mcfg.resolution)}: pick a matching preset or teacher"
         )
     configs = dict(model=mcfg, data=data_cfg, schedule=schedule_cfg, adam=adam_cfg, train=train_cfg)
+    if latent is not None:
+        configs["latent"] = latent
     if student is not None:
         configs["student"] = student
         configs["bidm"] = bidm

@@ -1,0 +1,129 @@
+"""Latent diffusion plumbing: the autoencoder a UNet's latents belong to, a dataset encoded into scaled
+latents for training, and sampled latents decoded into images.
+
+Dimensions: N images, C, H, W image, Z, h, w latent (h = H / f).
+
+A UNet trained on latents (`cli.py train --latent AE.h5`) stores a `latent` section in its run config,
+{autoencoder: the AE checkpoint's path, sha256: that file's hash, scale: s}, and sees
+
+    z_unet = s * mean(q(z | x))     [N, Z, h, w]   the posterior mean (LDM's `mode`), scaled
+    s      = 1 / std(all entries of the training set's posterior means)   (LDM's scale_by_std)
+
+so its data has unit variance like the pixel-space data the schedule was designed for. A binary
+student inherits its teacher's section (same autoencoder, same s) and trains through the same code
+path as in pixel space: only the array of training examples differs. Sampling draws z_unet and
+decodes x = decoder(z_unet / s). The UNet never sees the autoencoder; a sha256 mismatch (the AE file was
+retrained or replaced) is refused, as the UNet's weights only fit the latents of the AE they were trained on.
+
+Encoding the training set costs minutes on CPU, so the means are cached next to the autoencoder in
+`<ae folder>/latents-<key>.npy`, key = hash of (AE sha256, data config); the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.datasets import DataConfig, load_images
+from ..hashing import file_sha256
+from ..train.atomic import atomic_write
+from ..train.checkpoint import load_checkpoint
+from .autoencoder import Autoencoder, AutoencoderConfig
+from .config import UNetConfig
+
+ENCODE_BATCH = 250
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    autoencoder: str
+    sha256: str
+    scale: float
+
+
+def autoencoder_config(run_config: dict[str, Any], where: str) -> AutoencoderConfig:
+    """The AutoencoderConfig of an autoencoder checkpoint's run config (lists back to tuples)."""
+    if "autoencoder" not in run_config:
+        raise ValueError(f"{where} is not an autoencoder checkpoint (no `autoencoder` config): pass the ckpt.h5 "
+                         "of `cli.py train-ae`")
+    return AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run_config["autoencoder"].items()})
+
+
+def load_autoencoder(path: str, use_ema: bool = True) -> Autoencoder:
+    """The autoencoder of a `cli.py train-ae` checkpoint, with its EMA weights (or raw params)."""
+    ckpt = load_checkpoint(path)
+    ae = Autoencoder(autoencoder_config(ckpt.config, path), rng=np.random.default_rng(0))
+    ae.load_state_dict(ckpt.ema if use_ema and ckpt.ema is not None else ckpt.params)
+    return ae
+
+
+def autoencoder_of(latent: LatentConfig) -> Autoencoder:
+    """The autoencoder a latent UNet was trained with, after checking the file is the same one."""
+    if not os.path.isfile(latent.autoencoder):
+        raise FileNotFoundError(f"the autoencoder {latent.autoencoder} of this latent model does not exist: run from "
+                                "the folder the model was trained in, or restore the file")
+    digest = file_sha256(latent.autoencoder)
+    if digest != latent.sha256:
+        raise ValueError(f"{latent.autoencoder} is not the autoencoder this model was trained on (sha256 {digest[:12]}, "
+                         f"expected {latent.sha256[:12]}): restore that file or retrain the UNet")
+    return load_autoencoder(latent.autoencoder)
+
+
+def latent_of(run_config: dict[str, Any]) -> LatentConfig | None:
+    """The latent section of a UNet run config, or None for a pixel-space model."""
+    return LatentConfig(**run_config["latent"]) if "latent" in run_config else None
+
+
+def unet_config_for(cfg: UNetConfig, ae_path: str) -> UNetConfig:
+    """`cfg` with in/out channels and resolution set to the latents of the autoencoder at `ae_path`."""
+    Z, h, _ = autoencoder_config(load_checkpoint(ae_path).config, ae_path).latent_shape
+    return replace(cfg, in_channels=Z, out_ch=Z, resolution=h)
+
+
+def encode_means(ae: Autoencoder, images: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Posterior means of images [N, C, H, W] in [-1, 1], in batches: [N, Z, h, w] float32."""
+    out = []
+    for start in tqdm(range(0, len(images), ENCODE_BATCH), disable=not progress, unit="batch", desc="encode"):
+        mean, _, _ = ae.encode(images[start:start + ENCODE_BATCH])                # [B, Z, h, w]
+        out.append(mean.astype(np.float32))
+    return np.concatenate(out)                                                    # [N, Z, h, w]
+
+
+def decode_latents(ae: Autoencoder, z: np.ndarray, batch: int = ENCODE_BATCH) -> np.ndarray:
+    """Images [N, C, H, W] (not clipped) of latents z [N, Z, h, w] (unscaled), in batches."""
+    return np.concatenate([ae.decode(z[start:start + batch])[0] for start in range(0, len(z), batch)])
+
+
+def cached_means(ae_path: str, data_cfg: DataConfig, progress: bool = True) -> tuple[np.ndarray, str]:
+    """(posterior means of the data's images [N, Z, h, w], the AE's sha256), from the cache or encoded now."""
+    digest = file_sha256(ae_path)
+    key = hashlib.sha256(json.dumps([digest, asdict(data_cfg)], sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npy")
+    if os.path.exists(path):
+        return np.load(path), digest
+    means = encode_means(load_autoencoder(ae_path), load_images(data_cfg), progress)  # [N, Z, h, w]
+    with atomic_write(path, "wb") as f:
+        np.save(f, means)
+    return means, digest
+
+
+def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: LatentConfig | None,
+                     progress: bool = True) -> tuple[np.ndarray, LatentConfig]:
+    """The scaled latents a UNet trains on and their LatentConfig.
+
+    A new latent model (ae_path) computes s from these latents; a student (inherited) keeps its teacher's."""
+    if data_cfg.hflip:
+        raise ValueError("--hflip mirrors images, not latents: drop it for a latent model")
+    if inherited is not None:
+        autoencoder_of(inherited)  # the teacher's AE must still be the same file
+        means, _ = cached_means(inherited.autoencoder, data_cfg, progress)
+        return means * np.float32(inherited.scale), inherited                     # [N, Z, h, w]
+    means, digest = cached_means(ae_path, data_cfg, progress)                     # [N, Z, h, w]
+    latent = LatentConfig(autoencoder=ae_path, sha256=digest, scale=float(1.0 / np.std(means.astype(np.float64))))
+    return means * np.float32(latent.scale), latent                               # [N, Z, h, w]

@@ -1,0 +1,116 @@
+"""Latent diffusion end to end on an IDX fixture: train-ae -> train --latent -> student -> sample, export and
+sample packed; the latent section, the scale, the cache and the one-line errors."""
+
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+
+import cli
+from bidm_ref.data.datasets import DataConfig, load_images
+from bidm_ref.diffusion.generate import SampleConfig, generate
+from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
+from bidm_ref.hashing import file_sha256
+from bidm_ref.models.build import load_model, sampling_eps_fn
+from bidm_ref.models.latent import decode_latents, encode_means, load_autoencoder, training_latents
+from bidm_ref.models.sampling import draw_images
+from bidm_ref.train.checkpoint import load_checkpoint
+from test_trainer import write_idx_dataset
+
+TRAIN = ["--steps", "2", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def latent_runs(tmp_path_factory):
+    """An autoencoder, a latent FP teacher and a BiDM student of it, two steps each, on 24 fixture images."""
+    root = tmp_path_factory.mktemp("latent")
+    write_idx_dataset(root)
+    data = ["--data-dir", str(root)]
+    ae, teacher, student = root / "ae" / "ckpt.h5", root / "teacher" / "ckpt.h5", root / "student" / "ckpt.h5"
+    assert cli.main(["train-ae", *data, *TRAIN, "--out", str(ae.parent)]) == 0
+    assert cli.main(["train", "--latent", str(ae), *data, *TRAIN, "--out", str(teacher.parent)]) == 0
+    assert cli.main(["train", "--method", "bidm", "--teacher", str(teacher), *data, *TRAIN,
+                     "--out", str(student.parent)]) == 0
+    return root, ae, teacher, student
+
+
+def test_teacher_trains_on_unit_variance_latents_of_its_autoencoder(latent_runs):
+    root, ae_path, teacher_path, _ = latent_runs
+    model, config = load_model(str(teacher_path))
+    latent = config["latent"]
+    assert latent["autoencoder"] == str(ae_path) and latent["sha256"] == file_sha256(ae_path)
+    assert (model.cfg.in_channels, model.cfg.resolution) == (4, 8)  # f4: 32x32x1 -> 8x8x4
+    ae = load_autoencoder(str(ae_path))
+    images = load_images(DataConfig(data_dir=str(root)))                          # [24, 1, 32, 32]
+    means = encode_means(ae, images)                                              # [24, 4, 8, 8]
+    assert latent["scale"] == pytest.approx(1 / means.astype(np.float64).std(), rel=1e-6)
+    scaled, _ = training_latents(DataConfig(data_dir=str(root)), str(ae_path), None, progress=False)
+    np.testing.assert_allclose(scaled, means * np.float32(latent["scale"]), rtol=1e-6)
+    assert scaled.astype(np.float64).std() == pytest.approx(1.0, rel=1e-5)
+    assert len(glob.glob(str(ae_path.parent / "latents-*.npy"))) == 1  # the encoded training set is cached
+
+
+def test_student_inherits_the_teachers_latent_space(latent_runs):
+    _, _, teacher_path, student_path = latent_runs
+    student, config = load_model(str(student_path))
+    assert config["latent"] == load_checkpoint(str(teacher_path)).config["latent"]
+    assert config["student"]["method"] == "bidm" and student.mixer is not None
+
+
+def test_sampling_decodes_latents_with_the_named_autoencoder(latent_runs):
+    _, ae_path, teacher_path, _ = latent_runs
+    model, config = load_model(str(teacher_path))
+    cfg = SampleConfig(n=3, steps=2, seed=4, batch_size=2)
+    images = draw_images(model, config, cfg, progress=False)
+    z = generate(lambda: sampling_eps_fn(model), (4, 8, 8), Schedule(ScheduleConfig(**config["schedule"])), cfg,
+                 progress=False)                                                  # [3, 4, 8, 8]
+    expected = decode_latents(load_autoencoder(str(ae_path)), z / np.float32(config["latent"]["scale"]))
+    assert images.shape == (3, 1, 32, 32)
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_cli_samples_packed_latent_student_as_pixels_deterministically(latent_runs, capsys):
+    root, _, _, student_path = latent_runs
+    packed = root / "packed.h5"
+    assert cli.main(["export", "--weights", str(student_path), "--out", str(packed)]) == 0
+    npzs = []
+    for name in ("a", "b"):
+        npzs.append(root / f"{name}.npz")
+        assert cli.main(["sample", "--weights", str(packed), "--n", "2", "--steps", "2", "--out",
+                         str(root / f"{name}.png"), "--npz", str(npzs[-1])]) == 0
+    a, b = (np.load(p)["arr_0"] for p in npzs)
+    assert a.shape == (2, 32, 32, 1) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+
+
+def test_latent_errors_are_one_line(latent_runs, tmp_path, capsys):
+    root, ae_path, teacher_path, _ = latent_runs
+    data = ["--data-dir", str(root)]
+
+    def error_of(argv: list[str]) -> str:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err
+        return err
+
+    out = ["--out", str(tmp_path / "x")]
+    assert "drop --latent" in error_of(["train", "--method", "xnor", "--teacher", str(teacher_path), "--latent",
+                                        str(ae_path), *data, *TRAIN, *out])
+    assert "not an autoencoder checkpoint" in error_of(["train", "--latent", str(teacher_path), *data, *TRAIN, *out])
+    assert "--hflip" in error_of(["train", "--latent", str(ae_path), "--hflip", *data, *TRAIN, *out])
+    assert "no model config" in error_of(["sample", "--weights", str(ae_path), "--n", "1", "--steps", "1"])
+    other = tmp_path / "other"
+    assert cli.main(["train-ae", *data, *TRAIN, "--seed", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
+    sample = ["sample", "--weights", str(teacher_path), "--n", "1", "--steps", "1", "--out", str(tmp_path / "s.png")]
+    original = ae_path.read_bytes()
+    try:  # the teacher's autoencoder file replaced by another autoencoder, then missing
+        ae_path.write_bytes((other / "ckpt.h5").read_bytes())
+        assert "is not the autoencoder this model was trained on" in error_of(sample)
+        ae_path.unlink()
+        assert "does not exist" in error_of(sample)
+    finally:
+        ae_path.write_bytes(original)
+    assert not (tmp_path / "s.png").exists()
