@@ -92,6 +92,29 @@ def cmd_train_ae(args: argparse.Namespace) -> None:
                       AdamConfig(lr=args.lr), train_cfg, resume=args.resume)
 
 
+def cmd_eval_ae(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from bidm_ref.data.datasets import DataConfig, load_images
+    from bidm_ref.data.images import save_grid
+    from bidm_ref.metrics.reconstruction import reconstruct, reconstruction_quality
+    from bidm_ref.models.latent import load_autoencoder
+
+    ae = load_autoencoder(args.weights, use_ema=not args.raw)
+    images = load_images(DataConfig(name=args.dataset, data_dir=args.data_dir, split=args.split, limit=args.limit))
+    rec = reconstruct(ae, images, progress=True)
+    quality = reconstruction_quality(images, rec)
+    print(f"{args.split} split, {quality.images} images: MSE {quality.mse:.6f} (pixels in [0, 1]), "
+          f"PSNR {quality.psnr:.2f} dB")
+    if args.grid:
+        per_row = min(8, args.grid_n, len(images))
+        n = min(args.grid_n, len(images)) // per_row * per_row                   # whole rows only
+        rows = [part for start in range(0, n, per_row)
+                for part in (images[start:start + per_row], rec[start:start + per_row])]
+        save_grid(np.concatenate(rows), args.grid, nrow=per_row)
+        print(f"wrote {args.grid}: originals and their reconstructions in alternating rows")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import os
     import time
@@ -240,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="run_ae", help="output folder (ckpt.h5, loss.tsv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
     p.set_defaults(func=cmd_train_ae)
+
+    p = sub.add_parser("eval-ae", help="reconstruction MSE/PSNR of an autoencoder on a split, and a grid PNG")
+    p.add_argument("--weights", required=True, help="ckpt.h5 of `train-ae`")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--grid", default=None, help="write originals and reconstructions here (PNG)")
+    p.add_argument("--grid-n", type=int, default=32, help="images in the grid")
+    p.set_defaults(func=cmd_eval_ae)
 
     p = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid (default: the shipped "
                        "packed BiDM student)")

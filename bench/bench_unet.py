@@ -3,7 +3,7 @@
 Dimensions: N batch, C, H, W image (the preset's in_channels and resolution).
 Run: `python -m bench.bench_unet [repeats] [--json PATH]` or `python cli.py bench --what unet`.
 Models (seeded random init; timings do not depend on the values):
-    float32 FP UNet              UNet(preset), the teacher
+    float32 FP UNet              UNet(preset), the teacher (presets tiny, latent: the 8x8x4 latent UNet, cifar10)
     packed BiDM student          packed_twin of the BiDM student built from that teacher (build_student)
                                  with TBS over 2 decoder units (BiDM's default): popcount convs and linears
     float-sim BiDM student       the same student on its float-simulated binary layers (what training runs)
@@ -51,7 +51,7 @@ class StepCase:
         return f"{self.preset} N{self.batch} C{cfg.in_channels} {cfg.resolution}x{cfg.resolution}"
 
 
-UNET_CASES = [StepCase(p, n) for p in ("tiny", "cifar10") for n in (1, 8)]
+UNET_CASES = [StepCase(p, n) for p in ("tiny", "latent", "cifar10") for n in (1, 8)]
 
 
 def step_models(preset_name: str) -> dict[str, UNet]:

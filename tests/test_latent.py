@@ -7,6 +7,7 @@ import glob
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import cli
 from bidm_ref.data.datasets import DataConfig, load_images
@@ -14,6 +15,7 @@ from bidm_ref.diffusion.generate import SampleConfig, generate
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
 from bidm_ref.hashing import file_sha256
 from bidm_ref.models.build import load_model, sampling_eps_fn
+from bidm_ref.metrics.reconstruction import reconstruct, reconstruction_quality
 from bidm_ref.models.latent import decode_latents, encode_means, load_autoencoder, training_latents
 from bidm_ref.models.sampling import draw_images
 from bidm_ref.train.checkpoint import load_checkpoint
@@ -114,3 +116,24 @@ def test_latent_errors_are_one_line(latent_runs, tmp_path, capsys):
     finally:
         ae_path.write_bytes(original)
     assert not (tmp_path / "s.png").exists()
+
+
+def test_reconstruction_quality_by_hand():
+    images = np.full((2, 1, 2, 2), -1.0, np.float32)
+    quality = reconstruction_quality(images, images + 0.2)                        # 0.1 off on the [0, 1] scale
+    assert quality.mse == pytest.approx(0.01) and quality.psnr == pytest.approx(20.0)
+    assert reconstruction_quality(images, images).psnr == float("inf")
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_quality(images, images[:1])
+
+
+def test_cli_eval_ae_prints_psnr_and_writes_the_grid(latent_runs, capsys):
+    root, ae_path, _, _ = latent_runs
+    write_idx_dataset(root, n=10, split="t10k")
+    grid = root / "recon.png"
+    assert cli.main(["eval-ae", "--weights", str(ae_path), "--data-dir", str(root), "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    images = load_images(DataConfig(data_dir=str(root), split="test"))
+    quality = reconstruction_quality(images, reconstruct(load_autoencoder(str(ae_path)), images))
+    assert f"10 images: MSE {quality.mse:.6f}" in out and f"PSNR {quality.psnr:.2f} dB" in out
+    assert Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # whole rows of 8: 8 originals, their reconstructions
