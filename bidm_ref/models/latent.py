@@ -63,8 +63,8 @@ def load_autoencoder(path: str, use_ema: bool = True) -> Autoencoder:
     return ae
 
 
-def autoencoder_of(latent: LatentConfig) -> Autoencoder:
-    """The autoencoder a latent UNet was trained with, after checking the file is the same one."""
+def check_autoencoder(latent: LatentConfig) -> None:
+    """Refuse (one line) a missing autoencoder file or one that is not the file the UNet was trained with."""
     if not os.path.isfile(latent.autoencoder):
         raise FileNotFoundError(f"the autoencoder {latent.autoencoder} of this latent model does not exist: run from "
                                 "the folder the model was trained in, or restore the file")
@@ -72,6 +72,11 @@ def autoencoder_of(latent: LatentConfig) -> Autoencoder:
     if digest != latent.sha256:
         raise ValueError(f"{latent.autoencoder} is not the autoencoder this model was trained on (sha256 {digest[:12]}, "
                          f"expected {latent.sha256[:12]}): restore that file or retrain the UNet")
+
+
+def autoencoder_of(latent: LatentConfig) -> Autoencoder:
+    """The autoencoder a latent UNet was trained with, after checking the file is the same one."""
+    check_autoencoder(latent)
     return load_autoencoder(latent.autoencoder)
 
 
@@ -121,7 +126,7 @@ def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: Laten
     if data_cfg.hflip:
         raise ValueError("--hflip mirrors images, not latents: drop it for a latent model")
     if inherited is not None:
-        autoencoder_of(inherited)  # the teacher's AE must still be the same file
+        check_autoencoder(inherited)
         means, _ = cached_means(inherited.autoencoder, data_cfg, progress)
         return means * np.float32(inherited.scale), inherited                     # [N, Z, h, w]
     means, digest = cached_means(ae_path, data_cfg, progress)                     # [N, Z, h, w]
