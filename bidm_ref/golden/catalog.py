@@ -6,10 +6,10 @@ No arrays here. Import a new case module here (CASE_MODULES) and its cases appea
 
 from __future__ import annotations
 
-from . import cases_bidm, cases_binary, cases_model, cases_nn, cases_packed
+from . import cases_autoencoder, cases_bidm, cases_binary, cases_model, cases_nn, cases_packed
 from .registry import CASES, OPS, Case
 
-CASE_MODULES = (cases_nn, cases_binary, cases_packed, cases_model, cases_bidm)
+CASE_MODULES = (cases_nn, cases_binary, cases_packed, cases_model, cases_bidm, cases_autoencoder)
 
 
 def all_cases() -> dict[str, Case]:

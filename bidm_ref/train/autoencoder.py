@@ -48,8 +48,14 @@ class AutoencoderObjective:
         self.cfg = cfg
 
     def step(self, x0: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        """Draw eps [B, Z, h, w] from the step's Generator, then `forward_backward`."""
+        Z, h, w = self.ae.cfg.latent_shape
+        eps = rng.standard_normal((len(x0), Z, h, w)).astype(x0.dtype)           # [B, Z, h, w]
+        return self.forward_backward(x0, eps)
+
+    def forward_backward(self, x0: np.ndarray, eps: np.ndarray) -> dict[str, float]:
+        """The loss of x0 [B, C, H, W] with the sample noise eps [B, Z, h, w]; gradients added into the AE."""
         mean, logvar, c_enc = self.ae.encode(x0)                                  # [B, Z, h, w] each
-        eps = rng.standard_normal(mean.shape).astype(mean.dtype)                  # [B, Z, h, w]
         z, std = reparameterize(mean, logvar, eps)                                # [B, Z, h, w]
         x_rec, c_dec = self.ae.decode(z)                                          # [B, C, H, W]
         rec, dx_rec = reconstruction_loss(x_rec, x0, self.cfg.reconstruction)     # dx_rec [B, C, H, W]
