@@ -71,7 +71,7 @@ class ResnetBlock(Module):
         s, c_sc = (x, None) if self.shortcut is None else self.shortcut.forward(x)  # [N, Co, H, W]
         return s + h, (c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc)
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def backward(self, dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns (dx [N, Ci, H, W], dtemb [N, E]); dtemb is None for a block without temb."""
         c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc = cache
         dx = dy if self.shortcut is None else self.shortcut.backward(dy, c_sc)    # [N, Ci, H, W]
