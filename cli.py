@@ -44,20 +44,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def training_configs(args: argparse.Namespace):
+    """(DataConfig, TrainConfig) from the flags of `add_training_flags`."""
+    from bidm_ref.data.datasets import DataConfig
+    from bidm_ref.train.trainer import TrainConfig
+
+    data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
+                            ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
+                            out_dir=args.out)
+    return data, train_cfg
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from bidm_ref.data.datasets import DataConfig, channels_of
+    from bidm_ref.data.datasets import channels_of
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
     from bidm_ref.models.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.objective import BiDMConfig
     from bidm_ref.train.run import StudentConfig, train
-    from bidm_ref.train.trainer import TrainConfig
 
-    data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
-    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
-                        ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
-                        out_dir=args.out)
+    data, train_cfg = training_configs(args)
     if args.method == "fp" and args.latent:
         model, student, bidm = unet_config_for(preset(args.preset or "latent"), args.latent), None, None
     elif args.method == "fp":
@@ -78,15 +86,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ae(args: argparse.Namespace) -> None:
-    from bidm_ref.data.datasets import DataConfig, channels_of
+    from bidm_ref.data.datasets import channels_of
     from bidm_ref.models.autoencoder import ae_preset
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.train.autoencoder import AutoencoderLossConfig, train_autoencoder
-    from bidm_ref.train.trainer import TrainConfig
 
-    data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
-    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
-                            ema_decay=args.ema_decay, ckpt_every=args.ckpt_every, out_dir=args.out)
+    data, train_cfg = training_configs(args)
     train_autoencoder(data, ae_preset(args.preset, channels_of(args.dataset)),
                       AutoencoderLossConfig(reconstruction=args.rec_loss, kl_weight=args.kl_weight),
                       AdamConfig(lr=args.lr), train_cfg, resume=args.resume)
@@ -204,6 +209,26 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
+def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema_decay: float, ckpt_every: int,
+                       out: str) -> None:
+    """The data and training-loop flags `train` and `train-ae` share (their defaults differ)."""
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: "
+                   "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=ema_decay)
+    p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,40 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spd-patches", type=int, default=4, help="SPD patches per side")
     p.add_argument("--spd-variant", default="gram", choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
-    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: "
-                   "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.9999)
-    p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--out", default="run", help="output folder (ckpt.h5, loss.tsv)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+    add_training_flags(p, steps=2000, lr=2e-4, ema_decay=0.9999, ckpt_every=500, out="run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-ae", help="train the FP first-stage autoencoder of latent diffusion (KL, no GAN/LPIPS)")
     p.add_argument("--preset", default="f4", help="f4: 32x32 -> 8x8x4 latents | f2: 32x32 -> 16x16x2")
     p.add_argument("--rec-loss", default="l1", choices=["l1", "l2"], help="reconstruction loss (LDM: l1)")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (LDM's kl-f4: 1e-6)")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--out", default="run_ae", help="output folder (ckpt.h5, loss.tsv)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+    add_training_flags(p, steps=3000, lr=1e-3, ema_decay=0.999, ckpt_every=250, out="run_ae")
     p.set_defaults(func=cmd_train_ae)
 
     p = sub.add_parser("eval-ae", help="reconstruction MSE/PSNR of an autoencoder on a split, and a grid PNG")
