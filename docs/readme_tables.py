@@ -6,6 +6,7 @@
 Sections (README.md holds `<!-- generated:NAME -->` ... `<!-- end:NAME -->`):
     efficiency   `python cli.py bench --table efficiency`, computed from the models here and now
     ablation     results/ablation.md, written by `python cli.py ablate ... --out results`
+    latent       the finished rows of results/latent/ablation.md (`cli.py ablate` on the latent teacher)
     bench        the ratios and machine of results/bench.json, written by `python cli.py bench --json`
 So the README never holds a retyped number: tests/test_readme.py runs --check.
 """
@@ -33,6 +34,12 @@ def ablation_section() -> str:
     return (ROOT / "results" / "ablation.md").read_text().strip()
 
 
+def latent_section() -> str:
+    """The latent-space table without its pending rows (only FP, XNOR and BiDM were run in latent space)."""
+    lines = (ROOT / "results" / "latent" / "ablation.md").read_text().strip().splitlines()
+    return "\n".join(line for line in lines if "| pending |" not in line)
+
+
 def bench_section() -> str:
     report = json.loads((ROOT / "results" / "bench.json").read_text())
     machine = report["machine"]
@@ -44,7 +51,8 @@ def bench_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "bench": bench_section}
+SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "latent": latent_section,
+            "bench": bench_section}
 
 
 def section_pattern(name: str) -> re.Pattern:
