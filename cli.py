@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("export", help="inference file: pack a binary student (bidm, xnor, xnor_k) into 1-bit "
-                       "words, or write an FP model's EMA weights without optimizer state")
-    p.add_argument("--weights", required=True, help="the checkpoint (.h5) of `cli.py train`")
+                       "words, or write an FP model's (UNet or autoencoder) EMA weights without optimizer state")
+    p.add_argument("--weights", required=True, help="the checkpoint (.h5) of `cli.py train` or `train-ae`")
     p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
     p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
     p.set_defaults(func=cmd_export)

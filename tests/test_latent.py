@@ -137,3 +137,14 @@ def test_cli_eval_ae_prints_psnr_and_writes_the_grid(latent_runs, capsys):
     quality = reconstruction_quality(images, reconstruct(load_autoencoder(str(ae_path)), images))
     assert f"10 images: MSE {quality.mse:.6f}" in out and f"PSNR {quality.psnr:.2f} dB" in out
     assert Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # whole rows of 8: 8 originals, their reconstructions
+
+
+def test_exported_autoencoder_is_its_ema_copy(latent_runs, capsys):
+    root, ae_path, _, _ = latent_runs
+    slim = root / "ae_slim.h5"
+    assert cli.main(["export", "--weights", str(ae_path), "--out", str(slim)]) == 0
+    ckpt = load_checkpoint(str(slim))
+    assert ckpt.ema is None and ckpt.optim is None and ckpt.config == load_checkpoint(str(ae_path)).config
+    exported, trained = load_autoencoder(str(slim)), load_autoencoder(str(ae_path))
+    for (name, a), (_, b) in zip(exported.named_parameters(), trained.named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)

@@ -1,10 +1,12 @@
 """`cli.py export`: the inference-only file of a trained checkpoint.
 
 No arrays are computed here. A binary student (bidm, xnor, xnor_k) is packed to 1-bit words
-(models/packed.py). An FP model is written as its inference copy: the EMA weights (or the raw
-ones with use_ema=False) as /params, the same config and step, no /ema, no /optim, no rng state,
-so a shipped teacher is a quarter of its training checkpoint and still loads everywhere a
-checkpoint does (sampling, `--teacher` of a student).
+(models/packed.py). An FP model (a UNet, or the autoencoder of `cli.py train-ae`) is written as its
+inference copy: the EMA weights (or the raw ones with use_ema=False) as /params, the same config and
+step, no /ema, no /optim, no rng state, so a shipped teacher is a quarter of its training checkpoint
+and still loads everywhere a checkpoint does (sampling, `--teacher` of a student, `--latent`).
+A latent UNet pins its autoencoder by the file's sha256, so export the autoencoder *before* training
+on its latents if the slim copy is the one to ship.
 """
 
 from __future__ import annotations
