@@ -52,8 +52,7 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str, use_ema: bool = True) ->
     body = BinaryLayers(ckpt.config["student"]["method"]) if "student" in ckpt.config else DENSE
     model = build_unet(unet_config(ckpt.config), body, tbs_connections(ckpt.config),
                        ckpt.config["schedule"]["num_timesteps"])
-    weights = ckpt.ema if use_ema and ckpt.ema is not None else ckpt.params
-    model.load_state_dict(weights)
+    model.load_state_dict(ckpt.weights(use_ema)[1])
     return model
 
 

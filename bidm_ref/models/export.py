@@ -20,8 +20,7 @@ from .packed import ExportSummary, export_packed, is_packed
 def export_fp(ckpt_path: str, out_path: str, use_ema: bool = True) -> ExportSummary:
     """Write the inference copy of an FP checkpoint (see the module docstring)."""
     ckpt = load_checkpoint(ckpt_path)
-    weights = "ema" if use_ema and ckpt.ema is not None else "params"
-    params = ckpt.ema if weights == "ema" else ckpt.params
+    weights, params = ckpt.weights(use_ema)
     save_checkpoint(out_path, params=params, config=ckpt.config, step=ckpt.step)
     return ExportSummary(path=out_path, bytes_on_disk=os.path.getsize(out_path), binary_layers=0, binary_weights=0,
                          float_params=sum(int(v.size) for v in params.values()), weights=weights)

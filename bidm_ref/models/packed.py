@@ -144,7 +144,7 @@ def export_packed(student_path: str, out_path: str, use_ema: bool = True) -> Exp
     packable_options(ckpt.config["student"]["method"])
     student = model_from_checkpoint(ckpt, student_path, use_ema)
     params, packed = pack_student(student)
-    weights = "ema" if use_ema and ckpt.ema is not None else "params"
+    weights, _ = ckpt.weights(use_ema)
     alphas = [v for k, v in packed.items() if k.endswith(".alpha")]
     save_checkpoint(
         out_path, params=params, config=ckpt.config, step=ckpt.step,

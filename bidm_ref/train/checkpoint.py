@@ -71,6 +71,12 @@ class Checkpoint:
     attrs: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, Arrays] = field(default_factory=dict)
 
+    def weights(self, use_ema: bool = True) -> tuple[str, Arrays]:
+        """("ema", the EMA shadows) when asked for and present, else ("params", the raw parameters)."""
+        if use_ema and self.ema is not None:
+            return "ema", self.ema
+        return "params", self.params
+
     def named_groups(self) -> Iterator[tuple[str, Arrays]]:
         """Yield (HDF5 group path, arrays) for every group present, in file order."""
         yield "params", self.params
