@@ -28,13 +28,13 @@ FLOP rules, per module call (categories in brackets), 1 FLOP per element for eac
     ResnetBlock               SiLU(norm1 out) N*C*H*W, SiLU(temb) N*E, temb add, SiLU(norm2 out) and the
                               residual add 3*N*O*H*W                                           [elementwise]
     UNet                      timestep embedding N*ch, SiLU of the temb MLP N*E, SiLU(norm_out) N*ch*H*W
+    TBS (connected unit)      (1 - a) * h + a * cache: 2 per element, counted as in the sampler's steady
+                              state (every step after the first mixes)                          [elementwise]
     autoencoder Head          SiLU(norm_out) N*C*H*W (a ResnetBlock without temb counts no temb terms)
 Latent rows (preset `latent`, the UNet on the `f4` autoencoder's 8x8x4 latents): the full-precision decoder
 that turns the sampled latent into an image is part of the model, as in the paper's Table 4: its parameters
 are float parameters of the row and one decoder pass (batch 1, the same rules) is added to the FLOPs under
 [autoencoder]. The encoder is not needed to sample and is not counted.
-    TBS (connected unit)      (1 - a) * h + a * cache: 2 per element, counted as in the sampler's steady
-                              state (every step after the first mixes)                          [elementwise]
 How: instrumented counting. `count_ops` wraps the `forward` of every module that has a rule above,
 runs one forward (the caller's closure), and applies the rule to the recorded input and output shapes;
 modules without a rule (containers, upsampling, concatenation, dropout at evaluation) count nothing of
@@ -237,8 +237,8 @@ def call_counts(call: Call, shortcut_convs: set[str]) -> tuple[int, dict[str, in
         return 0, {"attention": 2 * N * P * P * C + 4 * N * P * P + out.size}
     if isinstance(m, ResnetBlock):
         x = call.args[0]                                                          # [N, C, H, W]
-        temb = call.args[1] if len(call.args) > 1 and call.args[1] is not None else np.zeros(0)  # [N, E] | none
-        return 0, {"elementwise": x.size + temb.size + (3 if m.temb_proj is not None else 2) * out.size}
+        temb = call.args[1].size + out.size if m.temb_proj is not None else 0     # SiLU(temb) [N, E], temb add
+        return 0, {"elementwise": x.size + temb + 2 * out.size}
     if isinstance(m, Head):
         return 0, {"elementwise": call.args[0].size}
     if isinstance(m, TBS):
@@ -297,8 +297,10 @@ def with_decoder(row: Efficiency, ae: Autoencoder) -> Efficiency:
 
 def efficiency_table(presets: tuple[str, ...] = ("tiny", "cifar10", LATENT_PRESET)) -> list[Efficiency]:
     """Rows for FP, XNOR and BiDM at each preset (batch 1, the preset's resolution; latent rows with the decoder)."""
-    ae = Autoencoder(AE_PRESETS[LATENT_AUTOENCODER], rng=np.random.default_rng(0))
     rows = [unet_efficiency(table_model(name, p), name, p) for p in presets for name in TABLE_MODELS]
+    if LATENT_PRESET not in presets:
+        return rows
+    ae = Autoencoder(AE_PRESETS[LATENT_AUTOENCODER], rng=np.random.default_rng(0))
     return [with_decoder(row, ae) if row.preset == LATENT_PRESET else row for row in rows]
 
 
