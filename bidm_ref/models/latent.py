@@ -59,7 +59,7 @@ def load_autoencoder(path: str, use_ema: bool = True) -> Autoencoder:
     """The autoencoder of a `cli.py train-ae` checkpoint, with its EMA weights (or raw params)."""
     ckpt = load_checkpoint(path)
     ae = Autoencoder(autoencoder_config(ckpt.config, path), rng=np.random.default_rng(0))
-    ae.load_state_dict(ckpt.ema if use_ema and ckpt.ema is not None else ckpt.params)
+    ae.load_state_dict(ckpt.weights(use_ema)[1])
     return ae
 
 
@@ -105,17 +105,17 @@ def decode_latents(ae: Autoencoder, z: np.ndarray, batch: int = ENCODE_BATCH) ->
     return np.concatenate([ae.decode(z[start:start + batch])[0] for start in range(0, len(z), batch)])
 
 
-def cached_means(ae_path: str, data_cfg: DataConfig, progress: bool = True) -> tuple[np.ndarray, str]:
-    """(posterior means of the data's images [N, Z, h, w], the AE's sha256), from the cache or encoded now."""
-    digest = file_sha256(ae_path)
+def cached_means(ae_path: str, digest: str, data_cfg: DataConfig, progress: bool = True) -> np.ndarray:
+    """Posterior means of the data's images [N, Z, h, w] under the AE at `ae_path` (file sha256 `digest`),
+    from the cache or encoded now."""
     key = hashlib.sha256(json.dumps([digest, asdict(data_cfg)], sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npy")
     if os.path.exists(path):
-        return np.load(path), digest
+        return np.load(path)
     means = encode_means(load_autoencoder(ae_path), load_images(data_cfg), progress)  # [N, Z, h, w]
     with atomic_write(path, "wb") as f:
         np.save(f, means)
-    return means, digest
+    return means
 
 
 def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: LatentConfig | None,
@@ -127,8 +127,9 @@ def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: Laten
         raise ValueError("--hflip mirrors images, not latents: drop it for a latent model")
     if inherited is not None:
         check_autoencoder(inherited)
-        means, _ = cached_means(inherited.autoencoder, data_cfg, progress)
+        means = cached_means(inherited.autoencoder, inherited.sha256, data_cfg, progress)  # [N, Z, h, w]
         return means * np.float32(inherited.scale), inherited                     # [N, Z, h, w]
-    means, digest = cached_means(ae_path, data_cfg, progress)                     # [N, Z, h, w]
+    digest = file_sha256(ae_path)
+    means = cached_means(ae_path, digest, data_cfg, progress)                     # [N, Z, h, w]
     latent = LatentConfig(autoencoder=ae_path, sha256=digest, scale=float(1.0 / np.std(means.astype(np.float64))))
     return means * np.float32(latent.scale), latent                               # [N, Z, h, w]
