@@ -98,11 +98,9 @@ def cmd_train_ae(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_ae(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from bidm_ref.data.datasets import DataConfig, load_images
     from bidm_ref.data.images import save_grid
-    from bidm_ref.metrics.reconstruction import reconstruct, reconstruction_quality
+    from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
     from bidm_ref.models.latent import load_autoencoder
 
     ae = load_autoencoder(args.weights, use_ema=not args.raw)
@@ -112,11 +110,8 @@ def cmd_eval_ae(args: argparse.Namespace) -> None:
     print(f"{args.split} split, {quality.images} images: MSE {quality.mse:.6f} (pixels in [0, 1]), "
           f"PSNR {quality.psnr:.2f} dB")
     if args.grid:
-        per_row = min(8, args.grid_n, len(images))
-        n = min(args.grid_n, len(images)) // per_row * per_row                   # whole rows only
-        rows = [part for start in range(0, n, per_row)
-                for part in (images[start:start + per_row], rec[start:start + per_row])]
-        save_grid(np.concatenate(rows), args.grid, nrow=per_row)
+        grid, per_row = alternating_rows(images, rec, args.grid_n)
+        save_grid(grid, args.grid, nrow=per_row)
         print(f"wrote {args.grid}: originals and their reconstructions in alternating rows")
 
 

@@ -15,7 +15,7 @@ from bidm_ref.diffusion.generate import SampleConfig, generate
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
 from bidm_ref.hashing import file_sha256
 from bidm_ref.models.build import load_model, sampling_eps_fn
-from bidm_ref.metrics.reconstruction import reconstruct, reconstruction_quality
+from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
 from bidm_ref.models.latent import decode_latents, encode_means, load_autoencoder, training_latents
 from bidm_ref.models.sampling import draw_images
 from bidm_ref.train.checkpoint import load_checkpoint
@@ -125,6 +125,15 @@ def test_reconstruction_quality_by_hand():
     assert reconstruction_quality(images, images).psnr == float("inf")
     with pytest.raises(ValueError, match="differ in shape"):
         reconstruction_quality(images, images[:1])
+
+
+def test_alternating_rows_put_each_row_of_originals_above_its_reconstructions():
+    images = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)                  # image i holds the value i
+    grid, per_row = alternating_rows(images, images + 100, 10, per_row=4)
+    assert per_row == 4                                                           # 10 -> two whole rows of 4
+    assert grid[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 4, 5, 6, 7, 104, 105, 106, 107]
+    grid, per_row = alternating_rows(images[:3], images[:3] + 100, 32)
+    assert per_row == 3 and grid[:, 0, 0, 0].tolist() == [0, 1, 2, 100, 101, 102]
 
 
 def test_cli_eval_ae_prints_psnr_and_writes_the_grid(latent_runs, capsys):

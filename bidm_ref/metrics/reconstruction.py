@@ -35,6 +35,18 @@ def reconstruct(ae: Autoencoder, images: np.ndarray, progress: bool = False) -> 
     return np.clip(decode_latents(ae, encode_means(ae, images, progress)), -1, 1)
 
 
+def alternating_rows(images: np.ndarray, reconstructions: np.ndarray, n: int, per_row: int = 8
+                     ) -> tuple[np.ndarray, int]:
+    """(grid images [2 * n', C, H, W], images per row): rows of originals, each followed by its reconstructions.
+
+    n' = the largest multiple of the row length (min(per_row, n, N)) not above min(n, N): whole rows only."""
+    per_row = min(per_row, n, len(images))
+    n = min(n, len(images)) // per_row * per_row
+    rows = [part for start in range(0, n, per_row)
+            for part in (images[start:start + per_row], reconstructions[start:start + per_row])]
+    return np.concatenate(rows), per_row                                          # [2n', C, H, W]
+
+
 def reconstruction_quality(images: np.ndarray, reconstructions: np.ndarray) -> Reconstruction:
     """MSE and PSNR of reconstructions against images (both [N, C, H, W] in [-1, 1]) on the [0, 1] scale."""
     if images.shape != reconstructions.shape:
