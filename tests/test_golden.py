@@ -171,3 +171,21 @@ def test_every_case_module_contributes_cases_that_are_checked_above() -> None:
         keys = [key for key, case in cases.items()
                 if getattr(case.draw, "func", case.draw).__module__ == module.__name__]  # functools.partial or a function
         assert len(keys) >= 3, f"{module.__name__} registers {len(keys)} golden cases"
+
+
+@pytest.mark.parametrize("key", [k for k in CASES if CASES[k].op == "autoencoder_step"])
+def test_autoencoder_golden_files_are_consistent_with_their_formulas(key: str) -> None:
+    """The stored loss parts follow from the stored x0, x_rec, mean and logvar by golden/README.md's formulas
+    (independently of bidm_ref's objective), on the MICRO_AE shapes of cases_autoencoder."""
+    from bidm_ref.golden.cases_autoencoder import MICRO_AE
+
+    golden = read_golden(case_path(GOLDEN, key))
+    x0, out = golden.inputs["x0"], {name: e.array for name, e in golden.outputs.items()}
+    N = len(x0)
+    assert out["mean"].shape == out["logvar"].shape == (N, *MICRO_AE.latent_shape)
+    assert out["x_rec"].shape == x0.shape == (N, MICRO_AE.in_channels, MICRO_AE.resolution, MICRO_AE.resolution)
+    diff = out["x_rec"] - x0
+    rec = (np.abs(diff) if golden.hyper["reconstruction"] == "l1" else diff**2).sum() / N
+    kl = 0.5 * (out["mean"] ** 2 + np.exp(out["logvar"]) - 1 - out["logvar"]).sum() / N
+    assert out["rec"] == pytest.approx(rec, rel=1e-9) and out["kl"] == pytest.approx(kl, rel=1e-9)
+    assert out["loss"] == pytest.approx(rec + golden.hyper["kl_weight"] * kl, rel=1e-9)
