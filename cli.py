@@ -24,11 +24,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from bench.bench_conv import bench_conv
     from bench.bench_kernels import bench_kernels
+    from bench.bench_train import bench_train
     from bench.bench_unet import bench_unet
     from bench.timing import print_results, write_report
     from bidm_ref.models.efficiency import efficiency_table, format_efficiency
 
-    suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet}
+    suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet,
+              "train": bench_train}
     what = args.what or (None if args.table else "all")
     results, ratios = [], {}
     for name in list(suites) if what == "all" else [what] if what else []:
@@ -226,6 +228,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of BLAS and of Numba's kernels (default: every core; docs/ENGINE.md, Threads)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="print a preset's config and parameter count")
@@ -340,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_golden)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
-    p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "all"],
-                   help="which timings: float conv, popcount kernels, UNet sampling step (default all, "
-                   "none when only --table is given)")
+    p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "train", "all"],
+                   help="which timings: float conv, popcount kernels, UNet sampling step, training step and "
+                   "sampling forward vs PyTorch (default all, none when only --table is given)")
     p.add_argument("--table", default=None, choices=["efficiency"],
                    help="also print the efficiency table (bits, MB, BOPs, FLOPs, OPs; FP, XNOR, BiDM; tiny, cifar10)")
     p.add_argument("--repeats", type=int, default=5)
@@ -354,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from bidm_ref.runtime import ThreadPolicy, configure
+
+        configure(ThreadPolicy(args.threads, args.threads) if args.threads else None)
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

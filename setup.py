@@ -14,6 +14,7 @@ setup(
         "pillow>=10",
         "h5py>=3.9",
         "tqdm>=4.60",
+        "threadpoolctl>=3.1",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
 )

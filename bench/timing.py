@@ -31,20 +31,44 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on: CPU, core count, library versions, BLAS threads."""
-    import numba
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU and its vector flags, library versions, the thread policy and BLAS."""
+    import numba
+    from llvmlite.binding import get_host_cpu_name
+    from threadpoolctl import threadpool_info
+
+    from bidm_ref.runtime import cpu_flags, current_policy
+
+    policy = current_policy()
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "llvm_cpu": get_host_cpu_name(),
+        "cpu_vector_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "popcnt"))),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
         "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
-        "numba_threads": numba.config.NUMBA_NUM_THREADS,
-        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "numba_threads": policy.numba_threads,
+        "numba_threading_layer": os.environ.get("NUMBA_THREADING_LAYER", "default"),
+        "blas_threads": policy.blas_threads,
+        "blas": [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                 for lib in threadpool_info() if lib.get("user_api") == "blas"],
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "auto"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_1min_at_start": os.getloadavg()[0],
     }
 

@@ -1,8 +1,7 @@
 """The shipped golden files (golden/v1) against our implementation, the packed kernels, and `cli.py golden`.
 
-Dimensions: as each case's (see golden/README.md). The files were made by the float64 NumPy path (the
-float convs on the NumPy im2col twins); here the same ops run as the package runs them (Numba im2col/col2im)
-and must pass every dataset's compare mode; the packed Numba kernels and their NumPy twins must reproduce
+Dimensions: as each case's (see golden/README.md). The files were made by the float64 NumPy path; here the same
+ops run as the package runs them and must pass every dataset's compare mode; the packed Numba kernels and their NumPy twins must reproduce
 the stored words and int32 accumulators EXACTLY. A failure prints the worst element of each failing dataset.
 """
 

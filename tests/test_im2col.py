@@ -1,39 +1,83 @@
-"""The Numba im2col / col2im against their NumPy twins, on shapes that break kernels."""
+"""The two column layouts of the float conv (nn/im2col.py) on shapes that break kernels: borders, odd sizes,
+asymmetric padding, 1x1 and 3x3, one channel and channel counts that are no power of two.
+
+The grid layout (stride 1) must hold exactly the dense layout's columns at its valid cells and fold
+exactly as the dense layout does (both are copies and the taps are summed in the same order); fold is
+the adjoint of unfold; the conv built on them equals the nested-loop definition.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bidm_ref.nn.im2col import col2im, col2im_ref, im2col, im2col_ref
+from bidm_ref.nn.conv import conv2d, conv2d_backward
+from bidm_ref.nn.im2col import conv_geometry, fold, from_columns, to_columns, unfold, unfold_dense
+from reference_ops import conv_nested_loops
 
-cases = st.tuples(
+shapes = st.tuples(
     st.integers(1, 3), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9), st.sampled_from([1, 2, 3]),
-    st.sampled_from([1, 2]), st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
     st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1),
 )
 
 
-@given(cases)
-def test_numba_im2col_and_col2im_equal_their_twins(case):
-    N, C, H, W, k, stride, pad, dtype, seed = case
+def grid_cells_as_dense(cols: np.ndarray, geo) -> np.ndarray:
+    """The valid cells of grid-layout columns [K, Q] in the dense order [K, N*Ho*Wo] (via from_columns)."""
+    return from_columns(cols, geo).transpose(1, 0, 2, 3).reshape(cols.shape[0], -1)
+
+
+@given(shapes)
+def test_grid_layout_equals_the_dense_definition_exactly(case):
+    N, C, H, W, k, pad, dtype, seed = case
     assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    cols = im2col(x, k, k, stride, pad)
-    np.testing.assert_array_equal(cols, im2col_ref(x, k, k, stride, pad))
-    assert cols.dtype == dtype
-    dcols = rng.standard_normal(cols.shape).astype(dtype)
-    dx = col2im(dcols, x.shape, k, k, stride, pad)
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(dx, col2im_ref(dcols, x.shape, k, k, stride, pad), rtol=rtol, atol=rtol)
-    assert dx.shape == x.shape and dx.dtype == dtype
+    geo = conv_geometry(x.shape, k, k, 1, pad)
+    dense_geo = replace(geo, grid=False)
+    cols = unfold(x, geo)                                                         # [K, Q] grid
+    assert cols.shape == (C * k * k, geo.columns) and cols.dtype == dtype
+    dense = unfold_dense(x, dense_geo)                                            # [K, N*Ho*Wo]
+    np.testing.assert_array_equal(grid_cells_as_dense(cols, geo), dense)
+    dy = rng.standard_normal((N, C * k * k, geo.Ho, geo.Wo)).astype(dtype)      # a gradient per valid cell
+    d_grid = fold(to_columns(dy, geo), geo)
+    d_dense = fold(dy.transpose(1, 0, 2, 3).reshape(C * k * k, -1), dense_geo)
+    assert geo.grid
+    np.testing.assert_array_equal(d_grid, d_dense)
 
 
-def test_col2im_is_the_adjoint_of_im2col():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 5, 7, 6))
-    cols = im2col(x, 3, 3, 2, (0, 1, 0, 1))
-    dcols = rng.standard_normal(cols.shape)
-    assert np.isclose((cols * dcols).sum(), (x * col2im(dcols, x.shape, 3, 3, 2, (0, 1, 0, 1))).sum(), rtol=1e-12)
+@given(shapes, st.sampled_from([1, 2]))
+def test_fold_is_the_adjoint_of_unfold(case, stride):
+    N, C, H, W, k, pad, _, seed = case
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    geo = conv_geometry(x.shape, k, k, stride, pad)
+    dy = rng.standard_normal((N, C * k * k, geo.Ho, geo.Wo))
+    dcols = to_columns(dy, geo)                                                   # [K, Q], zero in garbage cells
+    lhs = float((unfold(x, geo) * dcols).sum())
+    rhs = float((x * fold(dcols, geo)).sum())
+    assert np.isclose(lhs, rhs, rtol=1e-10, atol=1e-10)
+
+
+@given(shapes, st.sampled_from([1, 2]), st.integers(1, 5))
+def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, out_channels):
+    N, C, H, W, k, pad, _, seed = case
+    C = min(C, 6)
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    weight = rng.standard_normal((out_channels, C, k, k))
+    bias = rng.standard_normal(out_channels)
+    y, cols = conv2d(x, weight, bias, stride, pad)
+    np.testing.assert_allclose(y, conv_nested_loops(x, weight, bias, stride, pad), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx, dweight, dbias = conv2d_backward(dy, cols, weight, x.shape, stride, pad)
+    # the backward is the adjoint of the (linear) forward in x and in weight
+    y0, _ = conv2d(x, weight, None, stride, pad)
+    assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
+    assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
+    np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12)

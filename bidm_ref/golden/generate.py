@@ -7,9 +7,8 @@ No arrays of its own (it moves the cases' arrays between the registry, files and
     check(out)           the manifest, file set and sha256 of `out`, then a fresh generation into a temp dir
                          compared value by value (not byte by byte) with every shipped file
 `out` is the version folder (golden/v1): its name must be v<format_version>, and MANIFEST.json lists
-paths relative to its parent ("v1/nn/conv2d__k1_s1_p0.h5"). Values come from the float64 NumPy path:
-generation runs the float convs on the NumPy twins of im2col/col2im, so no Numba code makes a golden
-value. The sha256 in the manifest guard the shipped files (same machine, same bytes: h5py stores no
+paths relative to its parent ("v1/nn/conv2d__k1_s1_p0.h5"). Values come from the float64 NumPy path
+(the float convs are plain NumPy, nn/im2col.py), so no Numba code makes a golden value. The sha256 in the manifest guard the shipped files (same machine, same bytes: h5py stores no
 timestamps); another zlib or HDF5 may write other bytes for the same values, hence `--check` compares values.
 """
 
@@ -17,16 +16,11 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 from ..hashing import file_sha256, manifest_entries
-from ..nn import conv
-from ..nn.im2col import col2im_ref, im2col_ref
 from ..train.atomic import atomic_write
 from .catalog import all_cases
 from .compare import mismatch
@@ -37,13 +31,6 @@ MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "bidm-golden-manifest"
 
 
-@contextmanager
-def numpy_twins() -> Iterator[None]:
-    """Run the float convs on im2col_ref / col2im_ref (plain NumPy) instead of the Numba im2col / col2im."""
-    with mock.patch.object(conv, "im2col", im2col_ref), mock.patch.object(conv, "col2im", col2im_ref):
-        yield
-
-
 def run_op(golden: Golden) -> Result:
     """Our implementation (the case's op) on a golden file's params, inputs and hyperparameters."""
     return OPS[golden.op](golden.params, golden.inputs, golden.hyper)
@@ -51,9 +38,8 @@ def run_op(golden: Golden) -> Result:
 
 def build_golden(case: Case) -> Golden:
     """Draw a case from its seed and compute it on the float64 NumPy path."""
-    with numpy_twins():
-        draw = case.draw(np.random.default_rng(case.seed))
-        result = OPS[case.op](draw.params, draw.inputs, draw.hyper)
+    draw = case.draw(np.random.default_rng(case.seed))
+    result = OPS[case.op](draw.params, draw.inputs, draw.hyper)
     golden = Golden(case.key, case.seed, draw.description, draw.hyper, draw.params, draw.inputs, draw.args(),
                     result.outputs, result.grads, result.cache)
     clash = set(draw.params) & set(draw.inputs)

@@ -19,14 +19,18 @@ from .module import Module
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Numerically stable softmax along `axis`."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    """Numerically stable softmax along `axis`; overwrites and returns x (the logits are not kept)."""
+    x -= x.max(axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=axis, keepdims=True)
+    return x
 
 
 def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-    """d softmax: dx = y * (dy - sum(dy * y)) along `axis`."""
-    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+    """d softmax: dx = y * (dy - sum(dy * y)) along `axis`; overwrites and returns dy."""
+    dy -= (dy * y).sum(axis=axis, keepdims=True)
+    dy *= y
+    return dy
 
 
 class AttnBlock(Module):
@@ -46,11 +50,13 @@ class AttnBlock(Module):
         q, c_q = self.q.forward(h)                                                # [N, C, H, W]
         k, c_k = self.k.forward(h)                                                # [N, C, H, W]
         v, c_v = self.v.forward(h)                                                # [N, C, H, W]
-        qf = np.ascontiguousarray(q.reshape(N, C, H * W).transpose(0, 2, 1))      # [N, P, C]
+        qf = q.reshape(N, C, H * W).transpose(0, 2, 1)                            # [N, P, C] view
         kf = k.reshape(N, C, H * W)                                               # [N, C, P]
         vf = v.reshape(N, C, H * W)                                               # [N, C, P]
-        attn = softmax(qf @ kf * C ** (-0.5), axis=2)                             # [N, P(i), P(j)]
-        o = (vf @ np.ascontiguousarray(attn.transpose(0, 2, 1))).reshape(N, C, H, W)  # [N, C, H, W]
+        logits = qf @ kf                                                          # [N, P(i), P(j)]
+        logits *= C ** (-0.5)
+        attn = softmax(logits, axis=2)                                            # [N, P(i), P(j)]
+        o = (vf @ attn.transpose(0, 2, 1)).reshape(N, C, H, W)                    # [N, C, H, W]
         out, c_proj = self.proj_out.forward(o)                                    # [N, C, H, W]
         return x + out, (c_norm, c_q, c_k, c_v, qf, kf, vf, attn, c_proj)
 
@@ -59,10 +65,11 @@ class AttnBlock(Module):
         N, C, H, W = dy.shape
         do = self.proj_out.backward(dy, c_proj).reshape(N, C, H * W)              # [N, C, P]
         dvf = do @ attn                                                           # [N, C, P]
-        dattn = np.ascontiguousarray(do.transpose(0, 2, 1)) @ vf                  # [N, P(i), P(j)]
-        dlogits = softmax_backward(dattn, attn, axis=2) * C ** (-0.5)             # [N, P, P]
-        dqf = dlogits @ np.ascontiguousarray(kf.transpose(0, 2, 1))               # [N, P, C]
-        dkf = np.ascontiguousarray(qf.transpose(0, 2, 1)) @ dlogits               # [N, C, P]
+        dattn = do.transpose(0, 2, 1) @ vf                                        # [N, P(i), P(j)]
+        dlogits = softmax_backward(dattn, attn, axis=2)                           # [N, P, P]
+        dlogits *= C ** (-0.5)
+        dqf = dlogits @ kf.transpose(0, 2, 1)                                     # [N, P, C]
+        dkf = qf.transpose(0, 2, 1) @ dlogits                                     # [N, C, P]
         dh = self.v.backward(dvf.reshape(N, C, H, W), c_v)                        # [N, C, H, W]
         dh = dh + self.k.backward(dkf.reshape(N, C, H, W), c_k)                   # [N, C, H, W]
         dh = dh + self.q.backward(dqf.transpose(0, 2, 1).reshape(N, C, H, W), c_q)  # [N, C, H, W]

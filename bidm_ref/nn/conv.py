@@ -1,8 +1,14 @@
-"""2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + one BLAS matmul.
+"""2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + one BLAS matmul per direction.
 
 Dimensions: N batch, C input channels, O output channels, H, W input spatial,
-Ho, Wo output spatial, kh, kw kernel, K = kh*kw*C (the im2col row length).
+Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row count), Q columns (im2col.py).
 Layouts are PyTorch's: activations NCHW, weights OIHW.
+
+    cols = unfold(x)                  [K, Q]      rows (c, i, j): the OIHW weight reshaped, no transpose
+    y    = W[O, K] @ cols + b         [O, Q]      -> NCHW [N, O, Ho, Wo] (from_columns: one copy)
+    dy   -> [O, Q] (to_columns);  dW = dy @ cols^T [O, K];  db = sum_q dy;  dx = fold(W^T @ dy)
+One matmul per product over the whole batch keeps BLAS's threads busy, and every layout copy moves
+contiguous runs (docs/ENGINE.md, "Convolution").
 
 Padding is zeros, given as one int or as (top, bottom, left, right) so ddim's
 Downsample (pad (0,1,0,1), then a 3x3 stride-2 conv with no padding) is one layer.
@@ -12,44 +18,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from .im2col import col2im, im2col, output_size
+from .im2col import conv_geometry, fold, from_columns, to_columns, unfold
 from .init import uniform_fan_in
 from .module import Module
 from .padding import Padding, as_padding
-
-def weight_matrix(weight: np.ndarray) -> np.ndarray:
-    """OIHW weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of im2col."""
-    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
 def conv2d(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray]:
-    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], cols [N*Ho*Wo, K]) for the backward."""
+    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], cols [K, Q]) for the backward."""
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
-    N = x.shape[0]
     O, _, kh, kw = weight.shape
-    Ho, Wo = output_size(x.shape, kh, kw, stride, padding)
-    cols = im2col(x, kh, kw, stride, padding)                                     # [N*Ho*Wo, K]
-    y = cols @ weight_matrix(weight).T                                            # [N*Ho*Wo, O]
+    geo = conv_geometry(x.shape, kh, kw, stride, padding)
+    cols = unfold(x, geo)                                                         # [K, Q]
+    y = weight.reshape(O, -1) @ cols                                              # [O, Q]
     if bias is not None:
-        y += bias                                                                 # [N*Ho*Wo, O]
-    y = np.ascontiguousarray(y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2))       # [N, O, Ho, Wo]
-    return y, cols
+        y += bias[:, None]                                                        # [O, Q]
+    return from_columns(y, geo), cols                                             # [N, O, Ho, Wo]
 
 
 def conv2d_backward(
     dy: np.ndarray, cols: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of conv2d: returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
-    O, C, kh, kw = weight.shape
-    dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                               # [N*Ho*Wo, O]
-    dweight = (dy_mat.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)       # [O, C, kh, kw]
-    dbias = dy_mat.sum(axis=0)                                                    # [O]
-    dcols = dy_mat @ weight_matrix(weight)                                        # [N*Ho*Wo, K]
-    dx = col2im(dcols, x_shape, kh, kw, stride, padding)                          # [N, C, H, W]
-    return dx, dweight, dbias
+    O, _, kh, kw = weight.shape
+    geo = conv_geometry(x_shape, kh, kw, stride, padding)
+    dy_cols = to_columns(dy, geo)                                                 # [O, Q]
+    dweight = (dy_cols @ cols.T).reshape(weight.shape)                            # [O, C, kh, kw]
+    dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
+    dcols = weight.reshape(O, -1).T @ dy_cols                                     # [K, Q]
+    return fold(dcols, geo), dweight, dbias                                       # [N, C, H, W]
 
 
 class Conv2d(Module):

@@ -1,0 +1,197 @@
+"""The float engine against PyTorch: one FP training step and one sampling forward per preset, and the BiDM step.
+
+Dimensions: B batch, C, H, W image (the preset's in_channels and resolution).
+Run: `python -m bench.bench_train [repeats] [--json PATH]` or `python cli.py bench --what train`.
+Cases (seeded random weights and images; timings do not depend on the values):
+    fp_train_step       tiny B32, latent B64, cifar10 B8: one whole optimizer step as the Trainer runs it
+                        (batch, t and eps draw, forward, backward, grad-norm clip, Adam, EMA)
+    sampling_forward    tiny B64, latent B64, cifar10 B8: one eps evaluation of the sampler at t = T/2
+    bidm_student_step   tiny B16: the BiDM step (3 passes: TBS cache, FP teacher, student; TBS 2 + SPD), no
+                        PyTorch twin (PyTorch has no BiDM layers)
+PyTorch twin (only when torch is importable; `pip install torch==2.13.0`, README "Speed"): ddim's UNet in
+PyTorch eager (bench/torch_unet.py) holding the same weights, checked to give the same eps before it is
+timed; its training step is zero_grad, forward, the same loss, backward, clip_grad_norm_, torch.optim.Adam
+and ddim's EMA update, on the same batch. torch gets as many intra-op threads as the engine's BLAS.
+Project and PyTorch calls of a case are timed interleaved (bench_kernels.time_interleaved), so a change in
+load hits both. Ratios (same run): `<case>_vs_torch_<preset>` = project median / PyTorch median (lower is
+better; 1.0 = PyTorch's speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bidm_ref.bidm.objective import BiDMConfig, BiDMObjective
+from bidm_ref.bidm.tbs import attach_tbs
+from bidm_ref.data.batches import BatchSampler
+from bidm_ref.diffusion.objective import DenoisingObjective
+from bidm_ref.diffusion.schedule import Schedule
+from bidm_ref.models.build import sampling_eps_fn
+from bidm_ref.models.config import preset
+from bidm_ref.models.student import build_student
+from bidm_ref.models.unet import UNet
+from bidm_ref.runtime import configure
+from bidm_ref.train.adam import AdamConfig
+from bidm_ref.train.trainer import Objective, TrainConfig, Trainer
+
+from .bench_kernels import time_interleaved
+from .timing import machine_info, print_results, write_report
+
+PROJECT, TORCH = "bidm-ref (NumPy + Numba)", "PyTorch eager"
+TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """A preset with its training and sampling batch sizes (issue 16's cases)."""
+
+    preset: str
+    train_batch: int
+    sample_batch: int
+
+    def label(self, batch: int) -> str:
+        cfg = preset(self.preset)
+        return f"{self.preset} B{batch} C{cfg.in_channels} {cfg.resolution}x{cfg.resolution}"
+
+
+TRAIN_CASES = [TrainCase("tiny", 32, 64), TrainCase("latent", 64, 64), TrainCase("cifar10", 8, 8)]
+BIDM_CASE = TrainCase("tiny", 16, 16)
+
+
+def random_images(preset_name: str, count: int) -> np.ndarray:
+    """`count` seeded images in [-1, 1], [count, C, H, W] float32 (the training set of a bench trainer)."""
+    cfg = preset(preset_name)
+    rng = np.random.default_rng(2)
+    return rng.uniform(-1, 1, (count, cfg.in_channels, cfg.resolution, cfg.resolution)).astype(np.float32)
+
+
+def bench_trainer(model: UNet, objective: Objective, preset_name: str, batch: int) -> Trainer:
+    """A Trainer over 4 batches of random images (never checkpointed: the bench calls train_step only)."""
+    batches = BatchSampler(random_images(preset_name, 4 * batch), batch, seed=0, hflip=False)
+    cfg = TrainConfig(steps=10**6, batch_size=batch, out_dir="unused-bench-run")
+    return Trainer(model, objective, batches, cfg, AdamConfig(), run_config={})
+
+
+def torch_steps(teacher: UNet, case: TrainCase) -> tuple[Callable[[], object], Callable[[], object]] | None:
+    """(train step, sampling forward) of the PyTorch twin of `teacher`, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from bidm_ref.runtime import current_policy
+
+    from .torch_unet import torch_twin
+
+    torch.set_num_threads(current_policy().blas_threads)
+    cfg = teacher.cfg
+    model = torch_twin(cfg, teacher.state_dict())
+    rng = np.random.default_rng(3)
+    images = random_images(case.preset, case.train_batch)                         # [B, C, H, W]
+    t = rng.integers(0, TIMESTEPS, case.train_batch)                              # [B]
+    eps = rng.standard_normal(images.shape).astype(np.float32)                    # [B, C, H, W]
+    x_t, t, eps = (torch.from_numpy(a) for a in (Schedule().q_sample(images, t, eps), t, eps))
+    optimizer = torch.optim.Adam(model.parameters(), lr=AdamConfig().lr)
+    shadow = [p.detach().clone() for p in model.parameters()]
+
+    def train_step() -> None:
+        model.train()                                                             # dropout on, as the Trainer
+        optimizer.zero_grad()
+        loss = (eps - model(x_t, t)).square().sum(dim=(1, 2, 3)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for s, p in zip(shadow, model.parameters()):
+                s.mul_(0.9999).add_(p, alpha=1 - 0.9999)
+
+    x = torch.from_numpy(sample_input(cfg, case.sample_batch))
+    t_sample = torch.full((case.sample_batch,), TIMESTEPS // 2)
+
+    def sample_forward() -> None:
+        model.eval()                                                              # dropout off, as the sampler
+        with torch.no_grad():
+            model(x, t_sample)
+
+    model.eval()
+    with torch.no_grad():
+        gap = float((model(x, t_sample) - torch.from_numpy(teacher.forward(x.numpy(), t_sample.numpy())[0])).abs().max())
+    if gap > 1e-3:
+        raise RuntimeError(f"the PyTorch twin's eps differs from the engine's by {gap:.2e}: the twin is not ddim's model")
+    return train_step, sample_forward
+
+
+def sample_input(cfg, batch: int) -> np.ndarray:
+    """x ~ N(0, I) [batch, C, H, W] float32, seed 1."""
+    return np.random.default_rng(1).standard_normal((batch, cfg.in_channels, cfg.resolution, cfg.resolution)).astype(
+        np.float32)
+
+
+def rows(name: str, label: str, timings: dict[str, dict]) -> list[dict]:
+    return [{"name": name, "shape": label, "impl": impl, **timing} for impl, timing in timings.items()]
+
+
+def bench_case(case: TrainCase, repeats: int) -> tuple[list[dict], dict]:
+    """Result rows and ratios of one preset: the training step and the sampling forward, each vs PyTorch."""
+    cfg = preset(case.preset)
+    teacher = UNet(cfg, rng=np.random.default_rng(0))
+    trainer = bench_trainer(teacher, DenoisingObjective(teacher, Schedule()), case.preset, case.train_batch)
+    x = sample_input(cfg, case.sample_batch)                                      # [B, C, H, W]
+    t = np.full(case.sample_batch, TIMESTEPS // 2)                                # [B]
+    eps_fn = sampling_eps_fn(teacher)
+    train_runs = {PROJECT: trainer.train_step}
+    sample_runs = {PROJECT: lambda: eps_fn(x, t)}
+    twin = torch_steps(teacher, case)
+    if twin is not None:
+        train_runs[TORCH], sample_runs[TORCH] = twin
+    results = rows("fp_train_step", case.label(case.train_batch), time_interleaved(train_runs, repeats))
+    results += rows("sampling_forward", case.label(case.sample_batch), time_interleaved(sample_runs, repeats))
+    ratios = {}
+    if twin is not None:
+        for name in ("fp_train_step", "sampling_forward"):
+            median = {row["impl"]: row["median_s"] for row in results if row["name"] == name}
+            ratios[f"{name}_vs_torch_{case.preset}"] = median[PROJECT] / median[TORCH]
+    return results, ratios
+
+
+def bench_bidm_step(repeats: int, case: TrainCase = BIDM_CASE) -> list[dict]:
+    """The BiDM student step (TBS 2 connections + SPD, BiDMConfig's defaults) on `case`'s preset and train batch."""
+    cfg = preset(case.preset)
+    rng = np.random.default_rng(0)
+    teacher = UNet(cfg, rng=rng)
+    student = build_student(cfg, "bidm", teacher.state_dict(), rng)
+    bidm = BiDMConfig()
+    attach_tbs(student, bidm.tbs_connections, TIMESTEPS)
+    trainer = bench_trainer(student, BiDMObjective(student, teacher, Schedule(), bidm), case.preset, case.train_batch)
+    return rows("bidm_student_step", case.label(case.train_batch), time_interleaved({PROJECT: trainer.train_step},
+                                                                                    repeats))
+
+
+def bench_train(repeats: int = 5, cases: list[TrainCase] = TRAIN_CASES) -> tuple[list[dict], dict]:
+    """(result rows in the bench/timing.py format, ratios); see the module docstring."""
+    results, ratios = bench_bidm_step(repeats), {}
+    for case in cases:
+        more_rows, more_ratios = bench_case(case, repeats)
+        results += more_rows
+        ratios.update(more_ratios)
+    return results, ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="FP training step and sampling forward vs PyTorch; the BiDM step")
+    parser.add_argument("repeats", type=int, nargs="?", default=5)
+    parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
+    args = parser.parse_args()
+    configure()
+    print(f"machine: {machine_info()}")
+    results, ratios = bench_train(args.repeats)
+    print_results(results, ratios)
+    if args.json:
+        write_report(args.json, results, ratios)
+
+
+if __name__ == "__main__":
+    main()
