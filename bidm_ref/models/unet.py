@@ -214,9 +214,10 @@ class UNet(Module):
                 h, c = self.upsamples[level].forward(h)                           # [N, C, 2H, 2W]
                 c_up.append(c)
 
-        h, c_no = self.norm_out.forward(h, silu=True)                             # [N, ch, H, W]
+        h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
+        h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
-        cache = (c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_out, temb.shape, features)
+        cache = (c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape, features)
         return out, cache
 
     def backward(self, dout: np.ndarray, cache: tuple, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
@@ -225,10 +226,11 @@ class UNet(Module):
         dfeatures[b]: an extra gradient on unit b's output (a feature loss such as SPD), added where
         that output's gradient is complete.
         """
-        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_out, temb_shape, _ = cache
+        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _ = cache
         nlev = len(self.cfg.ch_mult)
         dtemb = np.zeros(temb_shape, dtype=dout.dtype)                            # [N, E]
         dh = self.conv_out.backward(dout, c_out)                                  # [N, ch, H, W]
+        dh = self.act.backward(dh, c_ao)                                          # [N, ch, H, W]
         dh = self.norm_out.backward(dh, c_no)                                     # [N, ch, H, W]
 
         dskips = []

@@ -5,11 +5,9 @@ M = Cg*H*W elements per group (contiguous in NCHW).
 
     mu, var = mean and biased variance of x over each (n, group)
     xhat    = (x - mu) / sqrt(var + eps)
-    h       = gamma[c] * xhat + beta[c]
-    y       = h, or SiLU(h) with `silu=True` (ddim applies its nonlinearity right after most norms;
-              fusing it saves a pass over the activations and its cache)
+    y       = gamma[c] * xhat + beta[c]
 
-Backward (per group, with dh = dy, or dy * SiLU'(h) with h recomputed from xhat, and g = dh * gamma):
+Backward (per group, with g = dy * gamma):
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
 Forward and backward are Numba kernels that make one pass per statistic over each group (prange
@@ -23,13 +21,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .activation import FAST_EXP, silu_backward_ref, silu_grad_scalar, silu_ref, silu_scalar
 from .module import Module
 
 
-@numba.njit(cache=True, parallel=True, fastmath=FAST_EXP | {"reassoc"})
-def group_norm_kernel(x, gamma, beta, eps, silu, one, y, xhat, inv_std):  # pragma: no cover - compiled
-    """x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std); one = 1."""
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def group_norm_kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
+    """x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
     N, G, Cg, HW = x.shape
     M = Cg * HW
     for ng in numba.prange(N * G):
@@ -51,13 +48,12 @@ def group_norm_kernel(x, gamma, beta, eps, silu, one, y, xhat, inv_std):  # prag
             for p in range(HW):
                 xh = (x[n, g, c, p] - mu) * r
                 xhat[n, g, c, p] = xh
-                h = xh * scale + shift
-                y[n, g, c, p] = silu_scalar(h, one) if silu else h
+                y[n, g, c, p] = xh * scale + shift
 
 
-@numba.njit(cache=True, parallel=True, fastmath=FAST_EXP | {"reassoc"})
-def group_norm_backward_kernel(dy, xhat, inv_std, gamma, beta, silu, one, dx, dgamma_part, dbeta_part):  # pragma: no cover
-    """dy, xhat, dx [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G]; dgamma_part, dbeta_part [N, G, Cg] per image."""
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def group_norm_backward_kernel(dy, xhat, inv_std, gamma, dx, dgamma_part, dbeta_part):  # pragma: no cover - compiled
+    """dy, xhat, dx [N, G, Cg, HW]; gamma [G, Cg]; inv_std [N, G]; dgamma_part, dbeta_part [N, G, Cg] per image."""
     N, G, Cg, HW = dy.shape
     M = Cg * HW
     for ng in numba.prange(N * G):
@@ -65,28 +61,24 @@ def group_norm_backward_kernel(dy, xhat, inv_std, gamma, beta, silu, one, dx, dg
         sum_g = 0.0
         sum_gx = 0.0
         for c in range(Cg):
-            scale, shift = gamma[g, c], beta[g, c]
             dgamma, dbeta = 0.0, 0.0
             for p in range(HW):
                 d = dy[n, g, c, p]
-                if silu:
-                    d *= silu_grad_scalar(xhat[n, g, c, p] * scale + shift, one)
-                dx[n, g, c, p] = d
                 dgamma += d * xhat[n, g, c, p]
                 dbeta += d
             dgamma_part[n, g, c] = dgamma
             dbeta_part[n, g, c] = dbeta
-            sum_g += scale * dbeta
-            sum_gx += scale * dgamma
+            sum_g += gamma[g, c] * dbeta
+            sum_gx += gamma[g, c] * dgamma
         mean_g, mean_gx = sum_g / M, sum_gx / M
         r = inv_std[n, g]
         for c in range(Cg):
             scale = gamma[g, c]
             for p in range(HW):
-                dx[n, g, c, p] = (dx[n, g, c, p] * scale - mean_g - xhat[n, g, c, p] * mean_gx) * r
+                dx[n, g, c, p] = (dy[n, g, c, p] * scale - mean_g - xhat[n, g, c, p] * mean_gx) * r
 
 
-def group_norm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, eps: float, silu: bool = False):
+def group_norm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, eps: float):
     """NumPy twin of group_norm_kernel: x [N, C, H, W] -> (y, xhat [N, C, H, W], inv_std [N, G, 1])."""
     N, C, H, W = x.shape
     xg = x.reshape(N, groups, -1)                                                 # [N, G, M]
@@ -94,16 +86,12 @@ def group_norm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: i
     var = xg.var(axis=2, keepdims=True)                                           # [N, G, 1]
     inv_std = 1.0 / np.sqrt(var + eps)                                            # [N, G, 1]
     xhat = ((xg - mu) * inv_std).reshape(N, C, H, W)                              # [N, C, H, W]
-    h = xhat * gamma[:, None, None] + beta[:, None, None]                         # [N, C, H, W]
-    return (silu_ref(h) if silu else h), xhat, inv_std                            # [N, C, H, W]
+    return xhat * gamma[:, None, None] + beta[:, None, None], xhat, inv_std       # [N, C, H, W]
 
 
-def group_norm_backward_ref(dy: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
-                            beta: np.ndarray, groups: int, silu: bool = False):
+def group_norm_backward_ref(dy: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray, groups: int):
     """NumPy twin of group_norm_backward_kernel: (dx [N, C, H, W], dgamma [C], dbeta [C])."""
     N, C, H, W = dy.shape
-    if silu:
-        dy = silu_backward_ref(xhat * gamma[:, None, None] + beta[:, None, None], dy)  # [N, C, H, W]
     g = (dy * gamma[:, None, None]).reshape(N, groups, -1)                        # [N, G, M]
     xg = xhat.reshape(N, groups, -1)                                              # [N, G, M]
     dxg = (g - g.mean(axis=2, keepdims=True) - xg * (g * xg).mean(axis=2, keepdims=True)) * inv_std.reshape(N, groups, 1)
@@ -133,8 +121,7 @@ class GroupNorm(Module):
             return self.params["weight"].astype(dtype, copy=False), self.params["bias"].astype(dtype, copy=False)
         return np.ones(self.num_channels, dtype=dtype), np.zeros(self.num_channels, dtype=dtype)
 
-    def forward(self, x: np.ndarray, silu: bool = False) -> tuple[np.ndarray, tuple]:
-        """y = GroupNorm(x), or SiLU(GroupNorm(x)) with `silu`."""
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         N, C, H, W = x.shape
         if C != self.num_channels:
             raise ValueError(f"GroupNorm: expected {self.num_channels} channels, got input {x.shape}")
@@ -144,20 +131,19 @@ class GroupNorm(Module):
         y = np.empty_like(x4)                                                     # [N, G, Cg, HW]
         xhat = np.empty_like(x4)                                                  # [N, G, Cg, HW]
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
-        group_norm_kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, silu, x.dtype.type(1), y, xhat, inv_std)
-        return y.reshape(N, C, H, W), (xhat, inv_std, silu)                       # [N, C, H, W]
+        group_norm_kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, inv_std)
+        return y.reshape(N, C, H, W), (xhat, inv_std)                             # [N, C, H, W]
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
-        xhat, inv_std, silu = cache                                               # [N, G, Cg, HW], [N, G]
+        xhat, inv_std = cache                                                     # [N, G, Cg, HW], [N, G]
         N, C, H, W = dy.shape
         G = self.num_groups
-        gamma, beta = self.affine(xhat.dtype)                                     # [C]
+        gamma, _ = self.affine(xhat.dtype)                                        # [C]
         dx = np.empty_like(xhat)                                                  # [N, G, Cg, HW]
         dgamma = np.empty((N, G, C // G), dtype=np.float64)                       # [N, G, Cg] per image
         dbeta = np.empty((N, G, C // G), dtype=np.float64)                        # [N, G, Cg]
         dy4 = np.ascontiguousarray(dy, dtype=xhat.dtype).reshape(xhat.shape)      # [N, G, Cg, HW]
-        group_norm_backward_kernel(dy4, xhat, inv_std, gamma.reshape(G, -1), beta.reshape(G, -1), silu,
-                                   xhat.dtype.type(1), dx, dgamma, dbeta)
+        group_norm_backward_kernel(dy4, xhat, inv_std, gamma.reshape(G, -1), dx, dgamma, dbeta)
         if self.params:
             self.grads["weight"] += dgamma.sum(axis=0).reshape(C).astype(dy.dtype)  # [C]
             self.grads["bias"] += dbeta.sum(axis=0).reshape(C).astype(dy.dtype)     # [C]
