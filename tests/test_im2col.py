@@ -9,13 +9,15 @@ the adjoint of unfold; the conv built on them equals the nested-loop definition.
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bidm_ref.nn.conv import conv2d, conv2d_backward
-from bidm_ref.nn.im2col import conv_geometry, fold, from_columns, to_columns, unfold, unfold_dense
+from bidm_ref.nn import im2col
+from bidm_ref.nn.im2col import column_chunks, conv_geometry, fold, from_columns, to_columns, unfold, unfold_dense
 from reference_ops import conv_nested_loops
 
 shapes = st.tuples(
@@ -81,3 +83,37 @@ def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, ou
     assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
     assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
     np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@given(shapes, st.integers(1, 4), st.integers(1, 3000))
+def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk_bytes):
+    """The stride-1 conv builds its columns in chunks; with any chunk size it computes the whole-columns conv."""
+    N, C, H, W, k, pad, _, seed = case
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k and k > 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    weight = rng.standard_normal((out_channels, C, k, k))
+    geo = conv_geometry(x.shape, k, k, 1, pad)
+    cols = unfold(x, geo)                                                         # [K, Q] whole
+    y_whole = from_columns(weight.reshape(out_channels, -1) @ cols, geo)
+    dy = rng.standard_normal(y_whole.shape)
+    dy_cols = to_columns(dy, geo)
+    dx_whole = fold(weight.reshape(out_channels, -1).T @ dy_cols, geo)
+    dw_whole = (dy_cols @ cols.T).reshape(weight.shape)
+    with mock.patch.object(im2col, "CHUNK_BYTES", chunk_bytes), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1):
+        width = max(1, chunk_bytes // (C * k * k * 8))
+        assert len(column_chunks(geo, C * k * k, 8)) == -(-geo.columns // width)
+        y, saved = conv2d(x, weight, None, 1, pad)
+        dx, dweight, _ = conv2d_backward(dy, saved, weight, x.shape, 1, pad)
+    np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, dw_whole, rtol=1e-12, atol=1e-12)
+
+
+def test_column_chunks_cover_every_column_once():
+    geo = conv_geometry((3, 5, 17, 13), 3, 3, 1, 1)
+    for chunk_bytes in (1, 1000, 10**5, 10**9):
+        chunks = column_chunks(geo, 45, 4, chunk_bytes)
+        assert chunks[0][0] == 0 and chunks[-1][1] == geo.columns
+        assert all(stop == start for (_, stop), (start, _) in zip(chunks, chunks[1:]))
+        assert all(stop - start <= max(im2col.MIN_CHUNK_COLUMNS, chunk_bytes // 180) for start, stop in chunks)

@@ -19,6 +19,11 @@ columns (docs/ENGINE.md, "Convolution"):
     fold:    its adjoint, dx[n, c, h, w] = sum over the taps that read x[n, c, h, w], taps in (i, j) order
 Both layouts sum the taps of fold in the same order, so they agree exactly; `unfold_dense` is the
 definition the grid layout is tested against.
+
+A 3x3 conv's columns are 9x its input: for the grid layout conv.py never holds them whole. It keeps
+the padded input xp (`grid_source`) and builds the columns chunk by chunk (`grid_chunk`: columns
+[start, stop), about CHUNK_BYTES, so a chunk stays in the cache between its copy and its matmul),
+in the forward and again in the backward (`fold_grid_chunk` adds a chunk's gradient into dxp).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .padding import Padding, as_padding, conv_output_size
+
+CHUNK_BYTES = 8 << 20  # bytes of one chunk of grid columns; 1, 2, 4, 8 MiB and unchunked measured in docs/ENGINE.md
+MIN_CHUNK_COLUMNS = 256  # narrower matmuls waste BLAS's time on call overhead
 
 
 @dataclass(frozen=True)
@@ -102,17 +110,40 @@ def unfold_dense(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     return cols.reshape(C * geo.kh * geo.kw, -1)                                  # [K, N*Ho*Wo]
 
 
+def grid_source(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """The grid layout's padded input: x [N, C, H, W] -> xp [C, N*Hp*Wp]; for a 1x1 kernel it is cols itself."""
+    return padded_channels_first(x, geo).reshape(x.shape[1], -1)                  # [C, N*Hp*Wp]
+
+
+def grid_chunk(xp: np.ndarray, geo: ConvGeometry, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+    """Grid columns [start, stop) of xp [C, N*Hp*Wp] -> cols [C*kh*kw, stop - start], written into `buffer` (flat)."""
+    C, taps = xp.shape[0], geo.kh * geo.kw
+    cols = buffer[: C * taps * (stop - start)].reshape(C, taps, stop - start)     # [C, kh*kw, n]
+    for t, (_, _, offset) in enumerate(tap_offsets(geo)):
+        cols[:, t] = xp[:, start + offset : stop + offset]                        # [C, n]
+    return cols.reshape(C * taps, stop - start)                                   # [K, n]
+
+
+def fold_grid_chunk(dcols: np.ndarray, geo: ConvGeometry, start: int, dxp: np.ndarray) -> None:
+    """Adjoint of grid_chunk: add dcols [C*kh*kw, n] (grid columns [start, start + n)) into dxp [C, N*Hp*Wp]."""
+    C, n = dxp.shape[0], dcols.shape[1]
+    d3 = dcols.reshape(C, geo.kh * geo.kw, n)                                     # [C, kh*kw, n]
+    for t, (_, _, offset) in enumerate(tap_offsets(geo)):
+        dxp[:, start + offset : start + offset + n] += d3[:, t]                   # [C, n]
+
+
+def column_chunks(geo: ConvGeometry, rows: int, itemsize: int, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering the Q columns, each about `chunk_bytes` (CHUNK_BYTES) of `rows` rows."""
+    width = max(MIN_CHUNK_COLUMNS, (chunk_bytes or CHUNK_BYTES) // (rows * itemsize))
+    return [(start, min(start + width, geo.columns)) for start in range(0, geo.columns, width)]
+
+
 def unfold_grid(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """The grid layout (stride 1): x [N, C, H, W] -> cols [C*kh*kw, Q], one shifted slice per tap."""
-    C = x.shape[1]
-    Q = geo.columns
-    xp = padded_channels_first(x, geo).reshape(C, -1)                             # [C, N*Hp*Wp]
+    """The grid layout (stride 1), whole: x [N, C, H, W] -> cols [C*kh*kw, Q], one shifted slice per tap."""
+    xp = grid_source(x, geo)                                                      # [C, N*Hp*Wp]
     if geo.kh * geo.kw == 1:
         return xp                                                                 # [K = C, Q = N*Hp*Wp]
-    cols = np.empty((C, geo.kh * geo.kw, Q), dtype=x.dtype)                       # [C, kh*kw, Q]
-    for t, (_, _, offset) in enumerate(tap_offsets(geo)):
-        cols[:, t] = xp[:, offset : offset + Q]                                   # [C, Q]
-    return cols.reshape(C * geo.kh * geo.kw, Q)                                   # [K, Q]
+    return grid_chunk(xp, geo, 0, geo.columns, np.empty(xp.shape[0] * geo.kh * geo.kw * geo.columns, x.dtype))
 
 
 def unfold(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
@@ -123,20 +154,24 @@ def unfold(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 def fold(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     """Adjoint of `unfold`: dcols [K, Q] -> dx [N, C, H, W] (taps summed in (i, j) order)."""
     N, C, H, W = geo.x_shape
-    top, _, left, _ = geo.padding
     if geo.grid and geo.kh * geo.kw == 1:
         dxp = dcols.reshape(C, N, *geo.padded)                                    # [C, N, Hp, Wp]
     else:
         dxp = np.zeros((C, N, *geo.padded), dtype=dcols.dtype)                    # [C, N, Hp, Wp]
     if geo.grid and geo.kh * geo.kw > 1:
-        flat = dxp.reshape(C, -1)                                                 # [C, N*Hp*Wp]
-        d3 = dcols.reshape(C, geo.kh * geo.kw, -1)                                # [C, kh*kw, Q]
-        for t, (_, _, offset) in enumerate(tap_offsets(geo)):
-            flat[:, offset : offset + d3.shape[2]] += d3[:, t]                    # [C, Q]
+        fold_grid_chunk(dcols, geo, 0, dxp.reshape(C, -1))
     elif not geo.grid:
         d6 = dcols.reshape(C, geo.kh, geo.kw, N, geo.Ho, geo.Wo)                  # [C, kh, kw, N, Ho, Wo]
         for i, j, _ in tap_offsets(geo):
             dxp[dense_tap(geo, i, j)] += d6[:, i, j]                              # [C, N, Ho, Wo]
+    return crop_padding(dxp, geo)                                                 # [N, C, H, W]
+
+
+def crop_padding(dxp: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """dxp [C, N, Hp, Wp] (or flat [C, N*Hp*Wp]) -> the unpadded NCHW dx [N, C, H, W] (one copy)."""
+    N, C, H, W = geo.x_shape
+    top, _, left, _ = geo.padding
+    dxp = dxp.reshape(C, N, *geo.padded)                                          # [C, N, Hp, Wp]
     return np.ascontiguousarray(dxp[:, :, top : top + H, left : left + W].transpose(1, 0, 2, 3))  # [N, C, H, W]
 
 
