@@ -1,9 +1,10 @@
 """The two column layouts of the float conv (nn/im2col.py) on shapes that break kernels: borders, odd sizes,
-asymmetric padding, 1x1 and 3x3, one channel and channel counts that are no power of two.
+asymmetric padding, strides, 1x1 and 3x3, one channel and channel counts that are no power of two.
 
-The grid layout (stride 1) must hold exactly the dense layout's columns at its valid cells and fold
-exactly as the dense layout does (both are copies and the taps are summed in the same order); fold is
-the adjoint of unfold; the conv built on them equals the nested-loop definition.
+The rows layout's Numba kernels equal their NumPy twins exactly; the grid layout holds exactly the rows
+layout's numbers and folds exactly as its twin (copies, taps summed in the same order); fold is the
+adjoint of unfold; the conv on either layout equals the nested-loop definition; the chunked grid conv
+equals the conv on whole columns for any chunk size.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bidm_ref.nn.conv import conv2d, conv2d_backward
 from bidm_ref.nn import im2col
-from bidm_ref.nn.im2col import column_chunks, conv_geometry, fold, from_columns, to_columns, unfold, unfold_dense
+from bidm_ref.nn.conv import conv2d, conv2d_backward
+from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, from_columns,
+                                im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
 from reference_ops import conv_nested_loops
 
 shapes = st.tuples(
@@ -25,61 +27,81 @@ shapes = st.tuples(
     st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
     st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1),
 )
+ANY_SIZE_ON_THE_GRID = mock.patch.object(im2col, "GRID_MIN_OUTPUTS", 1)
 
 
-def grid_cells_as_dense(cols: np.ndarray, geo) -> np.ndarray:
-    """The valid cells of grid-layout columns [K, Q] in the dense order [K, N*Ho*Wo] (via from_columns)."""
-    return from_columns(cols, geo).transpose(1, 0, 2, 3).reshape(cols.shape[0], -1)
-
-
-@given(shapes)
-def test_grid_layout_equals_the_dense_definition_exactly(case):
-    N, C, H, W, k, pad, dtype, seed = case
-    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    geo = conv_geometry(x.shape, k, k, 1, pad)
-    dense_geo = replace(geo, grid=False)
-    cols = unfold(x, geo)                                                         # [K, Q] grid
-    assert cols.shape == (C * k * k, geo.columns) and cols.dtype == dtype
-    dense = unfold_dense(x, dense_geo)                                            # [K, N*Ho*Wo]
-    np.testing.assert_array_equal(grid_cells_as_dense(cols, geo), dense)
-    dy = rng.standard_normal((N, C * k * k, geo.Ho, geo.Wo)).astype(dtype)      # a gradient per valid cell
-    d_grid = fold(to_columns(dy, geo), geo)
-    d_dense = fold(dy.transpose(1, 0, 2, 3).reshape(C * k * k, -1), dense_geo)
-    assert geo.grid
-    np.testing.assert_array_equal(d_grid, d_dense)
+def fits(H, W, k, pad) -> bool:
+    return H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k
 
 
 @given(shapes, st.sampled_from([1, 2]))
-def test_fold_is_the_adjoint_of_unfold(case, stride):
+def test_rows_kernels_equal_their_numpy_twins(case, stride):
+    N, C, H, W, k, pad, dtype, seed = case
+    assume(fits(H, W, k, pad))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    geo = replace(conv_geometry(x.shape, k, k, stride, pad), grid=False)
+    cols = im2col_rows(x, geo)
+    np.testing.assert_array_equal(cols, im2col_rows_ref(x, geo))
+    assert cols.dtype == dtype
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    dx = col2im_rows(dcols, geo)
+    np.testing.assert_array_equal(dx, col2im_rows_ref(dcols, geo))
+    assert dx.shape == x.shape and dx.dtype == dtype
+
+
+@given(shapes)
+def test_grid_layout_holds_the_rows_numbers_exactly(case):
+    N, C, H, W, k, pad, dtype, seed = case
+    assume(fits(H, W, k, pad))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    geo = replace(conv_geometry(x.shape, k, k, 1, pad), grid=True)
+    Ho, Wo = geo.Ho, geo.Wo
+    grid = unfold_grid(x, geo)                                                    # [K, Q]
+    assert grid.shape == (C * k * k, geo.columns) and grid.dtype == dtype
+    rows = im2col_rows_ref(x, geo).reshape(N, Ho, Wo, k, k, C).transpose(5, 3, 4, 0, 1, 2).reshape(C * k * k, -1)
+    np.testing.assert_array_equal(from_columns(grid, geo).transpose(1, 0, 2, 3).reshape(C * k * k, -1), rows)
+    dy = rng.standard_normal((N, C * k * k, Ho, Wo)).astype(dtype)               # a gradient per valid cell
+    d_rows = dy.reshape(N, C, k, k, Ho, Wo).transpose(0, 4, 5, 2, 3, 1).reshape(N * Ho * Wo, -1)
+    np.testing.assert_array_equal(fold_grid(to_columns(dy, geo), geo), col2im_rows_ref(d_rows, geo))
+
+
+@given(shapes, st.sampled_from([1, 2]))
+def test_fold_is_the_adjoint_of_unfold_in_both_layouts(case, stride):
     N, C, H, W, k, pad, _, seed = case
-    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    assume(fits(H, W, k, pad))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
-    geo = conv_geometry(x.shape, k, k, stride, pad)
-    dy = rng.standard_normal((N, C * k * k, geo.Ho, geo.Wo))
-    dcols = to_columns(dy, geo)                                                   # [K, Q], zero in garbage cells
-    lhs = float((unfold(x, geo) * dcols).sum())
-    rhs = float((x * fold(dcols, geo)).sum())
-    assert np.isclose(lhs, rhs, rtol=1e-10, atol=1e-10)
+    rows_geo = replace(conv_geometry(x.shape, k, k, stride, pad), grid=False)
+    cols = im2col_rows(x, rows_geo)
+    dcols = rng.standard_normal(cols.shape)
+    assert np.isclose((cols * dcols).sum(), (x * col2im_rows(dcols, rows_geo)).sum(), rtol=1e-10, atol=1e-10)
+    grid_geo = replace(conv_geometry(x.shape, k, k, 1, pad), grid=True)
+    dy = rng.standard_normal((N, C * k * k, grid_geo.Ho, grid_geo.Wo))
+    dgrid = to_columns(dy, grid_geo)                                              # [K, Q], zero in garbage cells
+    lhs = (unfold_grid(x, grid_geo) * dgrid).sum()
+    assert np.isclose(lhs, (x * fold_grid(dgrid, grid_geo)).sum(), rtol=1e-10, atol=1e-10)
 
 
-@given(shapes, st.sampled_from([1, 2]), st.integers(1, 5))
-def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, out_channels):
+@given(shapes, st.sampled_from([1, 2]), st.integers(1, 5), st.booleans())
+def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, out_channels, on_grid):
     N, C, H, W, k, pad, _, seed = case
     C = min(C, 6)
-    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
+    assume(fits(H, W, k, pad))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
     weight = rng.standard_normal((out_channels, C, k, k))
     bias = rng.standard_normal(out_channels)
-    y, cols = conv2d(x, weight, bias, stride, pad)
+    with mock.patch.object(im2col, "GRID_MIN_OUTPUTS", 1 if on_grid else 10**9):
+        pointwise = k == 1 and pad == (0, 0, 0, 0)
+        assert conv_geometry(x.shape, k, k, stride, pad).grid == (stride == 1 and (on_grid or pointwise))
+        y, saved = conv2d(x, weight, bias, stride, pad)
+        dy = rng.standard_normal(y.shape)
+        dx, dweight, dbias = conv2d_backward(dy, saved, weight, x.shape, stride, pad)
+        y0, _ = conv2d(x, weight, None, stride, pad)
     np.testing.assert_allclose(y, conv_nested_loops(x, weight, bias, stride, pad), rtol=1e-12, atol=1e-12)
-    dy = rng.standard_normal(y.shape)
-    dx, dweight, dbias = conv2d_backward(dy, cols, weight, x.shape, stride, pad)
     # the backward is the adjoint of the (linear) forward in x and in weight
-    y0, _ = conv2d(x, weight, None, stride, pad)
     assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
     assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
     np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
@@ -87,20 +109,22 @@ def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, ou
 
 @given(shapes, st.integers(1, 4), st.integers(1, 3000))
 def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk_bytes):
-    """The stride-1 conv builds its columns in chunks; with any chunk size it computes the whole-columns conv."""
+    """The grid conv builds its columns in chunks; with any chunk size it computes the whole-columns conv."""
     N, C, H, W, k, pad, _, seed = case
-    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k and k > 1)
+    assume(fits(H, W, k, pad) and k > 1)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
     weight = rng.standard_normal((out_channels, C, k, k))
-    geo = conv_geometry(x.shape, k, k, 1, pad)
-    cols = unfold(x, geo)                                                         # [K, Q] whole
+    with ANY_SIZE_ON_THE_GRID:
+        geo = conv_geometry(x.shape, k, k, 1, pad)
+    cols = unfold_grid(x, geo)                                                    # [K, Q] whole
     y_whole = from_columns(weight.reshape(out_channels, -1) @ cols, geo)
     dy = rng.standard_normal(y_whole.shape)
     dy_cols = to_columns(dy, geo)
-    dx_whole = fold(weight.reshape(out_channels, -1).T @ dy_cols, geo)
+    dx_whole = fold_grid(weight.reshape(out_channels, -1).T @ dy_cols, geo)
     dw_whole = (dy_cols @ cols.T).reshape(weight.shape)
-    with mock.patch.object(im2col, "CHUNK_BYTES", chunk_bytes), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1):
+    with (mock.patch.object(im2col, "CHUNK_BYTES", chunk_bytes), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1),
+          ANY_SIZE_ON_THE_GRID):
         width = max(1, chunk_bytes // (C * k * k * 8))
         assert len(column_chunks(geo, C * k * k, 8)) == -(-geo.columns // width)
         y, saved = conv2d(x, weight, None, 1, pad)
@@ -108,6 +132,12 @@ def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk
     np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, dx_whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dweight, dw_whole, rtol=1e-12, atol=1e-12)
+
+
+def test_grid_layout_for_large_maps_and_pointwise_convs_rows_for_the_rest():
+    assert conv_geometry((2, 3, 32, 32), 3, 3, 1, 1).grid
+    assert not conv_geometry((2, 3, 16, 16), 3, 3, 1, 1).grid and not conv_geometry((2, 3, 32, 32), 3, 3, 2, 1).grid
+    assert conv_geometry((2, 3, 4, 4), 1, 1, 1, 0).grid and not conv_geometry((2, 3, 4, 4), 1, 1, 2, 0).grid
 
 
 def test_column_chunks_cover_every_column_once():

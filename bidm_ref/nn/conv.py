@@ -1,17 +1,18 @@
 """2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + BLAS matmuls over the whole batch.
 
 Dimensions: N batch, C input channels, O output channels, H, W input spatial,
-Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row count), Q columns (im2col.py),
-L = N*Hp*Wp (the padded input, flat).
-Layouts are PyTorch's: activations NCHW, weights OIHW.
+Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row length), P = N*Ho*Wo,
+Q grid columns and L = N*Hp*Wp the padded input (im2col.py). Layouts are PyTorch's: NCHW, OIHW.
 
-    cols = unfold(x)                  [K, Q]      rows (c, i, j): the OIHW weight reshaped, no transpose
-    y    = W[O, K] @ cols + b         [O, Q]      -> NCHW [N, O, Ho, Wo] (from_columns: one copy)
-    dy   -> [O, Q] (to_columns);  dW = dy @ cols^T [O, K];  db = sum_q dy;  dx = fold(W^T @ dy)
-A stride-1 conv with a kernel larger than 1x1 never holds its cols whole: forward and backward build
-them chunk by chunk from the padded input xp [C, L], which is what the forward caches
-(docs/ENGINE.md, "Convolution"). Other convs cache cols: a 1x1 conv's cols are xp itself, a strided
-conv's (Downsample) are a quarter of its input's size times kh*kw.
+grid layout (large maps, 1x1 convs; im2col.py):
+    xp = grid_source(x) [C, L];  cols = unfold(xp) [K, Q], built chunk by chunk, never whole
+    y  = W[O, K] @ cols + b  [O, Q]  -> NCHW (from_columns)
+    dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk
+rows layout (small maps, strides):
+    cols = im2col_rows(x) [P, K];  y = cols @ W'^T + b [P, O] -> NCHW   (W' = W in (o, i, j, c) order)
+    dW' = dy^T @ cols;  dx = col2im_rows(dy @ W')
+What the forward returns beside y (`saved`: xp or cols) is what the backward needs; callers pass it back
+unopened (docs/ENGINE.md, "Convolution", has the layouts' measurements).
 
 Padding is zeros, given as one int or as (top, bottom, left, right) so ddim's
 Downsample (pad (0,1,0,1), then a 3x3 stride-2 conv with no padding) is one layer.
@@ -21,55 +22,58 @@ from __future__ import annotations
 
 import numpy as np
 
-from .im2col import (ConvGeometry, column_chunks, conv_geometry, crop_padding, fold, fold_grid_chunk, from_columns,
-                     grid_chunk, grid_source, to_columns, unfold)
+from .im2col import (col2im_rows, column_chunks, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunk,
+                     grid_source, im2col_rows, rows_weight, to_columns)
 from .init import uniform_fan_in
 from .module import Module
 from .padding import Padding, as_padding
 
 
-def is_chunked(geo: ConvGeometry) -> bool:
-    """True when the conv builds its columns chunk by chunk from xp (stride 1, kernel larger than 1x1)."""
-    return geo.grid and geo.kh * geo.kw > 1
-
-
 def conv2d(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray]:
-    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved) where saved (xp [C, L] or cols [K, Q])
-    is what conv2d_backward needs."""
+    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved: xp [C, L] or cols [P, K]) for the backward."""
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
+    N = x.shape[0]
     O, _, kh, kw = weight.shape
     geo = conv_geometry(x.shape, kh, kw, stride, padding)
+    if not geo.grid:
+        cols = im2col_rows(x, geo)                                                # [P, K]
+        y = cols @ rows_weight(weight).T                                          # [P, O]
+        if bias is not None:
+            y += bias                                                             # [P, O]
+        return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
-    if is_chunked(geo):
-        saved = grid_source(x, geo)                                               # [C, L]
+    xp = grid_source(x, geo)                                                      # [C, L]
+    if kh * kw == 1:
+        y = w_mat @ xp                                                            # [O, Q = L]
+    else:
         y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))          # [O, Q]
         chunks = column_chunks(geo, w_mat.shape[1], x.itemsize)
         buffer = np.empty(w_mat.shape[1] * (chunks[0][1] - chunks[0][0]), dtype=x.dtype)
         for start, stop in chunks:
-            np.matmul(w_mat, grid_chunk(saved, geo, start, stop, buffer), out=y[:, start:stop])  # [O, n]
-    else:
-        saved = unfold(x, geo)                                                    # [K, Q]
-        y = w_mat @ saved                                                         # [O, Q]
+            np.matmul(w_mat, grid_chunk(xp, geo, start, stop, buffer), out=y[:, start:stop])  # [O, n]
     if bias is not None:
         y += bias[:, None]                                                        # [O, Q]
-    return from_columns(y, geo), saved                                            # [N, O, Ho, Wo]
+    return from_columns(y, geo), xp                                               # [N, O, Ho, Wo]
 
 
 def conv2d_backward(
     dy: np.ndarray, saved: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of conv2d (`saved` from its forward): returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
-    O, _, kh, kw = weight.shape
+    O, C, kh, kw = weight.shape
     geo = conv_geometry(x_shape, kh, kw, stride, padding)
+    dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
+    if not geo.grid:
+        dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                          # [P, O]
+        dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
+        return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
-    dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
-    if not is_chunked(geo):
-        dweight = (dy_cols @ saved.T).reshape(weight.shape)                       # [O, C, kh, kw]
-        return fold(w_mat.T @ dy_cols, geo), dweight, dbias                       # [N, C, H, W]
+    if kh * kw == 1:
+        return crop_padding(w_mat.T @ dy_cols, geo), (dy_cols @ saved.T).reshape(weight.shape), dbias
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
     chunks = column_chunks(geo, w_mat.shape[1], saved.itemsize)

@@ -1,46 +1,45 @@
-"""im2col / col2im of the float convolution, in plain NumPy: every copy moves long contiguous runs.
+"""im2col / col2im of the float convolution, in two layouts chosen by the map size (docs/ENGINE.md, "Convolution").
 
 Dimensions: N batch, C channels, H, W input, Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw,
-Hp = H + top + bottom, Wp = W + left + right (the zero-padded input), Q columns (see below).
+Hp = H + top + bottom, Wp = W + left + right (the zero-padded input), L = N*Hp*Wp, Q grid columns.
 
-The columns matrix is "channels first": rows (c, i, j) in the order of an OIHW weight reshaped to
-[O, K], so the conv is one matmul W[O, K] @ cols[K, Q] over the whole batch. Two layouts of its Q
-columns (docs/ENGINE.md, "Convolution"):
-
-- grid (stride 1): the padded input is stored as xp[C, N*Hp*Wp] (one flat row per channel). Output
+grid layout (stride 1, maps of at least GRID_MIN_OUTPUTS outputs, and every 1x1 conv without padding):
+  channels first. The padded input is xp[C, L], one flat row per channel (`grid_source`). Output
   position (n, ho, wo) is column q = (n*Hp + ho)*Wp + wo of a grid with Hp x Wp cells per image, and
-  tap (i, j) reads xp[:, q + i*Wp + j]. So each tap's rows of cols are ONE shifted slice of xp: 9
-  long copies for a 3x3 conv, no per-pixel work. Cells with ho >= Ho or wo >= Wo are wrapped-around
-  garbage: the forward never reads them (`from_columns`) and the backward feeds them zero gradient
-  (`to_columns`), so they contribute nothing. Q = N*Hp*Wp - (kh-1)*Wp - (kw-1) (the last valid cell + 1).
-- dense (any stride): Q = N*Ho*Wo, one strided copy per tap of xp[C, N, Hp, Wp] (Downsample's stride 2).
+  tap (i, j) reads xp[:, q + i*Wp + j]: each tap's rows of the columns matrix are ONE shifted slice of
+  xp, cols[(c, i, j), q], rows in the order of an OIHW weight reshaped to [O, K]. Cells with
+  ho >= Ho or wo >= Wo are wrapped-around garbage: the forward never reads them (`from_columns`) and
+  the backward feeds them zero gradient (`to_columns`). Q = L - (kh-1)*Wp - (kw-1) (the last valid
+  cell + 1). A 3x3 conv's columns are 9x its input, so conv.py never holds them whole: it builds them
+  chunk by chunk (`grid_chunk`, about CHUNK_BYTES, cache-resident between the copy and the matmul)
+  from the cached xp, in the forward and again in the backward (`fold_grid_chunk`).
+rows layout (every other conv: small maps, where the grid's padding cells would waste a large share
+  of the matmul, and Downsample's stride 2): channels last, as the NHWC im2col of most frameworks.
+  cols[(n, ho, wo), (i, j, c)] = x[n, c, ho*stride + i - top, wo*stride + j - left] (0 in the
+  padding), a Numba kernel that copies contiguous runs of C values; col2im gathers, so its loop over
+  (n, h) rows has no write conflicts. `im2col_rows_ref` / `col2im_rows_ref` are its NumPy twins.
 
-    unfold:  cols[(c, i, j), q] = x[n, c, ho*stride + i - top, wo*stride + j - left]   (0 in the padding)
-    fold:    its adjoint, dx[n, c, h, w] = sum over the taps that read x[n, c, h, w], taps in (i, j) order
-Both layouts sum the taps of fold in the same order, so they agree exactly; `unfold_dense` is the
-definition the grid layout is tested against.
-
-A 3x3 conv's columns are 9x its input: for the grid layout conv.py never holds them whole. It keeps
-the padded input xp (`grid_source`) and builds the columns chunk by chunk (`grid_chunk`: columns
-[start, stop), about CHUNK_BYTES, so a chunk stays in the cache between its copy and its matmul),
-in the forward and again in the backward (`fold_grid_chunk` adds a chunk's gradient into dxp).
+Both layouts hold the same numbers; the tests compare them exactly (copies) and their folds exactly
+where the taps are summed in the same order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .padding import Padding, as_padding, conv_output_size
 
 CHUNK_BYTES = 8 << 20  # bytes of one chunk of grid columns; 1, 2, 4, 8 MiB and unchunked measured in docs/ENGINE.md
 MIN_CHUNK_COLUMNS = 256  # narrower matmuls waste BLAS's time on call overhead
+GRID_MIN_OUTPUTS = 1024  # smallest Ho*Wo of a padded conv in the grid layout (32x32; 16x16 ran faster in rows)
 
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Where a conv's columns live: input shape, kernel, stride, padding, output and padded sizes."""
+    """Where a conv's columns live: input shape, kernel, stride, padding, output size and layout."""
 
     x_shape: tuple[int, int, int, int]
     kh: int
@@ -49,7 +48,7 @@ class ConvGeometry:
     padding: tuple[int, int, int, int]
     Ho: int
     Wo: int
-    grid: bool  # the grid layout (stride 1 only); else the dense one
+    grid: bool  # the grid layout; else the rows layout
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -59,12 +58,10 @@ class ConvGeometry:
 
     @property
     def columns(self) -> int:
-        """Q, the number of columns of cols."""
+        """Q, the number of grid columns."""
         N = self.x_shape[0]
         Hp, Wp = self.padded
-        if self.grid:
-            return N * Hp * Wp - (self.kh - 1) * Wp - (self.kw - 1)
-        return N * self.Ho * self.Wo
+        return N * Hp * Wp - (self.kh - 1) * Wp - (self.kw - 1)
 
 
 def conv_geometry(x_shape: tuple[int, ...], kh: int, kw: int, stride: int, padding: Padding) -> ConvGeometry:
@@ -76,59 +73,43 @@ def conv_geometry(x_shape: tuple[int, ...], kh: int, kw: int, stride: int, paddi
     Wo = conv_output_size(W, kw, stride, left, right)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"input {H}x{W} with padding {padding} is smaller than the kernel {kh}x{kw}")
-    return ConvGeometry(tuple(x_shape), kh, kw, stride, pad, Ho, Wo, grid=stride == 1)
+    pointwise = kh == kw == 1 and pad == (0, 0, 0, 0)
+    grid = stride == 1 and (pointwise or Ho * Wo >= GRID_MIN_OUTPUTS)
+    return ConvGeometry(tuple(x_shape), kh, kw, stride, pad, Ho, Wo, grid)
 
 
-def padded_channels_first(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """x [N, C, H, W] -> zero-padded xp [C, N, Hp, Wp] (one copy)."""
+# ---- grid layout -------------------------------------------------------------------------------------------
+
+
+def grid_source(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """x [N, C, H, W] -> zero-padded xp [C, N*Hp*Wp] (one copy); for a 1x1 conv it is the columns matrix itself."""
     N, C, H, W = x.shape
     top, _, left, _ = geo.padding
     xp = np.zeros((C, N, *geo.padded), dtype=x.dtype)                             # [C, N, Hp, Wp]
     xp[:, :, top : top + H, left : left + W] = x.transpose(1, 0, 2, 3)            # [C, N, H, W]
-    return xp
+    return xp.reshape(C, -1)                                                      # [C, L]
 
 
-def tap_offsets(geo: ConvGeometry) -> list[tuple[int, int, int]]:
-    """(i, j, flat offset i*Wp + j of tap (i, j) in the grid layout), taps in (i, j) order."""
+def tap_offsets(geo: ConvGeometry) -> list[int]:
+    """The flat offset i*Wp + j of each tap (i, j) in the grid, taps in (i, j) order."""
     Wp = geo.padded[1]
-    return [(i, j, i * Wp + j) for i in range(geo.kh) for j in range(geo.kw)]
-
-
-def dense_tap(geo: ConvGeometry, i: int, j: int) -> tuple[slice, ...]:
-    """The slice of xp [C, N, Hp, Wp] that tap (i, j) reads for every output position: [C, N, Ho, Wo]."""
-    s = geo.stride
-    return np.s_[:, :, i : i + s * geo.Ho : s, j : j + s * geo.Wo : s]
-
-
-def unfold_dense(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """The dense layout (any stride): x [N, C, H, W] -> cols [C*kh*kw, N*Ho*Wo]."""
-    N, C = x.shape[:2]
-    xp = padded_channels_first(x, geo)                                            # [C, N, Hp, Wp]
-    cols = np.empty((C, geo.kh, geo.kw, N, geo.Ho, geo.Wo), dtype=x.dtype)        # [C, kh, kw, N, Ho, Wo]
-    for i, j, _ in tap_offsets(geo):
-        cols[:, i, j] = xp[dense_tap(geo, i, j)]                                  # [C, N, Ho, Wo]
-    return cols.reshape(C * geo.kh * geo.kw, -1)                                  # [K, N*Ho*Wo]
-
-
-def grid_source(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """The grid layout's padded input: x [N, C, H, W] -> xp [C, N*Hp*Wp]; for a 1x1 kernel it is cols itself."""
-    return padded_channels_first(x, geo).reshape(x.shape[1], -1)                  # [C, N*Hp*Wp]
+    return [i * Wp + j for i in range(geo.kh) for j in range(geo.kw)]
 
 
 def grid_chunk(xp: np.ndarray, geo: ConvGeometry, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
-    """Grid columns [start, stop) of xp [C, N*Hp*Wp] -> cols [C*kh*kw, stop - start], written into `buffer` (flat)."""
+    """Grid columns [start, stop) of xp [C, L] -> cols [C*kh*kw, stop - start], written into `buffer` (flat)."""
     C, taps = xp.shape[0], geo.kh * geo.kw
     cols = buffer[: C * taps * (stop - start)].reshape(C, taps, stop - start)     # [C, kh*kw, n]
-    for t, (_, _, offset) in enumerate(tap_offsets(geo)):
+    for t, offset in enumerate(tap_offsets(geo)):
         cols[:, t] = xp[:, start + offset : stop + offset]                        # [C, n]
     return cols.reshape(C * taps, stop - start)                                   # [K, n]
 
 
 def fold_grid_chunk(dcols: np.ndarray, geo: ConvGeometry, start: int, dxp: np.ndarray) -> None:
-    """Adjoint of grid_chunk: add dcols [C*kh*kw, n] (grid columns [start, start + n)) into dxp [C, N*Hp*Wp]."""
+    """Adjoint of grid_chunk: add dcols [C*kh*kw, n] (grid columns [start, start + n)) into dxp [C, L]."""
     C, n = dxp.shape[0], dcols.shape[1]
     d3 = dcols.reshape(C, geo.kh * geo.kw, n)                                     # [C, kh*kw, n]
-    for t, (_, _, offset) in enumerate(tap_offsets(geo)):
+    for t, offset in enumerate(tap_offsets(geo)):
         dxp[:, start + offset : start + offset + n] += d3[:, t]                   # [C, n]
 
 
@@ -138,37 +119,8 @@ def column_chunks(geo: ConvGeometry, rows: int, itemsize: int, chunk_bytes: int 
     return [(start, min(start + width, geo.columns)) for start in range(0, geo.columns, width)]
 
 
-def unfold_grid(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """The grid layout (stride 1), whole: x [N, C, H, W] -> cols [C*kh*kw, Q], one shifted slice per tap."""
-    xp = grid_source(x, geo)                                                      # [C, N*Hp*Wp]
-    if geo.kh * geo.kw == 1:
-        return xp                                                                 # [K = C, Q = N*Hp*Wp]
-    return grid_chunk(xp, geo, 0, geo.columns, np.empty(xp.shape[0] * geo.kh * geo.kw * geo.columns, x.dtype))
-
-
-def unfold(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """x [N, C, H, W] -> cols [K, Q] in the layout of `geo` (grid for stride 1, else dense)."""
-    return unfold_grid(x, geo) if geo.grid else unfold_dense(x, geo)
-
-
-def fold(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """Adjoint of `unfold`: dcols [K, Q] -> dx [N, C, H, W] (taps summed in (i, j) order)."""
-    N, C, H, W = geo.x_shape
-    if geo.grid and geo.kh * geo.kw == 1:
-        dxp = dcols.reshape(C, N, *geo.padded)                                    # [C, N, Hp, Wp]
-    else:
-        dxp = np.zeros((C, N, *geo.padded), dtype=dcols.dtype)                    # [C, N, Hp, Wp]
-    if geo.grid and geo.kh * geo.kw > 1:
-        fold_grid_chunk(dcols, geo, 0, dxp.reshape(C, -1))
-    elif not geo.grid:
-        d6 = dcols.reshape(C, geo.kh, geo.kw, N, geo.Ho, geo.Wo)                  # [C, kh, kw, N, Ho, Wo]
-        for i, j, _ in tap_offsets(geo):
-            dxp[dense_tap(geo, i, j)] += d6[:, i, j]                              # [C, N, Ho, Wo]
-    return crop_padding(dxp, geo)                                                 # [N, C, H, W]
-
-
 def crop_padding(dxp: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """dxp [C, N, Hp, Wp] (or flat [C, N*Hp*Wp]) -> the unpadded NCHW dx [N, C, H, W] (one copy)."""
+    """dxp [C, L] -> the unpadded NCHW dx [N, C, H, W] (one copy)."""
     N, C, H, W = geo.x_shape
     top, _, left, _ = geo.padding
     dxp = dxp.reshape(C, N, *geo.padded)                                          # [C, N, Hp, Wp]
@@ -176,22 +128,133 @@ def crop_padding(dxp: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 
 
 def from_columns(y: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """A conv's output in column layout, y [O, Q] -> NCHW [N, O, Ho, Wo] (drops the grid's garbage cells)."""
+    """A conv's output on the grid, y [O, Q] -> NCHW [N, O, Ho, Wo] (drops the garbage cells; one copy)."""
     O, N = y.shape[0], geo.x_shape[0]
-    if geo.grid:
-        Hp, Wp = geo.padded
-        item = y.itemsize
-        y = np.lib.stride_tricks.as_strided(
-            y, (O, N, geo.Ho, geo.Wo), (y.strides[0], Hp * Wp * item, Wp * item, item), writeable=False
-        )                                                                         # [O, N, Ho, Wo] view
-    return np.ascontiguousarray(y.reshape(O, N, geo.Ho, geo.Wo).transpose(1, 0, 2, 3))  # [N, O, Ho, Wo]
+    Hp, Wp = geo.padded
+    item = y.itemsize
+    cells = np.lib.stride_tricks.as_strided(
+        y, (O, N, geo.Ho, geo.Wo), (y.strides[0], Hp * Wp * item, Wp * item, item), writeable=False
+    )                                                                             # [O, N, Ho, Wo] view
+    return np.ascontiguousarray(cells.transpose(1, 0, 2, 3))                      # [N, O, Ho, Wo]
 
 
 def to_columns(dy: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """Adjoint of `from_columns`: dy [N, O, Ho, Wo] -> [O, Q], zeros in the grid's garbage cells."""
+    """Adjoint of `from_columns`: dy [N, O, Ho, Wo] -> [O, Q], zeros in the garbage cells."""
     N, O = dy.shape[:2]
-    if not geo.grid:
-        return np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(O, -1)      # [O, N*Ho*Wo]
     cells = np.zeros((O, N, *geo.padded), dtype=dy.dtype)                         # [O, N, Hp, Wp]
     cells[:, :, : geo.Ho, : geo.Wo] = dy.transpose(1, 0, 2, 3)                    # [O, N, Ho, Wo]
     return cells.reshape(O, -1)[:, : geo.columns]                                 # [O, Q]
+
+
+def unfold_grid(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """The whole grid columns matrix (what the chunks make up): x [N, C, H, W] -> cols [C*kh*kw, Q]."""
+    xp = grid_source(x, geo)                                                      # [C, L]
+    return grid_chunk(xp, geo, 0, geo.columns, np.empty(xp.shape[0] * geo.kh * geo.kw * geo.columns, x.dtype))
+
+
+def fold_grid(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """Adjoint of unfold_grid: dcols [C*kh*kw, Q] -> dx [N, C, H, W]."""
+    C = geo.x_shape[1]
+    dxp = np.zeros((C, geo.x_shape[0] * geo.padded[0] * geo.padded[1]), dtype=dcols.dtype)  # [C, L]
+    fold_grid_chunk(dcols, geo, 0, dxp)
+    return crop_padding(dxp, geo)                                                 # [N, C, H, W]
+
+
+# ---- rows layout -------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def im2col_rows_kernel(x_nhwc, kh, kw, stride, top, left, Ho, Wo, cols):  # pragma: no cover - compiled
+    N, H, W, C = x_nhwc.shape
+    for r in range(N * Ho):
+        n, i = r // Ho, r % Ho
+        for j in range(Wo):
+            row = (n * Ho + i) * Wo + j
+            for a in range(kh):
+                h = i * stride + a - top
+                for b in range(kw):
+                    w = j * stride + b - left
+                    base = (a * kw + b) * C
+                    if 0 <= h < H and 0 <= w < W:
+                        for c in range(C):
+                            cols[row, base + c] = x_nhwc[n, h, w, c]
+                    else:
+                        for c in range(C):
+                            cols[row, base + c] = 0
+
+
+@numba.njit(cache=True)
+def col2im_rows_kernel(dcols, kh, kw, stride, top, left, Ho, Wo, dx_nhwc):  # pragma: no cover - compiled
+    N, H, W, C = dx_nhwc.shape
+    for r in range(N * H):
+        n, h = r // H, r % H
+        for w in range(W):
+            for a in range(kh):
+                ih = h + top - a
+                if ih < 0 or ih % stride != 0 or ih // stride >= Ho:
+                    continue
+                for b in range(kw):
+                    iw = w + left - b
+                    if iw < 0 or iw % stride != 0 or iw // stride >= Wo:
+                        continue
+                    row = (n * Ho + ih // stride) * Wo + iw // stride
+                    base = (a * kw + b) * C
+                    for c in range(C):
+                        dx_nhwc[n, h, w, c] += dcols[row, base + c]
+
+
+def rows_weight(weight: np.ndarray) -> np.ndarray:
+    """OIHW weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of the rows layout."""
+    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def im2col_rows(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """x [N, C, H, W] -> cols [N*Ho*Wo, kh*kw*C] (Numba)."""
+    top, _, left, _ = geo.padding
+    N, C = x.shape[:2]
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))                       # [N, H, W, C]
+    cols = np.empty((N * geo.Ho * geo.Wo, geo.kh * geo.kw * C), dtype=x.dtype)    # [N*Ho*Wo, K]
+    im2col_rows_kernel(x_nhwc, geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, cols)
+    return cols
+
+
+def col2im_rows(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """Adjoint of im2col_rows: dcols [N*Ho*Wo, kh*kw*C] -> dx [N, C, H, W] (Numba)."""
+    top, _, left, _ = geo.padding
+    N, C, H, W = geo.x_shape
+    dx_nhwc = np.zeros((N, H, W, C), dtype=dcols.dtype)                          # [N, H, W, C]
+    col2im_rows_kernel(np.ascontiguousarray(dcols), geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, dx_nhwc)
+    return dx_nhwc.transpose(0, 3, 1, 2)                                          # [N, C, H, W]
+
+
+def rows_taps(geo: ConvGeometry) -> tuple[tuple[int, int, int, int], list[tuple[int, int, tuple]]]:
+    """(padded NHWC shape [N, Hp, Wp, C], the slice of that buffer each tap (i, j) reads: [N, Ho, Wo, C])."""
+    N, C = geo.x_shape[:2]
+    s = geo.stride
+    taps = [(i, j, np.s_[:, i : i + s * geo.Ho : s, j : j + s * geo.Wo : s, :]) for i in range(geo.kh) for j in range(geo.kw)]
+    return (N, *geo.padded, C), taps
+
+
+def im2col_rows_ref(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """NumPy twin of `im2col_rows` (one strided copy per tap)."""
+    top, _, left, _ = geo.padding
+    N, C, H, W = x.shape
+    padded_shape, taps = rows_taps(geo)
+    xp = np.zeros(padded_shape, dtype=x.dtype)                                    # [N, Hp, Wp, C]
+    xp[:, top : top + H, left : left + W, :] = x.transpose(0, 2, 3, 1)            # [N, H, W, C]
+    cols = np.empty((N, geo.Ho, geo.Wo, geo.kh, geo.kw, C), dtype=x.dtype)        # [N, Ho, Wo, kh, kw, C]
+    for i, j, tap in taps:
+        cols[:, :, :, i, j, :] = xp[tap]                                          # [N, Ho, Wo, C]
+    return cols.reshape(N * geo.Ho * geo.Wo, -1)                                  # [N*Ho*Wo, K]
+
+
+def col2im_rows_ref(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """NumPy twin of `col2im_rows`: scatter-add dcols back to dx [N, C, H, W]."""
+    top, _, left, _ = geo.padding
+    N, C, H, W = geo.x_shape
+    padded_shape, taps = rows_taps(geo)
+    d6 = dcols.reshape(N, geo.Ho, geo.Wo, geo.kh, geo.kw, C)                      # [N, Ho, Wo, kh, kw, C]
+    dxp = np.zeros(padded_shape, dtype=dcols.dtype)                               # [N, Hp, Wp, C]
+    for i, j, tap in taps:
+        dxp[tap] += d6[:, :, :, i, j, :]                                          # [N, Ho, Wo, C]
+    return dxp[:, top : top + H, left : left + W, :].transpose(0, 3, 1, 2)        # [N, C, H, W]
