@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from bidm_ref.nn.conv import Conv2d
+from bidm_ref.runtime import configure
 
 from .timing import format_table, time_call
 
@@ -35,4 +36,5 @@ def bench_conv(repeats: int = 5, shapes: list[tuple[int, int, int]] = CIFAR10_CO
 
 
 if __name__ == "__main__":
+    configure()
     print(format_table(bench_conv(int(sys.argv[1]) if len(sys.argv) > 1 else 5)))

@@ -34,6 +34,7 @@ import numpy as np
 from bidm_ref.binary.bitpack import pack_conv_weight
 from bidm_ref.binary.kernels import binary_conv2d, conv_scaled, output_shape, pack_input
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
+from bidm_ref.runtime import configure
 
 from .timing import machine_info, print_results, write_report
 
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("repeats", type=int, nargs="?", default=10)
     parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
     args = parser.parse_args()
+    configure()
     import numba
     from llvmlite.binding import get_host_cpu_name
 

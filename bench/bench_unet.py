@@ -32,6 +32,7 @@ from bidm_ref.models.config import preset
 from bidm_ref.models.packed import packed_twin
 from bidm_ref.models.student import build_student
 from bidm_ref.models.unet import UNet
+from bidm_ref.runtime import configure
 
 from .bench_kernels import geometric_mean, time_interleaved
 from .timing import machine_info, print_results, write_report
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("repeats", type=int, nargs="?", default=5)
     parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
     args = parser.parse_args()
+    configure()
     print(f"machine: {machine_info()}, load {os.getloadavg()}")
     results, ratios = bench_unet(args.repeats)
     print_results(results, ratios)

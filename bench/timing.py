@@ -31,16 +31,16 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() where there is none)."""
+def cpuinfo(field: str) -> str:
+    """The value of the first `field` line of /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
 
 
 def machine_info() -> dict:
@@ -49,14 +49,14 @@ def machine_info() -> dict:
     from llvmlite.binding import get_host_cpu_name
     from threadpoolctl import threadpool_info
 
-    from bidm_ref.runtime import cpu_flags, current_policy
+    from bidm_ref.runtime import current_policy
 
     policy = current_policy()
     return {
         "platform": platform.platform(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpuinfo("model name") or platform.processor() or platform.machine(),
         "llvm_cpu": get_host_cpu_name(),
-        "cpu_vector_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "popcnt"))),
+        "cpu_vector_flags": sorted(f for f in cpuinfo("flags").split() if f.startswith(("avx", "fma", "popcnt"))),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -1,16 +1,14 @@
-"""The compute policy of a bidm-ref process: which BLAS kernels run, and how many threads BLAS and Numba get.
+"""The compute policy of a bidm-ref process: how many threads BLAS and Numba get, and how idle ones wait.
 
-Every command sets it itself (docs/ENGINE.md, "Threads and BLAS kernels", has the measurements):
+Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
 
-1. Before NumPy is loaded (`bidm_ref/__init__.py` calls `prepare_environment`), two environment defaults,
-   each only when the variable is unset:
-   - OPENBLAS_CORETYPE=SkylakeX on a CPU with AVX-512 (F, BW, DQ, VL): OpenBLAS 0.3 runs AMD Zen 4/5 on its
-     AVX2 ("Haswell") kernels; its AVX-512 kernels made the float32 matmuls of the cifar10 preset ~1.7x faster.
-   - OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP workers sleep at once when a parallel region ends instead of
-     spinning, so they do not take the cores from the BLAS threads that run next (with both pools at two
-     threads and spinning workers, the tiny training step took 2.2x as long as on one thread).
+1. Before NumPy is loaded (`bidm_ref/__init__.py` calls `prepare_environment`): OMP_WAIT_POLICY=PASSIVE
+   unless it is set. Numba's OpenMP workers then sleep at once when a parallel region ends instead of
+   spinning, so they do not take the cores from the BLAS threads that run next: with both pools at two
+   threads and spinning workers, the tiny training step took 4.8x as long as with sleeping ones.
 2. `configure(policy)` (cli.py and the benchmarks call it) sets the thread counts: BLAS through threadpoolctl,
-   Numba through numba.set_num_threads. The default gives both pools every core.
+   Numba through numba.set_num_threads. The default gives both pools every core (measured fastest).
+The BLAS kernels are OpenBLAS's own choice (or OPENBLAS_CORETYPE's, when the environment sets it).
 
 Determinism: the same seed gives the same bytes for the same policy on the same machine; another thread
 count or BLAS kernel may change float32 results in the last bits (the matmuls' blocking changes).
@@ -21,25 +19,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-AVX512 = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
 
 def prepare_environment() -> None:
-    """Set the environment defaults of step 1 of the module docstring (a no-op for variables already set)."""
-    if all(flag in cpu_flags() for flag in AVX512):
-        os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    """Set the environment default of step 1 of the module docstring (a no-op when it is already set)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
