@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from bidm_ref.runtime import ThreadPolicy, configure
 
-        configure(ThreadPolicy(args.threads, args.threads) if args.threads else None)
+        configure(None if args.threads is None else ThreadPolicy(args.threads, args.threads))
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

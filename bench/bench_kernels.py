@@ -22,7 +22,6 @@ taking the CPU, which inflate medians of the longer float runs most).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -34,9 +33,8 @@ import numpy as np
 from bidm_ref.binary.bitpack import pack_conv_weight
 from bidm_ref.binary.kernels import binary_conv2d, conv_scaled, output_shape, pack_input
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
-from bidm_ref.runtime import configure
 
-from .timing import machine_info, print_results, write_report
+from .timing import bench_main
 
 
 @dataclass(frozen=True)
@@ -126,23 +124,5 @@ def bench_kernels(repeats: int = 10, shapes: list[ConvShape] = CIFAR10_KERNEL_SH
     return results, ratios
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="popcount conv vs float32 conv on ddim's CIFAR-10 conv shapes")
-    parser.add_argument("repeats", type=int, nargs="?", default=10)
-    parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
-    args = parser.parse_args()
-    configure()
-    import numba
-    from llvmlite.binding import get_host_cpu_name
-
-    print(f"machine: {machine_info()}")
-    print(f"llvm cpu {get_host_cpu_name()}, numba threads {numba.get_num_threads()}, load {os.getloadavg()}")
-    results, ratios = bench_kernels(args.repeats)
-    print_results(results, ratios)
-    print(f"load after: {os.getloadavg()}")
-    if args.json:
-        write_report(args.json, results, ratios)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("popcount conv vs float32 conv on ddim's CIFAR-10 conv shapes", bench_kernels, 10)

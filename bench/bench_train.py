@@ -19,7 +19,6 @@ better; 1.0 = PyTorch's speed).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,12 +33,11 @@ from bidm_ref.models.build import sampling_eps_fn
 from bidm_ref.models.config import preset
 from bidm_ref.models.student import build_student
 from bidm_ref.models.unet import UNet
-from bidm_ref.runtime import configure
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.train.trainer import Objective, TrainConfig, Trainer
 
 from .bench_kernels import time_interleaved
-from .timing import machine_info, print_results, write_report
+from .timing import bench_main
 
 PROJECT, TORCH = "bidm-ref (NumPy + Numba)", "PyTorch eager"
 TIMESTEPS = 1000
@@ -180,18 +178,5 @@ def bench_train(repeats: int = 5, cases: list[TrainCase] = TRAIN_CASES) -> tuple
     return results, ratios
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="FP training step and sampling forward vs PyTorch; the BiDM step")
-    parser.add_argument("repeats", type=int, nargs="?", default=5)
-    parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
-    args = parser.parse_args()
-    configure()
-    print(f"machine: {machine_info()}")
-    results, ratios = bench_train(args.repeats)
-    print_results(results, ratios)
-    if args.json:
-        write_report(args.json, results, ratios)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("FP training step and sampling forward vs PyTorch; the BiDM step", bench_train, 5)

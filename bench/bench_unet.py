@@ -20,7 +20,6 @@ OPENBLAS_NUM_THREADS=1, or NUMBA_THREADING_LAYER=workqueue, and report which.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -32,10 +31,9 @@ from bidm_ref.models.config import preset
 from bidm_ref.models.packed import packed_twin
 from bidm_ref.models.student import build_student
 from bidm_ref.models.unet import UNet
-from bidm_ref.runtime import configure
 
 from .bench_kernels import geometric_mean, time_interleaved
-from .timing import machine_info, print_results, write_report
+from .timing import bench_main
 
 TIMESTEPS = 1000
 TBS_CONNECTIONS = 2
@@ -100,18 +98,5 @@ def bench_unet(repeats: int = 5, cases: list[StepCase] = UNET_CASES) -> tuple[li
     return results, ratios
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="one sampling step: FP UNet vs packed BiDM student")
-    parser.add_argument("repeats", type=int, nargs="?", default=5)
-    parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
-    args = parser.parse_args()
-    configure()
-    print(f"machine: {machine_info()}, load {os.getloadavg()}")
-    results, ratios = bench_unet(args.repeats)
-    print_results(results, ratios)
-    if args.json:
-        write_report(args.json, results, ratios)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("one sampling step: FP UNet vs packed BiDM student", bench_unet, 5)

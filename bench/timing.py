@@ -91,6 +91,26 @@ def print_results(results: list[dict], ratios: dict) -> None:
         print(f"{key}: {value:.2f}x")
 
 
+def bench_main(description: str, suite: Callable[[int], tuple[list[dict], dict]], default_repeats: int = 5) -> None:
+    """The command line of a benchmark module: `[repeats] [--json PATH]`; applies the thread policy, prints the
+    machine, the table and the ratios, and writes the JSON report."""
+    import argparse
+
+    from bidm_ref.runtime import configure
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("repeats", type=int, nargs="?", default=default_repeats)
+    parser.add_argument("--json", help="also write the report (machine, results, ratios) to this path")
+    args = parser.parse_args()
+    configure()
+    print(f"machine: {machine_info()}")
+    results, ratios = suite(args.repeats)
+    print_results(results, ratios)
+    print(f"load after: {os.getloadavg()}")
+    if args.json:
+        write_report(args.json, results, ratios)
+
+
 def write_report(path: str, results: list[dict], ratios: dict) -> None:
     """Write the JSON report atomically (temp file + rename); `command` is the command line that made it."""
     command = " ".join(["python", *sys.argv])

@@ -8,6 +8,7 @@ Sections (README.md holds `<!-- generated:NAME -->` ... `<!-- end:NAME -->`):
     ablation     results/ablation.md, written by `python cli.py ablate ... --out results`
     latent       the finished rows of results/latent/ablation.md (`cli.py ablate` on the latent teacher)
     bench        the ratios and machine of results/bench.json, written by `python cli.py bench --json`
+    train_speed  results/bench_train.json, `python cli.py bench --what train --json` (vs PyTorch eager)
 So the README never holds a retyped number: tests/test_readme.py runs --check.
 """
 
@@ -40,19 +41,41 @@ def latent_section() -> str:
     return "\n".join(line for line in lines if "| pending |" not in line)
 
 
+def measured_on(report: dict) -> str:
+    """'Measured with `command` on N cores (...)' of a bench report (reports before 2026-12 name openblas_threads)."""
+    machine = report["machine"]
+    blas = machine.get("blas_threads", machine.get("openblas_threads", "?"))
+    cpu = f"{machine['cpu_model']} ({machine['llvm_cpu']}), " if "cpu_model" in machine else ""
+    kernels = f", OpenBLAS kernels {machine['openblas_coretype']}" if "openblas_coretype" in machine else ""
+    return (f"Measured with `{report.get('command', 'python cli.py bench')}` on {cpu}{machine['cpu_count']} cores "
+            f"(numba {machine['numba']}, numpy {machine['numpy']}, Numba threads {machine.get('numba_threads', '?')}, "
+            f"BLAS threads {blas}{kernels})")
+
+
 def bench_section() -> str:
     report = json.loads((ROOT / "results" / "bench.json").read_text())
-    machine = report["machine"]
-    lines = [f"Measured with `{report.get('command', 'python cli.py bench')}` on {machine['cpu_count']} cores "
-             f"(numba {machine['numba']}, numpy {machine['numpy']}, Numba threads {machine.get('numba_threads', '?')}, "
-             f"OpenBLAS threads {machine.get('openblas_threads', '?')}); ratios from one run:", "",
-             "| ratio | value |", "|---|---|"]
+    lines = [f"{measured_on(report)}; ratios from one run:", "", "| ratio | value |", "|---|---|"]
     lines += [f"| {key} | {value:.2f}x |" for key, value in report["ratios"].items()]
     return "\n".join(lines)
 
 
+def train_speed_section() -> str:
+    """results/bench_train.json: each case's project and PyTorch medians and their ratio."""
+    report = json.loads((ROOT / "results" / "bench_train.json").read_text())
+    medians: dict[tuple[str, str], dict[str, float]] = {}
+    for row in report["results"]:
+        medians.setdefault((row["name"], row["shape"]), {})[row["impl"]] = row["median_s"]
+    lines = [f"{measured_on(report)}; medians of {report['results'][0]['repeats']} interleaved repeats:", "",
+             "| what | case | bidm-ref ms | PyTorch eager ms | bidm-ref / PyTorch |", "|---|---|---|---|---|"]
+    for (name, shape), by_impl in medians.items():
+        ours, torch = by_impl["bidm-ref (NumPy + Numba)"], by_impl.get("PyTorch eager")
+        theirs, ratio = (f"{torch * 1e3:.1f}", f"{ours / torch:.2f}x") if torch else ("-", "-")
+        lines.append(f"| {name} | {shape} | {ours * 1e3:.1f} | {theirs} | {ratio} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "latent": latent_section,
-            "bench": bench_section}
+            "bench": bench_section, "train_speed": train_speed_section}
 
 
 def section_pattern(name: str) -> re.Pattern:

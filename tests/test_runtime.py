@@ -1,0 +1,82 @@
+"""The thread policy (bidm_ref/runtime.py): what configure applies, what it refuses, the environment default."""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+import numba
+import pytest
+from threadpoolctl import threadpool_info
+
+from bidm_ref import runtime
+from bidm_ref.runtime import ThreadPolicy, configure, current_policy, default_policy, prepare_environment
+
+
+def blas_thread_counts() -> set[int]:
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_configure_sets_blas_and_numba_threads_and_the_default_uses_every_core():
+    try:
+        assert configure(ThreadPolicy(blas_threads=1, numba_threads=1)) == current_policy()
+        assert blas_thread_counts() == {1} and numba.get_num_threads() == 1
+        policy = configure()
+        cores = os.cpu_count() or 1
+        assert policy == default_policy() == ThreadPolicy(cores, min(cores, numba.config.NUMBA_NUM_THREADS))
+        assert blas_thread_counts() == {cores} and numba.get_num_threads() == policy.numba_threads
+    finally:
+        configure()
+
+
+def test_bad_thread_counts_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="--threads 1 or more"):
+        ThreadPolicy(blas_threads=0, numba_threads=1)
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+        configure(ThreadPolicy(1, numba.config.NUMBA_NUM_THREADS + 1))
+
+
+def test_cli_threads_flag_reaches_the_policy_and_a_bad_value_is_one_line(capsys):
+    import cli
+
+    try:
+        assert cli.main(["--threads", "1", "info", "--preset", "tiny"]) == 0
+        assert current_policy() == ThreadPolicy(1, 1)
+        assert cli.main(["--threads", "0", "info"]) == 2
+        assert "thread counts must be >= 1" in capsys.readouterr().err
+    finally:
+        configure()
+
+
+def test_prepare_environment_sets_the_passive_wait_policy_only_when_unset():
+    with mock.patch.dict(os.environ, {}, clear=True):
+        prepare_environment()
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        runtime.prepare_environment()
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_numba_kernels_give_the_same_bytes_on_one_thread_and_on_every_core():
+    """GroupNorm's and SiLU's kernels sum each group in a fixed order, whatever the thread count."""
+    import numpy as np
+
+    from bidm_ref.nn.activation import SiLU
+    from bidm_ref.nn.groupnorm import GroupNorm
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 9, 7)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    try:
+        for threads in (1, default_policy().numba_threads):
+            configure(ThreadPolicy(1, threads))
+            norm, act = GroupNorm(4, 16), SiLU()
+            y, c_norm = norm.forward(x)
+            z, c_act = act.forward(y)
+            dx = norm.backward(act.backward(dy, c_act), c_norm)
+            results.append((z, dx, norm.grads["weight"].copy()))
+    finally:
+        configure()
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
