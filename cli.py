@@ -130,8 +130,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.weights and args.method:
         raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
     weights = args.weights or shipped_weights(args.method or "bidm")
+    clip = {} if args.clip_x0 is None else {"clip_x0": args.clip_x0}
     cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, **clip)
     model, run_config = load_model(weights, use_ema=not args.raw)
     print(f"sampling {weights}")
     start = time.perf_counter()
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip the x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped DDIM; "
+                   "default: SampleConfig's, on, measured in results/README.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")

@@ -84,6 +84,29 @@ def test_ddpm_recovers_the_single_data_point_and_uses_noise():
         sample_ddpm(oracle(s, x0_star, []), x0_star, s, 5)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_x0_keeps_every_x0_prediction_in_range(sampler):
+    """A model whose eps points at x0* = 3 (outside the data range): clipped, every step's x0 prediction is
+    clip(3) = 1 and the sample ends at 1; unclipped, DDIM follows the model to 3."""
+    s = Schedule(ScheduleConfig(num_timesteps=100))
+    rng = np.random.default_rng(0)
+    x0_star = np.full((2, 1, 2, 2), 3.0)
+    x_T = rng.standard_normal(x0_star.shape)
+    run = {"ddim": lambda **kw: sample_ddim(oracle(s, x0_star, []), x_T, s, 10, **kw),
+           "ddpm": lambda **kw: sample_ddpm(oracle(s, x0_star, []), x_T, s, 10, noise_fn=np.zeros, **kw)}[sampler]
+    np.testing.assert_allclose(run(clip_x0=True), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(run(clip_x0=False), 3.0, rtol=1e-9)
+
+
+def test_clip_x0_changes_nothing_when_the_model_predicts_in_range():
+    s = Schedule(ScheduleConfig(num_timesteps=100))
+    rng = np.random.default_rng(2)
+    x0_star = rng.uniform(-0.9, 0.9, (2, 1, 3, 3))
+    x_T = rng.standard_normal(x0_star.shape)
+    clipped = sample_ddim(oracle(s, x0_star, []), x_T, s, 10, clip_x0=True)
+    np.testing.assert_allclose(clipped, sample_ddim(oracle(s, x0_star, []), x_T, s, 10), rtol=1e-12, atol=1e-12)
+
+
 def test_ddim_eta_zero_is_deterministic_and_keeps_float32():
     s = Schedule()
     x = np.random.default_rng(0).standard_normal((1, 1, 2, 2)).astype(np.float32)

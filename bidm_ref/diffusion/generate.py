@@ -25,6 +25,7 @@ class SampleConfig:
     sampler: str = "ddim"
     seed: int = 0
     batch_size: int = 64
+    clip_x0: bool = True  # clip the x0 prediction to [-1, 1] at every step (samplers.py); measured in results/README.md
 
     def __post_init__(self) -> None:
         if self.sampler not in ("ddim", "ddpm"):
@@ -49,9 +50,9 @@ def generate(
         x_T = rng.standard_normal((min(cfg.batch_size, cfg.n - start), *image_shape)).astype(np.float32)  # [B, C, H, W]
         tick = lambda *_: bar.update(1)  # noqa: E731
         if cfg.sampler == "ddim":
-            x0 = sample_ddim(make_eps_fn(), x_T, schedule, cfg.steps, cfg.eta, rng, callback=tick)  # [B, C, H, W]
+            x0 = sample_ddim(make_eps_fn(), x_T, schedule, cfg.steps, cfg.eta, rng, callback=tick, clip_x0=cfg.clip_x0)
         else:
-            x0 = sample_ddpm(make_eps_fn(), x_T, schedule, cfg.steps, rng, callback=tick)  # [B, C, H, W]
+            x0 = sample_ddpm(make_eps_fn(), x_T, schedule, cfg.steps, rng, callback=tick, clip_x0=cfg.clip_x0)
         out.append(x0)
     bar.close()
     return np.concatenate(out)                                                    # [N, C, H, W]

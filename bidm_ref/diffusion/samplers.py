@@ -7,10 +7,14 @@ Timesteps: seq = range(0, T, T // S), walked in reverse; each step goes from t t
 entry of seq (t_next = -1 after 0, where alpha_bar = 1). With a_t = alpha_bar(t), a_n = alpha_bar(t_next):
 
 DDIM:  x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+       clip_x0: x0_hat = clip(x0_hat, -1, 1) and eps = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t), the eps that
+                predicts the clipped x0 (guided-diffusion's clip_denoised, diffusers' clip_sample); off by
+                default here, as ddim's generalized_steps
        c1 = eta * sqrt((1 - a_t / a_n) (1 - a_n) / (1 - a_t)),  c2 = sqrt(1 - a_n - c1^2)
        x_next = sqrt(a_n) x0_hat + c1 z + c2 eps                  (z ~ N(0, I); eta = 0: deterministic)
 DDPM:  beta = 1 - a_t / a_n
-       x0_hat = clip(sqrt(1 / a_t) x_t - sqrt(1 / a_t - 1) eps, -1, 1)
+       x0_hat = sqrt(1 / a_t) x_t - sqrt(1 / a_t - 1) eps, clipped to [-1, 1] with clip_x0 (on by default,
+                as ddim's ddpm_steps)
        mean = (sqrt(a_n) beta x0_hat + sqrt(1 - beta) (1 - a_n) x_t) / (1 - a_t)
        x_next = mean + [t > 0] sqrt(beta) z
 
@@ -55,19 +59,28 @@ def default_noise(rng: np.random.Generator | None, dtype: np.dtype) -> NoiseFn:
     return draw
 
 
-def ddim_update(x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, eta: float, noise_fn: NoiseFn) -> np.ndarray:
+def ddim_update(
+    x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, eta: float, noise_fn: NoiseFn, clip_x0: bool = False
+) -> np.ndarray:
     """One DDIM step x_t -> x_next (module docstring)."""
     x0_hat = (x - float(np.sqrt(1 - a_t)) * eps) / float(np.sqrt(a_t))            # [N, C, H, W]
+    if clip_x0:
+        x0_hat = np.clip(x0_hat, -1, 1)                                           # [N, C, H, W]
+        eps = (x - float(np.sqrt(a_t)) * x0_hat) / float(np.sqrt(1 - a_t))        # [N, C, H, W]
     c1 = eta * np.sqrt((1 - a_t / a_n) * (1 - a_n) / (1 - a_t))
     c2 = np.sqrt(1 - a_n - c1**2)
     x_next = float(np.sqrt(a_n)) * x0_hat + float(c2) * eps                       # [N, C, H, W]
     return x_next + float(c1) * noise_fn(x.shape) if eta > 0 else x_next
 
 
-def ddpm_update(x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, noise_fn: NoiseFn) -> np.ndarray:
+def ddpm_update(
+    x: np.ndarray, eps: np.ndarray, a_t: float, a_n: float, t: int, noise_fn: NoiseFn, clip_x0: bool = True
+) -> np.ndarray:
     """One ancestral DDPM step x_t -> x_next (module docstring); no noise is drawn at t = 0."""
     beta = 1 - a_t / a_n
-    x0_hat = np.clip(float(np.sqrt(1 / a_t)) * x - float(np.sqrt(1 / a_t - 1)) * eps, -1, 1)  # [N, C, H, W]
+    x0_hat = float(np.sqrt(1 / a_t)) * x - float(np.sqrt(1 / a_t - 1)) * eps      # [N, C, H, W]
+    if clip_x0:
+        x0_hat = np.clip(x0_hat, -1, 1)                                           # [N, C, H, W]
     mean = (float(np.sqrt(a_n) * beta) * x0_hat + float(np.sqrt(1 - beta) * (1 - a_n)) * x) / float(1 - a_t)
     return mean if t == 0 else mean + float(np.sqrt(beta)) * noise_fn(x.shape)    # [N, C, H, W]
 
@@ -102,10 +115,11 @@ def sample_ddim(
     rng: np.random.Generator | None = None,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    clip_x0: bool = False,
 ) -> np.ndarray:
     """Run DDIM from x_T [N, C, H, W]; returns x_0 [N, C, H, W] (not clipped)."""
     def update(x, eps, a_t, a_n, t, noise):
-        return ddim_update(x, eps, a_t, a_n, t, eta, noise)
+        return ddim_update(x, eps, a_t, a_n, t, eta, noise, clip_x0)
 
     return run_steps(update, eps_fn, x_T, schedule, steps, rng, noise_fn, callback)
 
@@ -118,6 +132,10 @@ def sample_ddpm(
     rng: np.random.Generator | None = None,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    clip_x0: bool = True,
 ) -> np.ndarray:
     """Ancestral DDPM sampling from x_T over the same timestep sequence; returns x_0 [N, C, H, W]."""
-    return run_steps(ddpm_update, eps_fn, x_T, schedule, steps, rng, noise_fn, callback)
+    def update(x, eps, a_t, a_n, t, noise):
+        return ddpm_update(x, eps, a_t, a_n, t, noise, clip_x0)
+
+    return run_steps(update, eps_fn, x_T, schedule, steps, rng, noise_fn, callback)
