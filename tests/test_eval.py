@@ -32,3 +32,12 @@ def test_dataset_reference_and_missing_weights(tmp_path):
         evaluate(str(tmp_path / "s.npz"), "fashion-mnist-test", ["fid"], str(tmp_path / "missing.h5"), None, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="--classifier"):
         evaluate(str(tmp_path / "s.npz"), "fashion-mnist-test", ["fdclf"], "x", None, str(tmp_path))
+
+
+def test_fid_on_fewer_than_1000_samples_carries_a_warning():
+    from bidm_ref.metrics.evaluate import MIN_FID_SAMPLES, small_sample_warning
+
+    assert "large small-sample bias" in small_sample_warning(64, ("fid", "pr"))
+    assert "fid/sfid on 999 samples" in small_sample_warning(MIN_FID_SAMPLES - 1, ("fid", "sfid"))
+    assert small_sample_warning(MIN_FID_SAMPLES, ("fid", "sfid")) is None
+    assert small_sample_warning(8, ("pr", "is")) is None                          # no Frechet distance asked

