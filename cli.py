@@ -54,7 +54,7 @@ def training_configs(args: argparse.Namespace):
     data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
                             ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
-                            out_dir=args.out)
+                            out_dir=args.out, snapshot_every=args.snapshot_every)
     return data, train_cfg
 
 
@@ -164,6 +164,25 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
 
 
+def cmd_curve(args: argparse.Namespace) -> None:
+    import os
+
+    from bidm_ref.bidm.curves import CurveConfig, curve, plot_curves
+    from bidm_ref.data.datasets import DataConfig
+    from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.metrics.classifier import load_classifier
+
+    labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
+    if len(labels) != len(args.runs):
+        raise ValueError(f"{len(labels)} --labels for {len(args.runs)} runs: give one label per run")
+    cfg = CurveConfig(SampleConfig(n=args.n, steps=args.sample_steps, seed=args.seed, batch_size=min(args.n, 64)),
+                      DataConfig(name=args.dataset, data_dir=args.data_dir, split="test", limit=args.reference_images))
+    classifier = load_classifier(args.classifier)
+    curves = {label: curve(run, classifier, cfg) for label, run in zip(labels, args.runs)}
+    plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps}, vs {args.reference_images} test images")
+    print(f"wrote {args.out}: {', '.join(f'{label} ({len(points)} points)' for label, points in curves.items())}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from bidm_ref.models.export import export_checkpoint
 
@@ -223,6 +242,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
     p.add_argument("--ema-decay", type=float, default=ema_decay)
     p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
     p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--snapshot-every", type=int, default=0, help="also keep OUT/snapshots/step-N.h5 (EMA weights) "
+                   "every N steps, for `cli.py curve` (default 0: none)")
     p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
 
@@ -317,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-reference-images", type=int, default=1000, help="test images behind the FID columns")
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("curve", help="learning curves: FD-clf of each run's snapshots (train --snapshot-every) "
+                       "against the training step, one line per run in a PNG; points cached in RUN/curve.tsv")
+    p.add_argument("runs", nargs="+", help="run folders (with snapshots/step-N.h5)")
+    p.add_argument("--classifier", required=True, help="the FD-clf classifier (OUT/classifier.h5 of `cli.py ablate`)")
+    p.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: the folder names)")
+    p.add_argument("--out", default="curve.png")
+    p.add_argument("--n", type=int, default=256, help="samples per point")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--reference-images", type=int, default=2000, help="test images FD-clf compares with")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("export", help="inference file: pack a binary student (bidm, xnor, xnor_k) into 1-bit "
                        "words, or write an FP model's (UNet or autoencoder) EMA weights without optimizer state")

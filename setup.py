@@ -15,6 +15,7 @@ setup(
         "h5py>=3.9",
         "tqdm>=4.60",
         "threadpoolctl>=3.1",
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
 )

@@ -12,7 +12,9 @@ One step s:
 Nothing random is carried between steps, so a run resumed from the checkpoint of step k
 continues bit-identically to an uninterrupted run. The checkpoint `out_dir/ckpt.h5` is
 rewritten atomically every `ckpt_every` steps and at the end; `out_dir/loss.tsv` gets the
-metrics (step, loss, ..., grad_norm) of the steps each checkpoint covers.
+metrics (step, loss, ..., grad_norm) of the steps each checkpoint covers. With `snapshot_every`
+= k > 0, every k-th step also leaves `out_dir/snapshots/step-<step>.h5`: the EMA weights as a
+samplable checkpoint (no optimizer state), the points of a learning curve (bidm/curves.py).
 
 EMA: ddim averages with a fixed decay 0.9999, which barely moves in a short CPU run. We use
 decay_s = min(decay, (1 + s) / (10 + s)) (TensorFlow's ExponentialMovingAverage with
@@ -50,10 +52,11 @@ class TrainConfig:
     ema_warmup: bool = True
     ckpt_every: int = 500
     out_dir: str = "run"
+    snapshot_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1:
-            raise ValueError(f"steps >= 0, batch_size >= 1 and ckpt_every >= 1 required, got {self}")
+        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.snapshot_every < 0:
+            raise ValueError(f"steps >= 0, batch_size >= 1, ckpt_every >= 1 and snapshot_every >= 0 required, got {self}")
 
 
 class Objective(Protocol):
@@ -107,7 +110,8 @@ class Trainer:
     @staticmethod
     def resumable_config(run_config: dict[str, Any]) -> dict[str, Any]:
         """The part of a run config a resumed run must share (the step budget and out_dir may change)."""
-        train = {k: v for k, v in run_config["train"].items() if k not in ("steps", "out_dir", "ckpt_every")}
+        changeable = ("steps", "out_dir", "ckpt_every", "snapshot_every")
+        train = {k: v for k, v in run_config["train"].items() if k not in changeable}
         return {**run_config, "train": train}
 
     def save(self) -> None:
@@ -125,6 +129,13 @@ class Trainer:
         if self.unsaved:
             append_rows(self.loss_path, self.unsaved)
             self.unsaved = []
+
+    def snapshot(self) -> str:
+        """Write out_dir/snapshots/step-<step>.h5 (EMA weights as params, run config, step); returns its path."""
+        path = os.path.join(self.cfg.out_dir, "snapshots", f"step-{self.step:07d}.h5")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_checkpoint(path, params=self.ema.state_dict(), config=self.run_config, step=self.step)
+        return path
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns the objective's metrics plus the pre-clip gradient norm."""
@@ -153,6 +164,8 @@ class Trainer:
             self.unsaved.append(history[-1])
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             bar.update(1)
+            if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
+                self.snapshot()
             if self.step % self.cfg.ckpt_every == 0:
                 self.save()
         bar.close()

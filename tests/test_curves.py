@@ -1,0 +1,74 @@
+"""Snapshots during training and learning curves (bidm/curves.py, `cli.py curve`) on a micro run and IDX fixture."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from unittest import mock
+
+import numpy as np
+import pytest
+
+import cli
+from bidm_ref.bidm import curves
+from bidm_ref.bidm.curves import CurveConfig, curve, snapshots
+from bidm_ref.data.datasets import DataConfig
+from bidm_ref.diffusion.generate import SampleConfig
+from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
+from bidm_ref.models.build import load_model
+from bidm_ref.train.checkpoint import load_checkpoint
+from test_trainer import make_trainer, write_idx_dataset
+
+
+def test_snapshots_hold_the_ema_weights_of_their_step(tmp_path):
+    trainer = make_trainer(tmp_path / "run", 5)
+    trainer.cfg = replace(trainer.cfg, snapshot_every=2)
+    shadows = {}
+    while trainer.step < 5:
+        trainer.train_step()
+        if trainer.step % 2 == 0:
+            trainer.snapshot()
+            shadows[trainer.step] = {k: v.copy() for k, v in trainer.ema.state_dict().items()}
+    assert [step for step, _ in snapshots(str(tmp_path / "run"))] == [2, 4]
+    for step, path in snapshots(str(tmp_path / "run")):
+        ckpt = load_checkpoint(path)
+        assert ckpt.step == step and ckpt.optim is None and ckpt.ema is None
+        for name, value in shadows[step].items():
+            np.testing.assert_array_equal(ckpt.params[name], value)
+        load_model(path)                                                          # samplable as it is
+
+
+def test_trainer_run_writes_snapshots_every_k_steps(tmp_path):
+    trainer = make_trainer(tmp_path / "run", 6)
+    trainer.cfg = replace(trainer.cfg, snapshot_every=3)
+    trainer.run(progress=False)
+    assert [step for step, _ in snapshots(str(tmp_path / "run"))] == [3, 6]
+
+
+def test_a_run_without_snapshots_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--snapshot-every"):
+        snapshots(str(tmp_path))
+
+
+def test_curve_measures_each_snapshot_once_and_plots(tmp_path):
+    write_idx_dataset(tmp_path, n=24, split="t10k")
+    trainer = make_trainer(tmp_path / "run", 4)
+    trainer.cfg = replace(trainer.cfg, snapshot_every=2)
+    trainer.run(progress=False)
+    classifier = FeatureClassifier(1, 10, rng=np.random.default_rng(0))
+    cfg = CurveConfig(SampleConfig(n=6, steps=2, seed=0, batch_size=6),
+                      DataConfig(name="fashion-mnist", data_dir=str(tmp_path), split="test", limit=12))
+    points = curve(str(tmp_path / "run"), classifier, cfg, progress=False)
+    assert [step for step, _ in points] == [2, 4] and all(np.isfinite(v) and v >= 0 for _, v in points)
+    with mock.patch.object(curves, "draw_images", side_effect=AssertionError("cached points are not redrawn")):
+        assert curve(str(tmp_path / "run"), classifier, cfg, progress=False) == [(s, round(v, 6)) for s, v in points]
+    other = CurveConfig(SampleConfig(n=6, steps=3, seed=0, batch_size=6), cfg.reference)
+    assert curves.read_curve(str(tmp_path / "run" / "curve.tsv"), "other settings") == {}
+    assert len(curve(str(tmp_path / "run"), classifier, other, progress=False)) == 2  # new settings: measured again
+
+    save_classifier(classifier, str(tmp_path / "clf.h5"), "fixture", 0.1)
+    png = tmp_path / "curve.png"
+    assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"), "--out", str(png),
+                     "--n", "6", "--sample-steps", "2", "--data-dir", str(tmp_path), "--reference-images", "12"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"),
+                     "--labels", "a", "b"]) == 2
