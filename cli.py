@@ -164,6 +164,15 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from bidm_ref.data.datasets import DataConfig
+    from bidm_ref.metrics.classifier import ClassifierConfig, fit_classifier
+
+    cfg = ClassifierConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    accuracy = fit_classifier(DataConfig(name=args.dataset, data_dir=args.data_dir), cfg, args.out, args.test_images)
+    print(f"wrote {args.out}: test accuracy {accuracy:.4f}")
+
+
 def cmd_curve(args: argparse.Namespace) -> None:
     import os
 
@@ -338,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-reference-images", type=int, default=1000, help="test images behind the FID columns")
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("train-classifier", help="train the in-domain FD-clf classifier alone (what `cli.py ablate` "
+                       "trains on first use) and report its test accuracy")
+    p.add_argument("--out", default="results/classifier.h5")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default: the ablation's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--test-images", type=int, default=None, help="test images for the accuracy (default: all)")
+    p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser("curve", help="learning curves: FD-clf of each run's snapshots (train --snapshot-every) "
                        "against the training step, one line per run in a PNG; points cached in RUN/curve.tsv")

@@ -72,3 +72,15 @@ def test_curve_measures_each_snapshot_once_and_plots(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"),
                      "--labels", "a", "b"]) == 2
+
+
+def test_train_classifier_command_writes_a_loadable_classifier(tmp_path, capsys):
+    from bidm_ref.metrics.classifier import load_classifier
+
+    write_idx_dataset(tmp_path, n=32)
+    write_idx_dataset(tmp_path, n=20, split="t10k")
+    out = tmp_path / "clf.h5"
+    assert cli.main(["train-classifier", "--out", str(out), "--steps", "3", "--data-dir", str(tmp_path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert load_checkpoint(str(out)).config["classifier"]["dataset"] == "fashion-mnist"
+    load_classifier(str(out))

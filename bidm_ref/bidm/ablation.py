@@ -32,8 +32,7 @@ from ..data.datasets import DataConfig, load_labeled
 from ..data.images import save_grid, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
 from ..diffusion.schedule import ScheduleConfig
-from ..metrics.classifier import (ClassifierConfig, accuracy, classifier_score, fd_clf, load_classifier,
-                                  save_classifier, train_classifier)
+from ..metrics.classifier import ClassifierConfig, classifier_score, fd_clf, fit_classifier, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
 from ..models.build import load_model
@@ -109,13 +108,7 @@ def classifier_for(cfg: AblationConfig, data: DataConfig, progress: bool):
     """OUT/classifier.h5, trained on the training split's labels on first use."""
     path = os.path.join(cfg.out, "classifier.h5")
     if not os.path.exists(path):
-        images, labels = load_labeled(data)
-        if labels is None:
-            raise ValueError(f"dataset {data.name} has no labels: FD-clf needs a labelled dataset")
-        model, _ = train_classifier(images, labels, ClassifierConfig(steps=cfg.classifier_steps, seed=cfg.seed), progress)
-        test_images, test_labels = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
-                                                           limit=cfg.eval_images))
-        save_classifier(model, path, data.name, accuracy(model, test_images, test_labels))
+        fit_classifier(data, ClassifierConfig(steps=cfg.classifier_steps, seed=cfg.seed), path, cfg.eval_images, progress)
     return load_classifier(path)
 
 

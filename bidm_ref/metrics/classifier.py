@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.batches import BatchSampler
+from ..data.datasets import DataConfig, load_labeled
 from ..nn.activation import SiLU
 from ..nn.attention import softmax
 from ..nn.conv import Conv2d
@@ -157,6 +158,20 @@ def save_classifier(model: FeatureClassifier, path: str, dataset: str, accuracy_
     config = {"classifier": {"in_channels": in_channels, "num_classes": num_classes, "dataset": dataset,
                              "test_accuracy": accuracy_test}}
     save_checkpoint(path, params=model.state_dict(), config=config)
+
+
+def fit_classifier(data: DataConfig, cfg: ClassifierConfig, path: str, test_images: int | None = None,
+                   progress: bool = True) -> float:
+    """Train on `data`'s labelled training split, measure the accuracy on the first `test_images` of its test
+    split (all with None), save the classifier to `path`; returns that accuracy."""
+    images, labels = load_labeled(data)
+    if labels is None:
+        raise ValueError(f"dataset {data.name} has no labels: the FD-clf classifier needs a labelled dataset")
+    model, _ = train_classifier(images, labels, cfg, progress)
+    test, test_labels = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test", limit=test_images))
+    accuracy_test = accuracy(model, test, test_labels)
+    save_classifier(model, path, data.name, accuracy_test)
+    return accuracy_test
 
 
 def load_classifier(path: str) -> FeatureClassifier:
