@@ -123,6 +123,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from bidm_ref.data.images import save_grid, save_npz_batch
     from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.diffusion.samplers import step_pairs
     from bidm_ref.models.build import load_model
     from bidm_ref.models.sampling import draw_images
     from bidm_ref.models.shipped import shipped_weights
@@ -139,7 +140,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     images = draw_images(model, run_config, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
-    print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
+    steps_run = len(step_pairs(run_config["schedule"]["num_timesteps"], cfg.steps))
+    print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {steps_run} steps, {elapsed:.1f} s "
           f"({elapsed / cfg.n:.2f} s/image)")
     if args.npz:
         save_npz_batch(images, args.npz)
