@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tbs-train-gap", type=int, default=1, help="TBS training: cache pass at t + gap")
     p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
                    help="feature distillation from the teacher (default spd for bidm, none otherwise)")
-    p.add_argument("--spd-lambda", type=float, default=1e-2, help="weight of the distillation loss")
+    p.add_argument("--spd-lambda", type=float, default=4.0, help="weight of the distillation loss (the paper's; "
+                   "the official code's is 1e-2: bidm/objective.py)")
     p.add_argument("--spd-patches", type=int, default=4, help="SPD patches per side")
     p.add_argument("--spd-variant", default="gram", choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")

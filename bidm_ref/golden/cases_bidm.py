@@ -122,7 +122,7 @@ def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
 
 @case("bidm", "bidm_step__micro_tbs2_spd")
 def bidm_step_micro(rng: np.random.Generator) -> Draw:
-    bidm = BiDMConfig(tbs_connections=2, distill="spd")
+    bidm = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=1e-2)  # the weight this v1 case was made with
     T = SCHEDULE.num_timesteps
     teacher = random_params(build_unet(MICRO, DENSE, 0, T), rng)
     student = build_student(MICRO, "bidm", teacher, init_rng())
