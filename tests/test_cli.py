@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from PIL import Image
 
@@ -35,3 +37,18 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "--teacher" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "r")]) == 2
     assert "fashion-mnist" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in {"": parser, **commands}.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"cli.py {name} {action.option_strings[0]} has no help text"
+        text = sub.format_help()
+        for action in sub._actions:
+            shown = action.option_strings and action.dest != "help" and action.default is not False
+            if shown and isinstance(action.default, (int, float, str)):
+                assert f"(default: {action.default})" in " ".join(text.split()) or "default" in action.help, \
+                    f"cli.py {name} {action.option_strings[0]}: default {action.default} not shown"
