@@ -8,7 +8,7 @@ Cases (seeded random weights and images; timings do not depend on the values):
     sampling_forward    tiny B64, latent B64, cifar10 B8: one eps evaluation of the sampler at t = T/2
     bidm_student_step   tiny B16: the BiDM step (3 passes: TBS cache, FP teacher, student; TBS 2 + SPD), no
                         PyTorch twin (PyTorch has no BiDM layers)
-PyTorch twin (only when torch is importable; `pip install torch==2.13.0`, README "Speed"): ddim's UNet in
+PyTorch twin (only when torch is importable; `pip install -e '.[torch]'`, README "Speed"): ddim's UNet in
 PyTorch eager (bench/torch_unet.py) holding the same weights, checked to give the same eps before it is
 timed; its training step is zero_grad, forward, the same loss, backward, clip_grad_norm_, torch.optim.Adam
 and ddim's EMA update, on the same batch. torch gets as many intra-op threads as the engine's BLAS.
