@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .im2col import (col2im_rows, column_chunks, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunk,
-                     grid_source, im2col_rows, rows_weight, to_columns)
+from .im2col import (col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks, grid_source,
+                     im2col_rows, rows_weight, to_columns)
 from .init import uniform_fan_in
 from .module import Module
 from .padding import Padding, as_padding
@@ -50,10 +50,8 @@ def conv2d(
         y = w_mat @ xp                                                            # [O, Q = L]
     else:
         y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))          # [O, Q]
-        chunks = column_chunks(geo, w_mat.shape[1], x.itemsize)
-        buffer = np.empty(w_mat.shape[1] * (chunks[0][1] - chunks[0][0]), dtype=x.dtype)
-        for start, stop in chunks:
-            np.matmul(w_mat, grid_chunk(xp, geo, start, stop, buffer), out=y[:, start:stop])  # [O, n]
+        for start, stop, cols in grid_chunks(xp, geo):
+            np.matmul(w_mat, cols, out=y[:, start:stop])                          # [O, n]
     if bias is not None:
         y += bias[:, None]                                                        # [O, Q]
     return from_columns(y, geo), xp                                               # [N, O, Ho, Wo]
@@ -76,10 +74,7 @@ def conv2d_backward(
         return crop_padding(w_mat.T @ dy_cols, geo), (dy_cols @ saved.T).reshape(weight.shape), dbias
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
-    chunks = column_chunks(geo, w_mat.shape[1], saved.itemsize)
-    buffer = np.empty(w_mat.shape[1] * (chunks[0][1] - chunks[0][0]), dtype=saved.dtype)
-    for start, stop in chunks:
-        cols = grid_chunk(saved, geo, start, stop, buffer)                        # [K, n]
+    for start, stop, cols in grid_chunks(saved, geo):                             # cols [K, n]
         dy_chunk = dy_cols[:, start:stop]                                         # [O, n]
         dw_mat += dy_chunk @ cols.T                                               # [O, K]
         fold_grid_chunk(w_mat.T @ dy_chunk, geo, start, dxp)                      # [C, L]

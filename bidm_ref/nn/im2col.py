@@ -25,6 +25,7 @@ where the taps are summed in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numba
@@ -117,6 +118,16 @@ def column_chunks(geo: ConvGeometry, rows: int, itemsize: int, chunk_bytes: int 
     """[start, stop) ranges covering the Q columns, each about `chunk_bytes` (CHUNK_BYTES) of `rows` rows."""
     width = max(MIN_CHUNK_COLUMNS, (chunk_bytes or CHUNK_BYTES) // (rows * itemsize))
     return [(start, min(start + width, geo.columns)) for start in range(0, geo.columns, width)]
+
+
+def grid_chunks(xp: np.ndarray, geo: ConvGeometry) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, cols [C*kh*kw, stop - start]) for every chunk of `column_chunks`; one buffer serves every
+    chunk, so a chunk's cols are valid until the next one is made."""
+    rows = xp.shape[0] * geo.kh * geo.kw
+    chunks = column_chunks(geo, rows, xp.itemsize)
+    buffer = np.empty(rows * (chunks[0][1] - chunks[0][0]), dtype=xp.dtype)
+    for start, stop in chunks:
+        yield start, stop, grid_chunk(xp, geo, start, stop, buffer)
 
 
 def crop_padding(dxp: np.ndarray, geo: ConvGeometry) -> np.ndarray:
