@@ -94,17 +94,18 @@ def torch_steps(teacher: UNet, case: TrainCase) -> tuple[Callable[[], object], C
     x_t, t, eps = (torch.from_numpy(a) for a in (Schedule().q_sample(images, t, eps), t, eps))
     optimizer = torch.optim.Adam(model.parameters(), lr=AdamConfig().lr)
     shadow = [p.detach().clone() for p in model.parameters()]
+    defaults = TrainConfig()                                                      # the Trainer's clip and EMA decay
 
     def train_step() -> None:
         model.train()                                                             # dropout on, as the Trainer
         optimizer.zero_grad()
         loss = (eps - model(x_t, t)).square().sum(dim=(1, 2, 3)).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), defaults.grad_clip)
         optimizer.step()
         with torch.no_grad():
             for s, p in zip(shadow, model.parameters()):
-                s.mul_(0.9999).add_(p, alpha=1 - 0.9999)
+                s.mul_(defaults.ema_decay).add_(p, alpha=1 - defaults.ema_decay)
 
     x = torch.from_numpy(sample_input(cfg, case.sample_batch))
     t_sample = torch.full((case.sample_batch,), TIMESTEPS // 2)
