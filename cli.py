@@ -122,8 +122,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
     from bidm_ref.data.images import save_grid, save_npz_batch
+    from bidm_ref.data.sample_files import check_new_folder, check_writable_file, save_png_files
     from bidm_ref.diffusion.generate import SampleConfig
-    from bidm_ref.diffusion.samplers import step_pairs
+    from bidm_ref.diffusion.samplers import check_exact_steps
     from bidm_ref.models.build import load_model
     from bidm_ref.models.sampling import draw_images
     from bidm_ref.models.shipped import shipped_weights
@@ -134,18 +135,26 @@ def cmd_sample(args: argparse.Namespace) -> None:
     clip = {} if args.clip_x0 is None else {"clip_x0": args.clip_x0}
     cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
                        batch_size=args.batch_size, **clip)
+    check_writable_file(args.out, "--out")
+    if args.npz:
+        check_writable_file(args.npz, "--npz")
+    if args.out_dir:
+        check_new_folder(args.out_dir, "--out-dir")
     model, run_config = load_model(weights, use_ema=not args.raw)
+    check_exact_steps(run_config["schedule"]["num_timesteps"], cfg.steps)
     print(f"sampling {weights}")
     start = time.perf_counter()
     images = draw_images(model, run_config, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
-    steps_run = len(step_pairs(run_config["schedule"]["num_timesteps"], cfg.steps))
-    print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {steps_run} steps, {elapsed:.1f} s "
+    print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
           f"({elapsed / cfg.n:.2f} s/image)")
     if args.npz:
         save_npz_batch(images, args.npz)
         print(f"wrote {args.npz}")
+    if args.out_dir:
+        save_png_files(images, args.out_dir)
+        print(f"wrote {cfg.n} PNGs to {args.out_dir} (000000.png ...)")
 
 
 def cmd_import_ddim(args: argparse.Namespace) -> None:
@@ -206,9 +215,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
+    from bidm_ref.data.sample_files import check_writable_file
     from bidm_ref.metrics.run_eval import evaluate
     from bidm_ref.train.atomic import atomic_write
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     result = evaluate(args.samples, args.ref, args.metrics.split(","), args.inception, args.classifier,
                       args.data_dir, args.ref_limit, args.cache_dir)
     for key, value in result.items():
@@ -274,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of BLAS and of Numba's kernels (default: every core; docs/ENGINE.md, Threads)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show an expected error's traceback instead of its one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="print a preset's config and parameter count")
@@ -326,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
                    "student; xnor: the packed XNOR student; fp: the FP teacher)")
     p.add_argument("--n", type=int, default=64, help="images to draw")
-    p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps")
+    p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps: model evaluations per image; a "
+                   "divisor of the schedule's T (1000), as ddim's uniform skip runs other counts inexactly")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
@@ -337,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples.png", help="the grid PNG to write")
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
+    p.add_argument("--out-dir", default=None, help="also write one PNG per image here (000000.png, ...); a new or "
+                   "empty folder")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("import-ddim", help="convert an ermongroup/ddim checkpoint (torch file) to our HDF5")
@@ -432,14 +449,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; exit code 0, or 2 with one line `error: ...` on stderr for an expected failure.
+
+    Expected: the exception types below (bad flags or files, refused pickles, a diverged loss);
+    anything else is a bug and keeps its traceback. `--debug` re-raises the expected ones too.
+    """
+    import pickle
+    import traceback
+
+    expected = (ValueError, FileNotFoundError, KeyError, OSError, FloatingPointError, pickle.UnpicklingError)
     args = build_parser().parse_args(argv)
     try:
         from bidm_ref.runtime import ThreadPolicy, configure
 
         configure(None if args.threads is None else ThreadPolicy(args.threads, args.threads))
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except expected as err:
+        if args.debug:
+            raise
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        traceback.clear_frames(err.__traceback__)  # progress bars held by the failed frames close (and print) first
+        print(f"error: {lines[0]}{' (more with --debug)' if len(lines) > 1 else ''}", file=sys.stderr)
         return 2
     return 0
 

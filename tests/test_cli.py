@@ -16,13 +16,19 @@ def test_train_then_sample_png_and_npz(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--preset", "tiny", "--data-dir", str(tmp_path), "--steps", "2", "--batch-size", "4",
                      "--out", str(out)]) == 0
-    grid, npz = tmp_path / "grid.png", tmp_path / "grid.npz"
+    grid, npz, pngs = tmp_path / "grid.png", tmp_path / "grid.npz", tmp_path / "pngs"
     assert cli.main(["sample", "--weights", str(out / "ckpt.h5"), "--n", "3", "--steps", "2", "--out", str(grid),
-                     "--npz", str(npz)]) == 0
-    assert f"wrote {grid}" in capsys.readouterr().out
+                     "--npz", str(npz), "--out-dir", str(pngs)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {grid}" in printed and f"wrote 3 PNGs to {pngs}" in printed
     batch = np.load(npz)["arr_0"]
     assert batch.shape == (3, 32, 32, 1) and batch.dtype == np.uint8
     assert Image.open(grid).mode == "L"
+    assert sorted(p.name for p in pngs.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    for k in range(3):
+        image = Image.open(pngs / f"{k:06d}.png")
+        assert image.mode == "L"
+        np.testing.assert_array_equal(np.asarray(image), batch[k, :, :, 0])
     again = tmp_path / "again.npz"
     cli.main(["sample", "--weights", str(out / "ckpt.h5"), "--n", "3", "--steps", "2", "--out", str(tmp_path / "a.png"),
               "--npz", str(again)])

@@ -61,7 +61,9 @@ class BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
-            raise ForbiddenGlobalError(f"refusing to load {module}.{name} from {self.source}: not a CIFAR-10 batch")
+            raise ForbiddenGlobalError(
+                f"refusing to load {module}.{name} from {self.source}: not a CIFAR-10 batch; {NOT_A_BATCH_HINT}"
+            )
         return allowed
 
 

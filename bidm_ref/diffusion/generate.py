@@ -30,8 +30,13 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.sampler not in ("ddim", "ddpm"):
             raise ValueError(f"unknown sampler {self.sampler!r}: use ddim or ddpm")
-        if self.n < 1 or self.batch_size < 1:
-            raise ValueError(f"n and batch_size must be >= 1, got {self.n}, {self.batch_size}")
+        for name, flag, value in (("n", "--n", self.n), ("steps", "--steps", self.steps),
+                                  ("batch_size", "--batch-size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}: pass {flag} 1 or more")
+        if not 0 <= self.eta <= 1:  # NaN fails too; above 1 the DDIM step's c2 = sqrt(1 - a_n - c1^2) turns NaN
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}: pass --eta 0 (deterministic DDIM) to 1 "
+                             "(DDPM-like)")
 
 
 def generate(

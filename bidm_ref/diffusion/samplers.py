@@ -4,7 +4,10 @@ and `ddpm_steps`.
 Dimensions: N batch, C, H, W image, S sampling steps.
 
 Timesteps: seq = range(0, T, T // S), walked in reverse; each step goes from t to the previous
-entry of seq (t_next = -1 after 0, where alpha_bar = 1). With a_t = alpha_bar(t), a_n = alpha_bar(t_next):
+entry of seq (t_next = -1 after 0, where alpha_bar = 1). seq has S entries exactly when S divides T;
+otherwise ceil(T / (T // S)) of them, as in ddim (S = 600 of T = 1000: stride 1, 1000 steps).
+`check_exact_steps` refuses such counts (`cli.py sample` does), so a user who asks for S model
+evaluations per image gets S. With a_t = alpha_bar(t), a_n = alpha_bar(t_next):
 
 DDIM:  x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
        clip_x0: x0_hat = clip(x0_hat, -1, 1) and eps = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t), the eps that
@@ -42,6 +45,20 @@ def timestep_sequence(num_timesteps: int, steps: int) -> list[int]:
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sampling steps must be in 1..{num_timesteps}, got {steps}")
     return list(range(0, num_timesteps, num_timesteps // steps))
+
+
+def check_exact_steps(num_timesteps: int, steps: int) -> None:
+    """Refuse a step count S whose uniform skip runs another number of steps (S not a divisor of T).
+
+    The one-line ValueError names --steps, the count that would run and the nearest divisors of T.
+    """
+    run = len(timestep_sequence(num_timesteps, steps))
+    if run != steps:
+        divisors = [d for d in range(1, num_timesteps + 1) if num_timesteps % d == 0]
+        lower = max(d for d in divisors if d < steps)
+        higher = min(d for d in divisors if d > steps)
+        raise ValueError(f"--steps {steps} would run {run} steps (the uniform skip range(0, {num_timesteps}, "
+                         f"{num_timesteps} // {steps})): pass a divisor of {num_timesteps}, e.g. {lower} or {higher}")
 
 
 def step_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:

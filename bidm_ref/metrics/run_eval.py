@@ -5,7 +5,8 @@ Dimensions: N samples, M reference images, H, W, C image (uint8 outside).
 References: "<dataset>-test" / "<dataset>-train" (first `--ref-limit` images of a dataset
 split, e.g. fashion-mnist-test) or an ADM-style .npz batch. Metrics: fid, sfid, pr, is (FID
 Inception, evaluate.py; needs `cli.py fetch-inception` once) and fdclf (FD-clf and the
-classifier score with an in-domain classifier checkpoint; classifier.py).
+classifier score with an in-domain classifier checkpoint; classifier.py). Unknown metric names and
+samples whose channel count C differs from the reference's are refused before any metric runs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.datasets import DataConfig, read_uint8
+from ..data.datasets import DataConfig, channels_of, read_uint8
 from ..data.images import from_uint8, load_image_folder_uint8, load_npz_batch
 from .classifier import classifier_score, fd_clf, load_classifier
-from .evaluate import Reference, compute_metrics, npz_reference
+from .evaluate import METRICS, Reference, compute_metrics, npz_reference
+
+METRIC_NAMES = (*METRICS, "fdclf")
 
 
 def load_samples(path: str) -> np.ndarray:
@@ -33,10 +36,22 @@ def dataset_reference(ref: str, data_dir: str | None, limit: int) -> Reference:
     return Reference(f"{ref}-{limit}", lambda: read_uint8(cfg, with_labels=False)[0].transpose(0, 2, 3, 1))
 
 
+def reference_channels(ref: str) -> int:
+    """Channels C of a reference: its data set's, or those of its .npz batch."""
+    return int(load_npz_batch(ref).shape[3]) if ref.endswith(".npz") else channels_of(ref.rpartition("-")[0])
+
+
 def evaluate(samples_path: str, ref: str, metrics: list[str], inception: str, classifier: str | None,
              data_dir: str | None = None, ref_limit: int = 10000, cache_dir: str | None = None) -> dict:
     """All requested metrics as a JSON-ready dict."""
+    unknown = sorted(set(metrics) - set(METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown} in --metrics: choose from {', '.join(METRIC_NAMES)}")
     samples = load_samples(samples_path)                                         # [N, H, W, C]
+    channels, ref_channels = int(samples.shape[3]), reference_channels(ref)
+    if channels != ref_channels:
+        raise ValueError(f"samples {samples_path} have {channels} channels, the reference {ref} has {ref_channels}: "
+                         "pass samples and a --ref with the same channel count")
     reference = npz_reference(ref) if ref.endswith(".npz") else dataset_reference(ref, data_dir, ref_limit)
     inception_metrics = tuple(m for m in metrics if m != "fdclf")
     result: dict = {"samples": samples_path, "n_samples": int(samples.shape[0])}

@@ -55,8 +55,10 @@ class TrainConfig:
     snapshot_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.snapshot_every < 0:
-            raise ValueError(f"steps >= 0, batch_size >= 1, ckpt_every >= 1 and snapshot_every >= 0 required, got {self}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}: pass --steps 1 or more")
+        if self.batch_size < 1 or self.ckpt_every < 1 or self.snapshot_every < 0:
+            raise ValueError(f"batch_size >= 1, ckpt_every >= 1 and snapshot_every >= 0 required, got {self}")
 
 
 class Objective(Protocol):
