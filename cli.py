@@ -58,6 +58,43 @@ def training_configs(args: argparse.Namespace):
     return data, train_cfg
 
 
+RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refuses an explicit flag that differs
+    "dataset": "data.name", "limit": "data.limit", "hflip": "data.hflip", "batch_size": "train.batch_size",
+    "seed": "train.seed", "grad_clip": "train.grad_clip", "ema_decay": "train.ema_decay",
+    "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
+    "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
+    "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "spd_lambda": "bidm.spd_lambda",
+    "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
+    "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
+}
+SHAPE_FIELDS = ("in_channels", "out_ch", "resolution")  # a preset's fields that follow the data, not the preset
+
+
+def resume_flags(args: argparse.Namespace, preset_of, preset_key: str) -> dict:
+    """{--flag: (run-config key, value)} of the explicitly given flags a resumed run must share.
+
+    preset_of(name): the config a --preset names, saved under `preset_key` (its shape fields are not compared)."""
+    from dataclasses import asdict
+
+    given = {}
+    for dest in sorted(args.explicit & {*RESUME_CHECKED, "preset"}):
+        value = getattr(args, dest)
+        if dest == "no_ema_warmup":
+            value = not value
+        elif dest == "method" and value == "fp":
+            value = None                                                          # an FP run has no student section
+        elif dest == "preset":
+            value = {k: v for k, v in asdict(preset_of(value)).items() if k not in SHAPE_FIELDS}
+        given["--" + dest.replace("_", "-")] = (preset_key if dest == "preset" else RESUME_CHECKED[dest], value)
+    return given
+
+
+def resumed_changes(args: argparse.Namespace) -> dict:
+    """What a resumed run may change: the dataset's folder and the TrainConfig fields of Trainer.resumable_config."""
+    return dict(data_dir=args.data_dir, steps=args.steps, ckpt_every=args.ckpt_every,
+                snapshot_every=args.snapshot_every)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import channels_of
     from bidm_ref.diffusion.schedule import ScheduleConfig
@@ -65,8 +102,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.models.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.objective import BiDMConfig
-    from bidm_ref.train.run import StudentConfig, train
+    from bidm_ref.train.run import StudentConfig, resumed_arguments, train
+    from bidm_ref.train.runfolder import refuse_changed_settings
 
+    if args.resume:
+        refuse_changed_settings(args.out, resume_flags(args, preset, "model"))
+        train(**resumed_arguments(args.out, **resumed_changes(args)))
+        return
     data, train_cfg = training_configs(args)
     if args.method == "fp" and args.latent:
         model, student, bidm = unet_config_for(preset(args.preset or "latent"), args.latent), None, None
@@ -84,19 +126,24 @@ def cmd_train(args: argparse.Namespace) -> None:
             spd_lambda=args.spd_lambda, spd_patches=args.spd_patches, spd_variant=args.spd_variant,
         )
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
-          resume=args.resume, latent_ae=args.latent)
+          latent_ae=args.latent, force=args.force)
 
 
 def cmd_train_ae(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import channels_of
     from bidm_ref.models.autoencoder import ae_preset
     from bidm_ref.train.adam import AdamConfig
-    from bidm_ref.train.autoencoder import AutoencoderLossConfig, train_autoencoder
+    from bidm_ref.train.autoencoder import AutoencoderLossConfig, resumed_autoencoder_arguments, train_autoencoder
+    from bidm_ref.train.runfolder import refuse_changed_settings
 
+    if args.resume:
+        refuse_changed_settings(args.out, resume_flags(args, lambda name: ae_preset(name, 1), "autoencoder"))
+        train_autoencoder(**resumed_autoencoder_arguments(args.out, **resumed_changes(args)))
+        return
     data, train_cfg = training_configs(args)
     train_autoencoder(data, ae_preset(args.preset, channels_of(args.dataset)),
                       AutoencoderLossConfig(reconstruction=args.rec_loss, kl_weight=args.kl_weight),
-                      AdamConfig(lr=args.lr), train_cfg, resume=args.resume)
+                      AdamConfig(lr=args.lr), train_cfg, force=args.force)
 
 
 def cmd_eval_ae(args: argparse.Namespace) -> None:
@@ -267,8 +314,12 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="rewrite OUT/ckpt.h5 and append loss.tsv every N steps")
     p.add_argument("--snapshot-every", type=int, default=0, help="also keep OUT/snapshots/step-N.h5 (EMA weights) "
                    "every N steps, for `cli.py curve` (default 0: none)")
-    p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.h5 up to --steps")
+    p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv); a new run refuses a folder that "
+                   "holds one")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT up to --steps, with every setting "
+                   "from OUT/ckpt.h5 (only --steps, --ckpt-every, --snapshot-every and --data-dir may change)")
+    p.add_argument("--force", action="store_true", help="delete the run in OUT (ckpt.h5, loss.tsv, snapshots/) and "
+                   "start over")
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -448,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags given on the command line: a second parse in which no flag has a default."""
+    parser = build_parser()
+    for command in [parser, *parser._subparsers._group_actions[0].choices.values()]:
+        for action in command._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; exit code 0, or 2 with one line `error: ...` on stderr for an expected failure.
 
@@ -459,11 +519,16 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = (ValueError, FileNotFoundError, KeyError, OSError, FloatingPointError, pickle.UnpicklingError)
     args = build_parser().parse_args(argv)
+    args.explicit = explicit_flags(argv)
     try:
         from bidm_ref.runtime import ThreadPolicy, configure
+        from bidm_ref.train.interrupt import TrainingInterrupted
 
         configure(None if args.threads is None else ThreadPolicy(args.threads, args.threads))
         args.func(args)
+    except TrainingInterrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return stop.exit_code
     except expected as err:
         if args.debug:
             raise

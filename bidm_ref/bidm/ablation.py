@@ -119,11 +119,12 @@ def run_row(row: Row, cfg: AblationConfig, data: DataConfig, progress: bool) -> 
         weights, loss = cfg.teacher, None
     else:
         ckpt = os.path.join(folder, "ckpt.h5")
+        started = os.path.exists(ckpt)  # resume a row that has a checkpoint; redo one that died before it
         train(data, ScheduleConfig(), AdamConfig(lr=cfg.lr),
               TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, out_dir=folder),
               student=StudentConfig(row.method, cfg.teacher),
               bidm=BiDMConfig(tbs_connections=row.tbs_connections, distill=row.distill),
-              resume=os.path.exists(ckpt), progress=progress)
+              resume=started, force=not started, progress=progress)
         weights, loss = ckpt, final_loss(os.path.join(folder, "loss.tsv"))
     model, config = load_model(weights)
     sample_cfg = SampleConfig(n=cfg.n_samples, steps=cfg.sample_steps, seed=cfg.seed, batch_size=cfg.n_samples)

@@ -13,11 +13,14 @@ atomic rename on POSIX and Windows). On success the temp file is flushed, fsynce
 renamed over `path`; on any exception (including one raised by the caller's block) the temp file
 is removed and `path` keeps its previous content. Missing parent folders are created.
 The folder itself is not fsynced: after a power cut the rename may be lost, never half-done.
+A writer killed with SIGKILL cannot remove its temp file; `remove_stale_temps` deletes those of
+dead processes (the run folder's owner calls it when it starts: runfolder.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +29,37 @@ from typing import IO
 import h5py
 
 
+TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$")  # `.<name>.tmp-<pid>`, group 1 the writer's pid
+
+
 def temp_path_for(path: Path) -> Path:
     """The temp file used while writing `path`: `.<name>.tmp-<pid>` in the same folder."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process `pid` exists on this host (signal 0 probes without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files in `folder` whose writer pid is no live process on this host; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = []
+    for path in sorted(folder.glob(".*.tmp-*")):
+        match = TEMP_NAME.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
 
 
 def fsync_file(path: Path) -> None:

@@ -17,6 +17,7 @@ so a UNet loader refuses it with a clear error and `load_autoencoder` refuses a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
 from ..models.autoencoder import (Autoencoder, AutoencoderConfig, kl_divergence, reconstruction_loss,
                                   reparameterize, reparameterize_backward)
+from ..models.latent import autoencoder_config
 from .adam import AdamConfig
+from .runfolder import claim_run_folder, saved_data_config, saved_run_config
 from .trainer import TrainConfig, Trainer, run_config_dict
 
 
@@ -76,17 +79,31 @@ def train_autoencoder(
     train_cfg: TrainConfig,
     resume: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> Trainer:
-    """Train (or resume) the autoencoder on the dataset's training images; returns the trainer."""
-    images = load_images(data_cfg)                                                # [N, C, H, W]
-    if images.shape[1:] != (ae_cfg.in_channels, ae_cfg.resolution, ae_cfg.resolution):
-        raise ValueError(f"data {data_cfg.name} has images {images.shape[1:]} but the autoencoder expects "
-                         f"{(ae_cfg.in_channels, ae_cfg.resolution, ae_cfg.resolution)}: pick a matching preset")
-    ae = Autoencoder(ae_cfg, rng=np.random.default_rng([train_cfg.seed, 0]))
-    run_config = run_config_dict(autoencoder=ae_cfg, loss=loss_cfg, data=data_cfg, adam=adam_cfg, train=train_cfg)
-    batches = BatchSampler(images, train_cfg.batch_size, train_cfg.seed, data_cfg.hflip)
-    trainer = Trainer(ae, AutoencoderObjective(ae, loss_cfg), batches, train_cfg, adam_cfg, run_config)
-    if resume:
-        trainer.resume(trainer.ckpt_path)
-    trainer.run(progress)
-    return trainer
+    """Train (or resume) the autoencoder on the dataset's training images; returns the trainer.
+
+    The run folder is claimed first, as `cli.py train` does (runfolder.py); `force` starts over."""
+    with claim_run_folder(train_cfg.out_dir, resume=resume, force=force):
+        images = load_images(data_cfg)                                            # [N, C, H, W]
+        if images.shape[1:] != (ae_cfg.in_channels, ae_cfg.resolution, ae_cfg.resolution):
+            raise ValueError(f"data {data_cfg.name} has images {images.shape[1:]} but the autoencoder expects "
+                             f"{(ae_cfg.in_channels, ae_cfg.resolution, ae_cfg.resolution)}: pick a matching preset")
+        ae = Autoencoder(ae_cfg, rng=np.random.default_rng([train_cfg.seed, 0]))
+        run_config = run_config_dict(autoencoder=ae_cfg, loss=loss_cfg, data=data_cfg, adam=adam_cfg, train=train_cfg)
+        batches = BatchSampler(images, train_cfg.batch_size, train_cfg.seed, data_cfg.hflip)
+        trainer = Trainer(ae, AutoencoderObjective(ae, loss_cfg), batches, train_cfg, adam_cfg, run_config)
+        if resume:
+            trainer.resume(trainer.ckpt_path)
+        trainer.run(progress)
+        return trainer
+
+
+def resumed_autoencoder_arguments(out_dir: str, data_dir: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The keyword arguments of `train_autoencoder` that continue the run in `out_dir` (settings from its ckpt.h5).
+
+    data_dir, changes: as run.resumed_arguments."""
+    saved = saved_run_config(out_dir)
+    return dict(data_cfg=saved_data_config(saved, data_dir), ae_cfg=autoencoder_config(saved, out_dir),
+                loss_cfg=AutoencoderLossConfig(**saved["loss"]), adam_cfg=AdamConfig(**saved["adam"]),
+                train_cfg=TrainConfig(**{**saved["train"], **changes, "out_dir": out_dir}), resume=True)

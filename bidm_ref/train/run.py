@@ -8,11 +8,15 @@ Student: StudentConfig names the method and the teacher checkpoint; the model co
 Latent:  `latent_ae` (FP) trains on the scaled latents of that autoencoder; a student of a latent
          teacher trains on the teacher's latents (models/latent.py). Nothing else changes.
 The loss curve goes to `out_dir/loss.tsv` (see Trainer), so a resumed run continues the same file.
+The run folder is claimed before any work (runfolder.py: one writer, no new run over an old one
+unless `force`); `resumed_arguments` rebuilds every setting of a run from its checkpoint, so a
+resumed run needs only its folder and the settings that may change (steps, ckpt_every, snapshot_every).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +27,12 @@ from ..data.datasets import DataConfig, load_images
 from ..models.latent import LatentConfig, latent_of, training_latents
 from ..diffusion.objective import DenoisingObjective
 from ..diffusion.schedule import Schedule, ScheduleConfig
-from ..models.build import load_model
+from ..models.build import load_model, unet_config
 from ..models.config import UNetConfig
 from ..models.student import build_student
 from ..models.unet import UNet
 from .adam import AdamConfig
+from .runfolder import claim_run_folder, saved_data_config, saved_run_config
 from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 
 
@@ -75,34 +80,55 @@ def train(
     resume: bool = False,
     progress: bool = True,
     latent_ae: str | None = None,
+    force: bool = False,
 ) -> Trainer:
-    """Train (or resume) with the denoising loss; returns the trainer (model, EMA and state live on it)."""
-    if student is not None and bidm is None:
-        bidm = PLAIN_NOISE_LOSS
-    if student is not None and latent_ae is not None:
-        raise ValueError("a student trains in its teacher's space (pixels or the teacher's latents): drop --latent")
-    model, objective, schedule_cfg, inherited = build_objective(model_cfg, schedule_cfg, student, bidm, train_cfg.seed)
-    mcfg = model.cfg
-    latent = None
-    if latent_ae is None and inherited is None:
-        images = load_images(data_cfg)                                            # [N, C, H, W]
-    else:
-        images, latent = training_latents(data_cfg, latent_ae, inherited, progress)  # [N, Z, h, w]
-    if images.shape[1:] != (mcfg.in_channels, mcfg.resolution, mcfg.resolution):
-        raise ValueError(
-            f"data {data_cfg.name} has {'latents' if latent else 'images'} {images.shape[1:]} but the model expects "
-            f"{(mcfg.in_channels, mcfg.resolution, mcfg.resolution)}: pick a matching preset or teacher"
-        )
-    configs = dict(model=mcfg, data=data_cfg, schedule=schedule_cfg, adam=adam_cfg, train=train_cfg)
-    if latent is not None:
-        configs["latent"] = latent
-    if student is not None:
-        configs["student"] = student
-        configs["bidm"] = bidm
-    run_config = run_config_dict(**configs)
-    batches = BatchSampler(images, train_cfg.batch_size, train_cfg.seed, data_cfg.hflip)
-    trainer = Trainer(model, objective, batches, train_cfg, adam_cfg, run_config)
-    if resume:
-        trainer.resume(trainer.ckpt_path)
-    trainer.run(progress)
-    return trainer
+    """Train (or resume) with the denoising loss; returns the trainer (model, EMA and state live on it).
+
+    The run folder train_cfg.out_dir is claimed first (runfolder.py); `force` starts over in a folder that
+    holds a run."""
+    with claim_run_folder(train_cfg.out_dir, resume=resume, force=force):
+        if student is not None and bidm is None:
+            bidm = PLAIN_NOISE_LOSS
+        if student is not None and latent_ae is not None:
+            raise ValueError("a student trains in its teacher's space (pixels or the teacher's latents): drop --latent")
+        model, objective, schedule_cfg, inherited = build_objective(model_cfg, schedule_cfg, student, bidm,
+                                                                    train_cfg.seed)
+        mcfg = model.cfg
+        latent = None
+        if latent_ae is None and inherited is None:
+            images = load_images(data_cfg)                                        # [N, C, H, W]
+        else:
+            images, latent = training_latents(data_cfg, latent_ae, inherited, progress)  # [N, Z, h, w]
+        if images.shape[1:] != (mcfg.in_channels, mcfg.resolution, mcfg.resolution):
+            raise ValueError(
+                f"data {data_cfg.name} has {'latents' if latent else 'images'} {images.shape[1:]} but the model "
+                f"expects {(mcfg.in_channels, mcfg.resolution, mcfg.resolution)}: pick a matching preset or teacher"
+            )
+        configs = dict(model=mcfg, data=data_cfg, schedule=schedule_cfg, adam=adam_cfg, train=train_cfg)
+        if latent is not None:
+            configs["latent"] = latent
+        if student is not None:
+            configs["student"] = student
+            configs["bidm"] = bidm
+        run_config = run_config_dict(**configs)
+        batches = BatchSampler(images, train_cfg.batch_size, train_cfg.seed, data_cfg.hflip)
+        trainer = Trainer(model, objective, batches, train_cfg, adam_cfg, run_config)
+        if resume:
+            trainer.resume(trainer.ckpt_path)
+        trainer.run(progress)
+        return trainer
+
+
+def resumed_arguments(out_dir: str, data_dir: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The keyword arguments of `train` that continue the run in `out_dir`, every setting from its ckpt.h5.
+
+    data_dir: where the dataset lives now (None: where it lived); changes: the TrainConfig fields that may
+    differ (steps, ckpt_every, snapshot_every; Trainer.resumable_config).
+    """
+    saved = saved_run_config(out_dir)
+    train_cfg = TrainConfig(**{**saved["train"], **changes, "out_dir": out_dir})
+    arguments = dict(data_cfg=saved_data_config(saved, data_dir), schedule_cfg=ScheduleConfig(**saved["schedule"]),
+                     adam_cfg=AdamConfig(**saved["adam"]), train_cfg=train_cfg, resume=True)
+    if "student" in saved:
+        return {**arguments, "student": StudentConfig(**saved["student"]), "bidm": BiDMConfig(**saved["bidm"])}
+    return {**arguments, "model_cfg": unet_config(saved), "latent_ae": saved.get("latent", {}).get("autoencoder")}

@@ -11,8 +11,11 @@ One step s:
 
 Nothing random is carried between steps, so a run resumed from the checkpoint of step k
 continues bit-identically to an uninterrupted run. The checkpoint `out_dir/ckpt.h5` is
-rewritten atomically every `ckpt_every` steps and at the end; `out_dir/loss.tsv` gets the
-metrics (step, loss, ..., grad_norm) of the steps each checkpoint covers. With `snapshot_every`
+rewritten atomically every `ckpt_every` steps, at the end and when SIGINT/SIGTERM stops the run
+(interrupt.py); just before each checkpoint, `out_dir/loss.tsv` gets the metrics (step, loss,
+..., grad_norm) of the steps it covers. A crash between the two leaves rows beyond the
+checkpoint; `resume` drops them (and a torn last line), and the resumed run writes them again
+with the same values, so the curve has no gaps or repeats. With `snapshot_every`
 = k > 0, every k-th step also leaves `out_dir/snapshots/step-<step>.h5`: the EMA weights as a
 samplable checkpoint (no optimizer state), the points of a learning curve (bidm/curves.py).
 
@@ -36,8 +39,10 @@ from ..data.batches import BatchSampler
 from ..nn.module import Module
 from .adam import Adam, AdamConfig
 from .checkpoint import load_checkpoint, save_checkpoint
+from .atomic import atomic_write, fsync_file
 from .clip import clip_grad_norm
 from .ema import EMA
+from .interrupt import TrainingInterrupted, deferred_signals
 
 STEP_STREAM = 2  # third seed word of a step's Generator (1 is the data sampler's flips)
 
@@ -102,12 +107,16 @@ class Trainer:
     def resume(self, path: str) -> None:
         """Load params, EMA, Adam state and step from a checkpoint of the same run config."""
         ckpt = load_checkpoint(path, expected_config=self.resumable_config(self.run_config))
-        self.model.load_state_dict(ckpt.params)
         if ckpt.ema is None or ckpt.optim is None:
             raise ValueError(f"{path} has no EMA or optimizer state: it cannot be resumed (it can be sampled)")
+        if ckpt.step > self.cfg.steps:
+            raise ValueError(f"{path} is at step {ckpt.step}, beyond --steps {self.cfg.steps}: pass --steps above "
+                             f"{ckpt.step} to continue the run")
+        self.model.load_state_dict(ckpt.params)
         self.ema.load_state_dict(ckpt.ema)
         self.adam.load_state_dict(ckpt.optim)
         self.step = ckpt.step
+        reconcile_rows(self.loss_path, self.step)
 
     @staticmethod
     def resumable_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +126,11 @@ class Trainer:
         return {**run_config, "train": train}
 
     def save(self) -> None:
-        """Write the checkpoint, then append the loss rows of the steps it covers to loss.tsv."""
+        """Append the loss rows of the steps the checkpoint covers to loss.tsv, then write the checkpoint."""
         os.makedirs(self.cfg.out_dir, exist_ok=True)
+        if self.unsaved:
+            append_rows(self.loss_path, self.unsaved)
+            self.unsaved = []
         save_checkpoint(
             self.ckpt_path,
             params=self.params,
@@ -128,9 +140,6 @@ class Trainer:
             optim=self.adam.state_dict(),
             rng_state={"seed": self.cfg.seed, "next_step": self.step, "stream": STEP_STREAM},
         )
-        if self.unsaved:
-            append_rows(self.loss_path, self.unsaved)
-            self.unsaved = []
 
     def snapshot(self) -> str:
         """Write out_dir/snapshots/step-<step>.h5 (EMA weights as params, run config, step); returns its path."""
@@ -156,22 +165,32 @@ class Trainer:
         return metrics
 
     def run(self, progress: bool = True) -> list[dict[str, float]]:
-        """Train until cfg.steps; returns the per-step metrics of this call (loss curve)."""
+        """Train until cfg.steps; returns the per-step metrics of this call (loss curve).
+
+        SIGINT/SIGTERM: the step in flight finishes, the checkpoint is written, TrainingInterrupted is raised.
+        """
+        if self.step >= self.cfg.steps:
+            if progress:
+                print(f"{self.ckpt_path} is at step {self.step} = --steps: nothing to train (pass a larger --steps)")
+            return []
         history = []
         start = time.perf_counter()
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step")
-        while self.step < self.cfg.steps:
-            metrics = self.train_step()
-            history.append({"step": self.step, **metrics})
-            self.unsaved.append(history[-1])
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            bar.update(1)
-            if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
-                self.snapshot()
-            if self.step % self.cfg.ckpt_every == 0:
-                self.save()
-        bar.close()
-        self.save()
+        with deferred_signals() as received:
+            while self.step < self.cfg.steps and not received:
+                metrics = self.train_step()
+                history.append({"step": self.step, **metrics})
+                self.unsaved.append(history[-1])
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                bar.update(1)
+                if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
+                    self.snapshot()
+                if self.step % self.cfg.ckpt_every == 0:
+                    self.save()
+            bar.close()
+            self.save()
+        if received:
+            raise TrainingInterrupted(received[0], self.step, self.ckpt_path)
         elapsed = time.perf_counter() - start
         if history and progress:
             print(f"trained {len(history)} steps in {elapsed:.1f} s ({len(history) / elapsed:.2f} it/s); "
@@ -180,10 +199,9 @@ class Trainer:
 
 
 def append_rows(path: str, rows: list[dict[str, float]]) -> None:
-    """Append metric rows to a TSV (header from the first row's keys when the file is new).
+    """Append metric rows to a TSV (header from the first row's keys when the file is new), flushed to disk.
 
-    Rows are written when their steps are checkpointed, so after a crash the file ends at the
-    checkpoint a resumed run restarts from and the curve continues without gaps or repeats.
+    Rows are written just before the checkpoint of their steps (module docstring: `reconcile_rows`).
     """
     new = not os.path.exists(path)
     with open(path, "a") as f:
@@ -191,6 +209,30 @@ def append_rows(path: str, rows: list[dict[str, float]]) -> None:
             f.write("\t".join(rows[0]) + "\n")
         for row in rows:
             f.write("\t".join(str(row["step"]) if k == "step" else f"{row[k]:.6f}" for k in rows[0]) + "\n")
+    fsync_file(path)
+
+
+def reconcile_rows(path: str, step: int) -> None:
+    """Cut loss.tsv back to the rows of steps <= `step` (the checkpoint's), dropping a torn last line.
+
+    Rows missing below `step` (a run of a bidm-ref that wrote the checkpoint first) cannot be made up:
+    a one-line warning says which. The file is rewritten atomically, and only when something changes.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        text = f.read()
+    lines = text.split("\n")
+    complete = lines[:-1]                                                      # a torn last line has no newline
+    header, rows = complete[:1], [line for line in complete[1:] if int(line.split("\t", 1)[0]) <= step]
+    kept = "\n".join(header + rows) + "\n" if header else ""
+    last = int(rows[-1].split("\t", 1)[0]) if rows else 0
+    if last < step:
+        print(f"warning: {path} ends at step {last} but the checkpoint is at step {step}: the rows between are lost "
+              "(written by an older bidm-ref)")
+    if kept != text:
+        with atomic_write(path, "w") as f:
+            f.write(kept)
 
 
 def run_config_dict(**configs: Any) -> dict[str, Any]:
