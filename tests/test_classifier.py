@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bidm_ref.metrics.classifier import (ClassifierConfig, FeatureClassifier, accuracy, classifier_score,
-                                         cross_entropy, fd_clf, load_classifier, save_classifier,
+                                         confident_share, cross_entropy, fd_clf, load_classifier, save_classifier,
                                          train_classifier)
 from fdcheck import assert_close, check_module, directional_fd
 
@@ -59,3 +59,18 @@ def test_training_separates_classes_and_fd_clf_orders_sets():
     fds = [fd_clf(model, reference, images) for images in (other, one_class, noise)]
     assert fds[0] < 0.01 * min(fds[1], fds[2]), fds
     assert classifier_score(model, reference) > classifier_score(model, one_class)
+
+
+def test_confident_share_counts_images_above_the_threshold():
+    rng = np.random.default_rng(5)
+    model = FeatureClassifier(1, 10, rng=rng)
+    images = rng.uniform(-1, 1, (6, 1, 32, 32)).astype(np.float32)
+    model.head.params["weight"][...] = 0
+    bias = model.head.params["bias"]
+    bias[...] = 0                                                                 # p = 0.1 for every class
+    assert confident_share(model, images) == 0.0
+    bias[3] = np.log(0.9 * 9 / 0.1) + 0.01                                        # p(3) just above 0.9
+    assert confident_share(model, images) == 1.0
+    bias[3] = np.log(0.9 * 9 / 0.1) - 0.01                                        # just below
+    assert confident_share(model, images) == 0.0
+    assert confident_share(model, images, threshold=0.5) == 1.0

@@ -8,8 +8,10 @@ Dimensions: N batch, C image channels, 32x32 images, F = 64 feature size, K = 10
 
 FD-clf is the Frechet distance between the features of two image sets; the "classifier score"
 is exp(E_x KL(p(y|x) || p(y))) with this classifier's softmax (Inception Score's formula on an
-in-domain classifier). Neither is FID or IS: they are only comparable with each other, for the
-same classifier weights (whose sha256 is reported with them).
+in-domain classifier); the "confident share" is the fraction of images with max_k p(k|x) > 0.9
+(read it beside the real images' share and with FD-clf: a classifier can be confident on noise).
+None of them is FID or IS: they are only comparable with each other, for the same classifier
+weights (whose sha256 is reported with them).
 """
 
 from __future__ import annotations
@@ -131,6 +133,12 @@ def classifier_outputs(model: FeatureClassifier, images: np.ndarray, batch: int 
         feats.append(f.astype(np.float64))
         probs.append(softmax(logits.astype(np.float64), axis=1))
     return np.concatenate(feats), np.concatenate(probs)
+
+
+def confident_share(model: FeatureClassifier, images: np.ndarray, threshold: float = 0.9) -> float:
+    """The fraction of images [N, C, 32, 32] whose top softmax probability exceeds `threshold`."""
+    _, probs = classifier_outputs(model, images)                                  # [N, K]
+    return float(np.mean(probs.max(axis=1) > threshold))
 
 
 def accuracy(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray) -> float:

@@ -4,9 +4,10 @@ Dimensions: N samples, M reference images, H, W, C image (uint8 outside).
 
 References: "<dataset>-test" / "<dataset>-train" (first `--ref-limit` images of a dataset
 split, e.g. fashion-mnist-test) or an ADM-style .npz batch. Metrics: fid, sfid, pr, is (FID
-Inception, evaluate.py; needs `cli.py fetch-inception` once) and fdclf (FD-clf and the
-classifier score with an in-domain classifier checkpoint; classifier.py). Unknown metric names and
-samples whose channel count C differs from the reference's are refused before any metric runs.
+Inception, evaluate.py; needs `cli.py fetch-inception` once) and fdclf (FD-clf, the classifier
+score and the confident share of samples and reference, with an in-domain classifier checkpoint;
+classifier.py). Unknown metric names and samples whose channel count C differs from the
+reference's are refused before any metric runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..data.datasets import DataConfig, channels_of, read_uint8
 from ..data.images import from_uint8, load_image_folder_uint8, load_npz_batch
-from .classifier import classifier_score, fd_clf, load_classifier
+from .classifier import classifier_score, confident_share, fd_clf, load_classifier
 from .evaluate import METRICS, Reference, compute_metrics, npz_reference
 
 METRIC_NAMES = (*METRICS, "fdclf")
@@ -69,4 +70,6 @@ def evaluate(samples_path: str, ref: str, metrics: list[str], inception: str, cl
         fake = from_uint8(samples.transpose(0, 3, 1, 2))                          # [N, C, H, W]
         result["fd_clf"] = fd_clf(model, real, fake)
         result["clf_score"] = classifier_score(model, fake)
+        result["clf_confident"] = confident_share(model, fake)
+        result["clf_confident_reference"] = confident_share(model, real)
     return result
