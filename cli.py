@@ -222,6 +222,18 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(run_ablation(cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), only=args.only))
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from bidm_ref.bidm.scoring import ScoreConfig, score_models
+    from bidm_ref.data.datasets import DataConfig
+
+    models = dict(pair.split("=", 1) for pair in args.models if "=" in pair)
+    if len(models) != len(args.models):
+        raise ValueError(f"models are LABEL=CHECKPOINT pairs, got {args.models}: e.g. BiDM=runs/bidm/ckpt.h5")
+    cfg = ScoreConfig(classifier=args.classifier, n=args.n, seeds=tuple(args.seeds), sample_steps=args.sample_steps,
+                      batch_size=args.batch_size, reference_images=args.reference_images, inception=args.inception)
+    print(score_models(models, cfg, DataConfig(name=args.dataset, data_dir=args.data_dir), args.out))
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.metrics.classifier import ClassifierConfig, fit_classifier
@@ -429,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-reference-images", type=int, default=1000, help="test images behind the FID columns")
     p.add_argument("--only", nargs="*", default=None, help="row slugs to run (default: all unfinished)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("score", help="sample and score trained models under one protocol (N samples per seed; FID, "
+                       "sFID, precision/recall, FD-clf, confident share; mean and range over seeds) into OUT/table.md; "
+                       "resumable")
+    p.add_argument("models", nargs="+", help="LABEL=CHECKPOINT pairs, in table order (e.g. BiDM=runs/bidm/ckpt.h5)")
+    p.add_argument("--classifier", required=True, help="the in-domain classifier (`cli.py train-classifier`)")
+    p.add_argument("--n", type=int, default=1000, help="samples per model and seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
+    p.add_argument("--reference-images", type=int, default=10000, help="first N test images every metric compares with")
+    p.add_argument("--inception", default="weights/inception_fid.h5", help="from `cli.py fetch-inception`")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
+    p.add_argument("--out", default="results/score", help="output folder (table.md, <label>/seed-<s>.json, samples, cache/)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("train-classifier", help="train the in-domain FD-clf classifier alone (what `cli.py ablate` "
                        "trains on first use) and report its test accuracy")

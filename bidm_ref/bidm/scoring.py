@@ -1,0 +1,146 @@
+"""`cli.py score`: trained models scored under one protocol, with the spread over sampling seeds.
+
+Dimensions: N samples per seed, M reference images, C, H, W image.
+
+For each model (a `train` or `export` checkpoint: FP, float student or packed) and each sampling
+seed s: draw N images (DDIM with SampleConfig's defaults, x0 clipped, seed s), timed, and score
+them against the first `reference_images` of the dataset's test split (all 10,000 by default):
+FID, sFID, precision and recall with the FID Inception (reference statistics cached in
+OUT/cache), and FD-clf, the classifier score and the confident share with the in-domain
+classifier (metrics/classifier.py). A cell (model, seed) writes OUT/<label>/seed-<s>.json and
+samples-seed-<s>.npz and is skipped when its json exists, so an interrupted run continues.
+OUT/table.md is rewritten after every cell: per model the mean over its seeds and the range
+(min-max), so a reader sees which differences exceed the seed spread, and the sampling time.
+Nothing is chosen from these numbers inside this module: the models and the protocol come in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.datasets import DataConfig, load_images
+from ..data.images import save_npz_batch, to_uint8
+from ..diffusion.generate import SampleConfig
+from ..metrics.classifier import FeatureClassifier, classifier_score, confident_share, fd_clf, load_classifier
+from ..metrics.evaluate import compute_metrics
+from ..metrics.run_eval import dataset_reference
+from ..models.build import load_model
+from ..models.sampling import draw_images
+from ..train.atomic import atomic_write
+
+COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3), ("recall", "recall", 3),
+           ("fd_clf", "FD-clf", 3), ("confident", "confident", 3), ("s_per_image", "s/image", 3))
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The protocol: samples per seed, the seeds, the sampler steps and the reference."""
+
+    classifier: str
+    n: int = 1000
+    seeds: tuple[int, ...] = (0, 1)
+    sample_steps: int = 50
+    batch_size: int = 64
+    reference_images: int = 10000
+    inception: str = "weights/inception_fid.h5"
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"score needs --n >= 2 and distinct --seeds, got n={self.n}, seeds={self.seeds}")
+
+
+def score_cell(weights: str, seed: int, cfg: ScoreConfig, data: DataConfig, classifier: FeatureClassifier,
+               reference: np.ndarray, folder: str, progress: bool) -> dict:
+    """Sample `weights` with `seed` and score the images; writes the npz and returns the json-ready result."""
+    model, run_config = load_model(weights)
+    sample_cfg = SampleConfig(n=cfg.n, steps=cfg.sample_steps, seed=seed, batch_size=min(cfg.batch_size, cfg.n))
+    start = time.perf_counter()
+    samples = np.clip(draw_images(model, run_config, sample_cfg, progress), -1, 1)  # [N, C, H, W]
+    seconds = time.perf_counter() - start
+    save_npz_batch(samples, os.path.join(folder, f"samples-seed-{seed}.npz"))
+    fid_reference = dataset_reference(f"{data.name}-test", data.data_dir, cfg.reference_images)
+    result = {"weights": weights, "seed": seed, "n": cfg.n, "sample_steps": cfg.sample_steps,
+              "s_per_image": seconds / cfg.n}
+    result.update(compute_metrics(to_uint8(samples), fid_reference, ("fid", "sfid", "pr"), cfg.inception,
+                                  cache_dir=os.path.join(os.path.dirname(folder), "cache"), progress=progress))
+    result.update(fd_clf=fd_clf(classifier, reference, samples), clf_score=classifier_score(classifier, samples),
+                  confident=confident_share(classifier, samples))
+    return result
+
+
+def cell_path(out: str, label: str, seed: int) -> str:
+    return os.path.join(out, label, f"seed-{seed}.json")
+
+
+def check_same_protocol(path: str, weights: str, cfg: ScoreConfig) -> None:
+    """Refuse a finished cell made from other weights or with another protocol (it would be mixed into the table)."""
+    done = json.load(open(path))
+    made = {"weights": done["weights"], "n": done["n"], "sample_steps": done["sample_steps"],
+            "n_reference": done["n_reference"]}
+    asked = {"weights": weights, "n": cfg.n, "sample_steps": cfg.sample_steps, "n_reference": cfg.reference_images}
+    if made != asked:
+        raise ValueError(f"{path} was made with {made}, not {asked}: pass another --out, or delete it to redo it")
+
+
+def spread(values: list[float], digits: int) -> str:
+    """'mean (min-max)' of one metric over the seeds; just the value for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def write_score_table(out: str, labels: list[str], cfg: ScoreConfig) -> str:
+    """OUT/table.md from the cells' json files (missing cells: the row says how many seeds are done)."""
+    lines = [
+        f"{cfg.n} samples per seed, seeds {', '.join(map(str, cfg.seeds))} (DDIM {cfg.sample_steps}, x0 clipped); "
+        f"FID, sFID, precision, recall (FID Inception) and FD-clf against the first {cfg.reference_images} test "
+        f"images; confident: share of samples with top classifier probability > 0.9 (`{cfg.classifier}`; the "
+        "reference row gives the real images' share). Cells: mean over seeds (min-max). s/image: sampling time.",
+        "",
+        "| model | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    reference_share = None
+    for label in labels:
+        cells = [json.load(open(path)) for seed in cfg.seeds if os.path.exists(path := cell_path(out, label, seed))]
+        if not cells:
+            lines.append(f"| {label} | 0 of {len(cfg.seeds)} | " + " | ".join("pending" for _ in COLUMNS) + " |")
+            continue
+        reference_share = cells[0]["confident_reference"]
+        values = " | ".join(spread([cell[key] for cell in cells], digits) for key, _, digits in COLUMNS)
+        lines.append(f"| {label} | {len(cells)} of {len(cfg.seeds)} | {values} |")
+    if reference_share is not None:
+        lines.append("| real test images | - | " + " | ".join(
+            f"{reference_share:.3f}" if key == "confident" else "-" for key, _, _ in COLUMNS) + " |")
+    text = "\n".join(lines) + "\n"
+    with atomic_write(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def score_models(models: dict[str, str], cfg: ScoreConfig, data: DataConfig, out: str, progress: bool = True) -> str:
+    """Score every (model, seed) cell not done yet; returns the table. models: {label: checkpoint path}."""
+    for label, weights in models.items():
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{weights} (model {label!r}) not found: pass checkpoints of `train` or `export`")
+    classifier = load_classifier(cfg.classifier)
+    reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
+                                       limit=cfg.reference_images))               # [M, C, H, W]
+    reference_share = confident_share(classifier, reference)
+    for label, weights in models.items():
+        for seed in cfg.seeds:
+            path = cell_path(out, label, seed)
+            if os.path.exists(path):
+                check_same_protocol(path, weights, cfg)
+                continue
+            result = score_cell(weights, seed, cfg, data, classifier, reference, os.path.dirname(path), progress)
+            result["confident_reference"] = reference_share
+            with atomic_write(path, "w") as f:
+                json.dump(result, f, indent=2)
+            write_score_table(out, list(models), cfg)
+    return write_score_table(out, list(models), cfg)

@@ -1,0 +1,94 @@
+"""`cli.py score`: cells per (model, seed), the seed spread in the table, resume, refusal of mixed protocols."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bidm_ref.bidm import scoring
+from bidm_ref.bidm.scoring import ScoreConfig, score_models, spread
+from bidm_ref.data.datasets import DataConfig
+from bidm_ref.data.images import load_npz_batch
+from bidm_ref.diffusion.schedule import ScheduleConfig
+from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
+from bidm_ref.train.adam import AdamConfig
+from bidm_ref.train.run import train
+from bidm_ref.train.trainer import TrainConfig
+from test_trainer import MICRO, write_idx_dataset
+
+
+@pytest.fixture
+def setting(tmp_path, monkeypatch):
+    """A 1-step MICRO teacher, a random classifier, and compute_metrics replaced by a seed-revealing fake."""
+    write_idx_dataset(tmp_path, n=16, split="train")
+    write_idx_dataset(tmp_path, n=12, split="t10k")
+    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
+    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
+          model_cfg=MICRO, progress=False)
+    classifier = tmp_path / "clf.h5"
+    save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(0)), str(classifier), "fashion-mnist", 0.1)
+
+    def fake_metrics(samples, reference, metrics, inception_path, cache_dir, progress):
+        fid = float(samples.astype(np.float64).mean())                            # differs between seeds
+        return {"fid": fid, "sfid": 2 * fid, "precision": 0.5, "recall": 0.25, "n_reference": 12}
+
+    monkeypatch.setattr(scoring, "compute_metrics", fake_metrics)
+    cfg = ScoreConfig(classifier=str(classifier), n=3, seeds=(0, 1), sample_steps=2, reference_images=12)
+    return data, cfg, str(tmp_path / "t" / "ckpt.h5"), tmp_path / "score"
+
+
+def test_spread_is_mean_and_range():
+    assert spread([1.0, 3.0], 1) == "2.0 (1.0-3.0)"
+    assert spread([0.25], 3) == "0.250"
+
+
+def test_cells_table_and_resume(setting):
+    data, cfg, teacher, out = setting
+    table = score_models({"FP": teacher}, cfg, data, str(out), progress=False)
+    cells = [json.loads((out / "FP" / f"seed-{seed}.json").read_text()) for seed in (0, 1)]
+    batches = [load_npz_batch(out / "FP" / f"samples-seed-{seed}.npz") for seed in (0, 1)]
+    assert batches[0].shape == (3, 32, 32, 1) and not np.array_equal(batches[0], batches[1])
+    fids = [cell["fid"] for cell in cells]
+    assert fids[0] != fids[1]
+    assert f"| FP | 2 of 2 | {np.mean(fids):.2f} ({min(fids):.2f}-{max(fids):.2f}) |" in table
+    assert all(cell["fd_clf"] >= 0 and 0 <= cell["confident"] <= 1 and cell["s_per_image"] > 0 for cell in cells)
+    assert "| real test images | - |" in table
+    stamp = os.path.getmtime(out / "FP" / "seed-0.json")
+    assert score_models({"FP": teacher}, cfg, data, str(out), progress=False) == table   # nothing recomputed
+    assert os.path.getmtime(out / "FP" / "seed-0.json") == stamp
+
+
+def test_the_same_seed_draws_the_same_samples(setting, tmp_path):
+    data, cfg, teacher, out = setting
+    one = ScoreConfig(**{**cfg.__dict__, "seeds": (1,)})
+    score_models({"FP": teacher}, one, data, str(tmp_path / "a"), progress=False)
+    score_models({"FP": teacher}, cfg, data, str(out), progress=False)
+    assert (tmp_path / "a" / "FP" / "samples-seed-1.npz").read_bytes() == (out / "FP" / "samples-seed-1.npz").read_bytes()
+
+
+def test_a_cell_of_another_protocol_is_refused(setting):
+    data, cfg, teacher, out = setting
+    score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "seeds": (0,)}), data, str(out), progress=False)
+    with pytest.raises(ValueError, match="seed-0.json was made with"):
+        score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "n": 4}), data, str(out), progress=False)
+
+
+def test_pending_rows_and_bad_input(setting):
+    data, cfg, teacher, out = setting
+    text = scoring.write_score_table(str(out), ["FP"], cfg)
+    assert "| FP | 0 of 2 | pending |" in text
+    with pytest.raises(FileNotFoundError, match="'BiDM'"):
+        score_models({"BiDM": str(out / "missing.h5")}, cfg, data, str(out), progress=False)
+    with pytest.raises(ValueError, match="distinct --seeds"):
+        ScoreConfig(classifier="c.h5", seeds=(0, 0))
+
+
+def test_cli_score_refuses_a_model_without_a_label(capsys):
+    import cli
+
+    assert cli.main(["score", "runs/bidm/ckpt.h5", "--classifier", "c.h5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LABEL=CHECKPOINT" in err[0]
