@@ -249,15 +249,12 @@ def cmd_curve(args: argparse.Namespace) -> None:
     from bidm_ref.bidm.curves import CurveConfig, curve, plot_curves
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.diffusion.generate import SampleConfig
-    from bidm_ref.metrics.classifier import load_classifier
-
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
     if len(labels) != len(args.runs):
         raise ValueError(f"{len(labels)} --labels for {len(args.runs)} runs: give one label per run")
     cfg = CurveConfig(SampleConfig(n=args.n, steps=args.sample_steps, seed=args.seed, batch_size=min(args.n, 64)),
                       DataConfig(name=args.dataset, data_dir=args.data_dir, split="test", limit=args.reference_images))
-    classifier = load_classifier(args.classifier)
-    curves = {label: curve(run, classifier, cfg) for label, run in zip(labels, args.runs)}
+    curves = {label: curve(run, args.classifier, cfg) for label, run in zip(labels, args.runs)}
     plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps}, vs {args.reference_images} test images")
     print(f"wrote {args.out}: {', '.join(f'{label} ({len(points)} points)' for label, points in curves.items())}")
 

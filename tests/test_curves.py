@@ -54,18 +54,23 @@ def test_curve_measures_each_snapshot_once_and_plots(tmp_path):
     trainer = make_trainer(tmp_path / "run", 4)
     trainer.cfg = replace(trainer.cfg, snapshot_every=2)
     trainer.run(progress=False)
-    classifier = FeatureClassifier(1, 10, rng=np.random.default_rng(0))
+    classifier = tmp_path / "clf.h5"
+    save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(0)), str(classifier), "fixture", 0.1)
     cfg = CurveConfig(SampleConfig(n=6, steps=2, seed=0, batch_size=6),
                       DataConfig(name="fashion-mnist", data_dir=str(tmp_path), split="test", limit=12))
-    points = curve(str(tmp_path / "run"), classifier, cfg, progress=False)
+    points = curve(str(tmp_path / "run"), str(classifier), cfg, progress=False)
     assert [step for step, _ in points] == [2, 4] and all(np.isfinite(v) and v >= 0 for _, v in points)
     with mock.patch.object(curves, "draw_images", side_effect=AssertionError("cached points are not redrawn")):
-        assert curve(str(tmp_path / "run"), classifier, cfg, progress=False) == [(s, round(v, 6)) for s, v in points]
+        assert curve(str(tmp_path / "run"), str(classifier), cfg, progress=False) == [(s, round(v, 6)) for s, v in points]
     other = CurveConfig(SampleConfig(n=6, steps=3, seed=0, batch_size=6), cfg.reference)
     assert curves.read_curve(str(tmp_path / "run" / "curve.tsv"), "other settings") == {}
-    assert len(curve(str(tmp_path / "run"), classifier, other, progress=False)) == 2  # new settings: measured again
+    assert len(curve(str(tmp_path / "run"), str(classifier), other, progress=False)) == 2  # new settings: measured again
+    another = tmp_path / "clf2.h5"
+    save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(1)), str(another), "fixture", 0.1)
+    with mock.patch.object(curves, "draw_images", wraps=curves.draw_images) as drawn:
+        curve(str(tmp_path / "run"), str(another), other, progress=False)        # another classifier: measured again
+    assert drawn.call_count == 2
 
-    save_classifier(classifier, str(tmp_path / "clf.h5"), "fixture", 0.1)
     png = tmp_path / "curve.png"
     assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"), "--out", str(png),
                      "--n", "6", "--sample-steps", "2", "--data-dir", str(tmp_path), "--reference-images", "12"]) == 0

@@ -6,8 +6,9 @@ A run trained with `--snapshot-every k` leaves OUT/snapshots/step-<s>.h5 (its EM
 steps (train/trainer.py). For each snapshot, `curve` draws N samples with the same SampleConfig (so
 every point sees the same noise), clips them to [-1, 1] as a saved image would be, and measures
 FD-clf against M reference images with the in-domain classifier (metrics/classifier.py). The points go
-to OUT/curve.tsv, whose first line records the settings (CurveConfig as JSON): a later call with the same settings reuses
-the steps already there and computes only new snapshots. `plot_curves` draws several runs in one PNG.
+to OUT/curve.tsv, whose first line records the settings (CurveConfig and the classifier file's sha256, as
+JSON): a later call with the same settings reuses the steps already there and computes only new snapshots;
+other settings (another classifier included) start the file over. `plot_curves` draws several runs in one PNG.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from ..data.datasets import DataConfig, load_images
 from ..diffusion.generate import SampleConfig
-from ..metrics.classifier import FeatureClassifier, fd_clf
+from ..hashing import file_sha256
+from ..metrics.classifier import fd_clf, load_classifier
 from ..models.build import load_model
 from ..models.sampling import draw_images
 from ..train.atomic import atomic_path, atomic_write
@@ -57,15 +59,17 @@ def read_curve(path: str, settings: str) -> dict[int, float]:
     return {int(step): float(value) for step, value in (line.split("\t") for line in lines[2:])}
 
 
-def curve(run: str, classifier: FeatureClassifier, cfg: CurveConfig, progress: bool = True) -> list[tuple[int, float]]:
+def curve(run: str, classifier_path: str, cfg: CurveConfig, progress: bool = True) -> list[tuple[int, float]]:
     """[(step, FD-clf)] of every snapshot of `run` against cfg's reference images; written to run/curve.tsv."""
-    settings = json.dumps(asdict(cfg), sort_keys=True)
+    settings = json.dumps({**asdict(cfg), "classifier_sha256": file_sha256(classifier_path)}, sort_keys=True)
+    classifier = None
     tsv = os.path.join(run, "curve.tsv")
     known = read_curve(tsv, settings)
     reference = None
     for step, path in snapshots(run):
         if step not in known:
             reference = load_images(cfg.reference) if reference is None else reference  # [M, C, H, W]
+            classifier = load_classifier(classifier_path) if classifier is None else classifier
             model, run_config = load_model(path)
             images = np.clip(draw_images(model, run_config, cfg.samples, progress), -1, 1)  # [N, C, H, W]
             known[step] = fd_clf(classifier, images, reference)
