@@ -115,6 +115,8 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, force: bool = 
     folder = Path(out_dir)
     if resume and force:
         raise RunFolderError("--resume continues a run and --force starts one over: pass one of them")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"the run folder {folder} is a file: choose another --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
