@@ -1,7 +1,7 @@
 """Timing helpers shared by the benchmarks: warm-up, repeats, median, machine description, JSON report.
 
 A result row is {"name", "shape", "impl", "median_s", "min_s", "repeats", ...extra}; a report is
-{"machine": {...}, "results": [...], "ratios": {...}} (shared DESIGN, "Bench output").
+{"machine": {...}, "results": [...], "ratios": {...}} (what `cli.py bench --json` writes; results/bench.json is one).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Baseline binarizers of BIDM.md §3 (XNOR++, DoReFa, ReActNet, ReSTE): surrogate finite differences,
+"""Baseline binarizers of docs/METHOD.md §8 (XNOR++, DoReFa, ReActNet, ReSTE): surrogate finite differences,
 forward equal to each method's definition in float64, sign(0) = +1, the new quantizers, ReSTE's schedule,
 XNOR++'s Gamma sizing. (The FP "full" mode of every method is checked in test_binary_layers.py.)
 """

@@ -1,4 +1,5 @@
-"""Efficiency accounting (BIDM.md §7): hand counts on hand-built models, structure checks on the UNet presets."""
+"""Efficiency accounting (docs/METHOD.md §10): hand counts on hand-built models, structure checks on the UNet
+presets."""
 
 from __future__ import annotations
 
@@ -99,14 +100,14 @@ def test_resnet_and_attention_blocks_by_hand():
     assert ops.flops_by_category["norm"] == 4 * 16
 
 
-BODY = ("conv1", "conv2", "temb_proj", ".q", ".k", ".v", "proj_out", "sample.conv")   # BIDM.md §2, by name
+BODY = ("conv1", "conv2", "temb_proj", ".q", ".k", ".v", "proj_out", "sample.conv")   # docs/METHOD.md §2, by name
 
 
 def test_unet_table_structure():
     fp, xnor, bidm = (table_model(name, "tiny") for name in ("fp", "xnor", "bidm"))
     fp_row = unet_efficiency(fp, "fp", "tiny")
     assert fp_row.ops.bops == 0 and fp_row.size.bits == 32 * fp.num_parameters()
-    # the binarized weights are exactly those of the body layers of BIDM.md §2
+    # the binarized weights are exactly those of the body layers of docs/METHOD.md §2
     body = sum(p.size for n, p in fp.named_parameters() if n.endswith(".weight") and n[:-7].endswith(BODY))
     assert count_size(xnor).binary_weights == body
     # shapes-only counting (the table's default) equals counting a real forward; the packed twin counts the same

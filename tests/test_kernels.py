@@ -151,7 +151,7 @@ def test_downsample_padding_against_the_definition() -> None:
     with_k=st.booleans(),
 )
 def test_binary_conv2d_is_bidm_conv(seed, C, H, stride, padding, dtype, with_k) -> None:
-    """binary_conv2d = conv2d(sign(x + tau), alpha * sign(W)) * K (BIDM.md §1), float32 or float64 inputs."""
+    """binary_conv2d = conv2d(sign(x + tau), alpha * sign(W)) * K (docs/METHOD.md §3), float32 or float64 inputs."""
     assume(fits(H, H, 3, padding))
     x, tau, weight, alpha = conv_inputs(seed, 2, C, 5, H, H, 3, dtype)
     expected = pm1_conv(x, tau, weight, stride, padding) * alpha.astype(np.float64)[:, None, None]  # [N, O, Ho, Wo]

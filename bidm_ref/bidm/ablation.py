@@ -12,7 +12,7 @@ A row writes OUT/rows/<slug>/{ckpt.h5, loss.tsv, samples.png, samples.npz, resul
 a row with result.json is not rerun, and an interrupted row resumes from its checkpoint.
 OUT/ablation.md is regenerated from the result files after every row.
 
-Rows (shared BIDM.md §3, §6): FP; the five baselines (XNOR = Vanilla, XNOR++, DoReFa, ReActNet,
+Rows (docs/METHOD.md §9): FP; the five baselines (XNOR = Vanilla, XNOR++, DoReFa, ReActNet,
 ReSTE); Vanilla + learnable k; +TBS (BiDM layers and cross-timestep connections, no distillation);
 +SPD (Vanilla layers with SPD); BiDM; BiDM with L2 instead of SPD; BiDM with 0, 1 and all decoder
 TBS connections (2 is the BiDM row).

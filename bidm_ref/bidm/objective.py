@@ -1,4 +1,4 @@
-"""The BiDM training step (shared BIDM.md §4-5): three forward passes, one backward.
+"""The BiDM training step (docs/METHOD.md §5.2, §7): three forward passes, one backward.
 
 Dimensions: B batch, C, H, W image; F_b the output of unit b.
 

@@ -1,4 +1,4 @@
-"""SPD: space patched distillation (Zheng et al. 2024, §3.3; shared BIDM.md §5), and the L2 alternative.
+"""SPD: space patched distillation (Zheng et al. 2024, §3.3; docs/METHOD.md §6), and the L2 alternative.
 
 Dimensions: N batch, C channels, H, W a unit's output, p patches per side, h = H // p, w = W // p.
 

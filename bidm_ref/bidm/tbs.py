@@ -1,4 +1,7 @@
-"""TBS cross-timestep connections (Zheng et al. 2024, §3.2; shared BIDM.md §4).
+"""TBS cross-timestep connections (Zheng et al. 2024, §3.2; docs/METHOD.md §5).
+
+The other half of TBS, the learnable activation binarizer (learnable K filter and threshold), is
+BinaryConv2d in binary/bidm_layers.py (docs/METHOD.md §3).
 
 Dimensions: N batch, C, H, W a unit's output, n the number of connected units, B = n_buckets.
 

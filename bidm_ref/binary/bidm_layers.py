@@ -1,4 +1,7 @@
-"""BiDM's binary convolution and linear layer (shared BIDM.md §1), and XNOR-Net as its fixed-k special case.
+"""BiDM's binary convolution and linear layer (docs/METHOD.md §3), and XNOR-Net as its fixed-k special case.
+
+This is the learnable activation binarizer half of TBS (paper §3.2); the other half, the cross-timestep
+connection, is bidm/tbs.py (docs/METHOD.md §5).
 
 Dimensions: N batch, C input channels, O output channels, H, W input and Ho, Wo output spatial,
 kh, kw kernel; I, O features for the linear layer.

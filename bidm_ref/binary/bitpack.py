@@ -3,7 +3,7 @@
 Dimensions: N batch, C channels (I features for a linear layer), O output channels, H, W spatial,
 kh, kw kernel, Wd = ceil(C / 64) packed words per position.
 
-Convention (shared DESIGN, "bit packing"), for a value u = x + tau (tau the layer's threshold, 0 for weights):
+Convention (README, "Conventions": bit packing), for a value u = x + tau (tau the layer's threshold, 0 for weights):
     bit  = 1  if u is -1 after sign, i.e. not (u >= 0)      (sign(0) = +1, so 0 and -0.0 give bit 0;
                                                               NaN gives bit 1, as `quantizers.sign`)
     channel c -> word c // 64, bit c % 64 (LSB-first): channel 0 negative alone -> word value 1,

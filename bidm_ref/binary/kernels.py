@@ -3,7 +3,7 @@
 Dimensions: N batch, C input channels (I features), O output channels, H, W input and Ho, Wo output
 spatial, kh, kw kernel, Wd = ceil(C / 64) packed words; packed layouts as in bitpack.py.
 
-Accumulator (shared DESIGN, "binary accumulator"), for each output (n, o, ho, wo):
+Accumulator (README, "Conventions": binary accumulator), for each output (n, o, ho, wo):
     acc = sum over VALID taps (i, j) of (C - 2 * sum_d popcount(x_word xor w_word))
         = K_valid * C - 2 * sum over valid (i, j) and d of popcount(x_word xor w_word)
     x_word = packed[n, ho*stride + i - top, wo*stride + j - left, d],  w_word = words[o, i, j, d]

@@ -1,7 +1,7 @@
 """The binarization methods by name, and the LayerFactory that builds their layers.
 
 Each method gives a binary conv and a binary linear class; `BinaryLayers(method)` is the
-LayerFactory the UNet builds its body layers with (shared BIDM.md §2 lists which layers).
+LayerFactory the UNet builds its body layers with (docs/METHOD.md §2 lists which layers).
 Methods whose layers have parameters over the output's spatial size (XNOR++) read the
 resolution given by `at(resolution)`.
 """

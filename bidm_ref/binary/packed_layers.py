@@ -3,7 +3,7 @@
 Dimensions: N batch, C input channels (I features), O output channels, H, W input and Ho, Wo output
 spatial, kh, kw kernel, Wd = ceil(C / 64) packed words.
 
-PackedConv2d computes BinaryConv2d's binary-mode output (bidm_layers.py, shared BIDM.md §1):
+PackedConv2d computes BinaryConv2d's binary-mode output (bidm_layers.py, docs/METHOD.md §3):
     A   = mean_c |x|                                  [N, 1, H, W]
     K   = conv2d(A, k_weight) + k_bias                [N, 1, Ho, Wo]   XNOR: k_weight = 1/(kh*kw), no k_bias
     zK  = float32(acc) * alpha[o] * K                 [N, O, Ho, Wo]   kernels.binary_conv2d: acc = the +-1 conv

@@ -1,4 +1,4 @@
-"""Efficiency accounting of shared BIDM.md §7 (paper Table 4), computed from a model, not typed in.
+"""Efficiency accounting of docs/METHOD.md §10 (paper Table 4), computed from a model, not typed in.
 
 Dimensions: N batch (1 for the table), C input / O output channels, H, W input and Ho, Wo output spatial,
 kh, kw kernel, I input features, P = H*W attention positions, E = 4*ch embedding size.

@@ -1,4 +1,4 @@
-"""The binary student: the teacher's UNet with its body layers (shared BIDM.md §2) binarized.
+"""The binary student: the teacher's UNet with its body layers (docs/METHOD.md §2) binarized.
 
 The student starts from the FP teacher: every teacher parameter is copied under the same
 dotted name (weight and bias of the binarized layers included, so switching binarization

@@ -11,7 +11,7 @@ Dimensions: N batch, C channels (varies per level), H, W spatial, E = 4*ch embed
 
 Parameter names equal ddim's state_dict keys. Backward mirrors forward: skip connections
 accumulate into a gradient per hs entry, and every use of temb adds into dtemb.
-A "unit" (shared BIDM §4: a timestep-embedded block) is a ResnetBlock with the AttnBlock that
+A "unit" (docs/METHOD.md §1: a timestep-embedded block) is a ResnetBlock with the AttnBlock that
 follows it at the same index, if the level has attention. Units are numbered b = 0, 1, ... in
 forward order (down, mid, up); every unit output is kept in the cache (`unit_features`) for
 feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite a unit's output:

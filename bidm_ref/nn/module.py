@@ -1,6 +1,6 @@
 """The engine contract: a Module holds params, grads and named children.
 
-Every layer follows one contract (see shared DESIGN, "Engine contract"):
+Every layer follows one contract (README, "Engine contract"):
 
     y, cache = layer.forward(x, ...)    # cache holds what backward needs
     dx = layer.backward(dy, cache)      # *adds* into layer.grads, returns dx

@@ -1,7 +1,7 @@
 """ddim's Upsample (nearest x2, then a 3x3 conv) and Downsample (pad (0,1,0,1), 3x3 stride-2 conv; or 2x2 avg pool).
 
 Dimensions: N batch, C channels, H, W input spatial.
-The convs are body layers (binarized in BiDM, shared DESIGN §2), built by a LayerFactory.
+The convs are body layers (binarized in BiDM, docs/METHOD.md §2), built by a LayerFactory.
 """
 
 from __future__ import annotations
