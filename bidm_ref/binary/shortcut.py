@@ -8,7 +8,8 @@ Dimensions: N batch, C input channels, O output channels, H, W input and Ho, Wo 
     out         = s * shortcut(x)         s = `shortcut_scale` [1], starts at 0 (BiDM's CIFAR code)
 
 Backward: ds = sum(dy * shortcut(x));  dx = shortcut'^T (s * dy).
-The path stays full precision in every binarized model (docs/METHOD.md §2, §4).
+The path stays full precision in the methods that have it (BiDM, XNOR (Vanilla) and Vanilla + learnable k,
+ReActNet; DoReFa, XNOR++ and ReSTE layers have none): docs/METHOD.md §2, §4.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ evaluations per image gets S. With a_t = alpha_bar(t), a_n = alpha_bar(t_next):
 
 DDIM:  x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
        clip_x0: x0_hat = clip(x0_hat, -1, 1) and eps = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t), the eps that
-                predicts the clipped x0 (guided-diffusion's clip_denoised, diffusers' clip_sample); off by
-                default here, as ddim's generalized_steps
+                predicts the clipped x0 (guided-diffusion's clip_denoised, diffusers' clip_sample); this
+                function's default is off, as ddim's generalized_steps; SampleConfig (every command) turns it on
        c1 = eta * sqrt((1 - a_t / a_n) (1 - a_n) / (1 - a_t)),  c2 = sqrt(1 - a_n - c1^2)
        x_next = sqrt(a_n) x0_hat + c1 z + c2 eps                  (z ~ N(0, I); eta = 0: deterministic)
 DDPM:  beta = 1 - a_t / a_n
