@@ -227,11 +227,18 @@ def test_missing_attr_or_group_is_refused(tmp_path):
     assert_one_line_error(path, "expected an HDF5 Group at /params, found nothing")
 
 
+def edit_without_digest(path, edit) -> None:
+    """Edit a checkpoint in place and drop its arrays_sha256, as in a file written before it: the checks
+    after the sha256 must still refuse what the edit broke (with the sha256 the edit itself is refused)."""
+    with h5py.File(path, "r+") as h5:
+        edit(h5)
+        del h5.attrs["arrays_sha256"]
+
+
 def test_nan_param_is_refused_on_load_and_save(tmp_path):
     path = tmp_path / "ckpt.h5"
     save_checkpoint(path, params=small_params(), config={})
-    with h5py.File(path, "r+") as h5:
-        h5["params/down.0.conv.bias"][1] = np.inf
+    edit_without_digest(path, lambda h5: h5["params/down.0.conv.bias"].__setitem__(1, np.inf))
     assert_one_line_error(path, "/params/down.0.conv.bias contains NaN or Inf")
     bad = small_params()
     bad["down.0.conv.weight"][0, 0, 1, 1] = np.nan
@@ -247,8 +254,7 @@ def test_inconsistent_parts_are_refused(tmp_path):
         save_checkpoint(tmp_path / "a.h5", params=params, config={}, ema=ema)
     path = tmp_path / "b.h5"
     save_checkpoint(path, params=params, config={}, ema=params)
-    with h5py.File(path, "r+") as h5:
-        del h5["ema/down.0.conv.bias"]
+    edit_without_digest(path, lambda h5: h5.__delitem__("ema/down.0.conv.bias"))
     assert_one_line_error(path, "/ema do not match /params: missing \\['down.0.conv.bias'\\]")
 
 
@@ -259,6 +265,29 @@ def test_bad_names_are_refused(tmp_path):
         save_checkpoint(tmp_path / "a.h5", params={"a": np.zeros(1)}, config={}, extra_attrs={"step": 3})
     with pytest.raises(CheckpointError, match="reserved names"):
         save_checkpoint(tmp_path / "a.h5", params={"a": np.zeros(1)}, config={}, extra_groups={"ema": {}})
+
+
+def test_an_in_place_edit_is_refused_as_damage_before_the_other_checks(tmp_path):
+    path = tmp_path / "ckpt.h5"
+    save_checkpoint(path, params=small_params(), config={})
+    with h5py.File(path, "r+") as h5:
+        h5["params/down.0.conv.bias"][1] = np.nan
+    assert_one_line_error(path, "is damaged: its arrays do not match the sha256 written with them")
+
+
+def test_h5py_errors_while_reading_are_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.h5"
+    save_checkpoint(path, params=small_params(), config={})
+    for error in (RuntimeError("Unable to get group info (incorrect metadata checksum)"),
+                  KeyError("Unable to synchronously open object (bad object header version number)"),
+                  TypeError("No NumPy equivalent for TypeBitfieldID exists")):
+        def fail(self, *args, error=error):
+            raise error
+
+        monkeypatch.setattr(h5py.Dataset, "__getitem__", fail)
+        assert_one_line_error(path, f"not a readable HDF5 file \\(corrupt or truncated: {type(error).__name__}: ")
+    monkeypatch.undo()
+    load_checkpoint(path)
 
 
 def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):

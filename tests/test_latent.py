@@ -51,7 +51,7 @@ def test_teacher_trains_on_unit_variance_latents_of_its_autoencoder(latent_runs)
     scaled, _ = training_latents(DataConfig(data_dir=str(root)), str(ae_path), None, progress=False)
     np.testing.assert_allclose(scaled, means * np.float32(latent["scale"]), rtol=1e-6)
     assert scaled.astype(np.float64).std() == pytest.approx(1.0, rel=1e-5)
-    assert len(glob.glob(str(ae_path.parent / "latents-*.npy"))) == 1  # the encoded training set is cached
+    assert len(glob.glob(str(ae_path.parent / "latents-*.npz"))) == 1  # the encoded training set is cached
 
 
 def test_student_inherits_the_teachers_latent_space(latent_runs):

@@ -247,9 +247,11 @@ def test_export_refuses_other_methods_fp_models_and_packed_files(tmp_path):
 
 
 def corrupt_copy(src, dst, edit) -> None:
+    """Copy, edit and drop arrays_sha256 (as in a file written before it), so the packed checks are reached."""
     dst.write_bytes(src.read_bytes())
     with h5py.File(dst, "r+") as h5:
         edit(h5)
+        del h5.attrs["arrays_sha256"]
 
 
 def test_corrupt_packed_files_are_refused_with_one_line(tmp_path):

@@ -12,6 +12,12 @@ Non-finite input (NaN, +-inf) is an error, not a clipped pixel: it means a diver
 
 Files are written through train.atomic.atomic_write (temp file in the destination folder,
 fsync, os.replace), so a crash never leaves a half-written PNG or npz.
+
+An npz sample batch holds 'arr_0' uint8 [N, H, W, C] (ADM's layout; its evaluator reads arr_0 only)
+and 'arr_0_sha256', a 0-d unicode array: hashing.arrays_sha256({"arr_0": pixels}). The reader checks
+it when present and refuses a mismatch; batches without it (ADM's own, or written before it) load
+unverified. (A flipped byte is usually caught by the zip's CRC-32 already; the sha256 also catches
+an archive rewritten with other pixels.)
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..hashing import arrays_mismatch, arrays_sha256
 from ..train.atomic import atomic_write
 from .image_folder import image_to_hwc, list_image_files, open_image
 
 GRID_PADDING = 2
 NPZ_KEY = "arr_0"
+NPZ_DIGEST_KEY = "arr_0_sha256"
 GRID_CHANNELS = (1, 3)
 
 
@@ -83,14 +91,15 @@ def save_grid(x: np.ndarray, path: str | Path, nrow: int | None = None) -> None:
 
 
 def save_npz_batch(x: np.ndarray, path: str | Path) -> None:
-    """Write float images [N, C, H, W] in [-1, 1] as an ADM-style sample batch: npz with 'arr_0' uint8 [N, H, W, C]."""
+    """Write float images [N, C, H, W] in [-1, 1] as an ADM-style sample batch: npz with 'arr_0' uint8 [N, H, W, C]
+    and its sha256 'arr_0_sha256' (module docstring)."""
     pixels = to_uint8(x)  # [N, H, W, C]
     with atomic_write(path) as fh:
-        np.savez(fh, **{NPZ_KEY: pixels})
+        np.savez(fh, **{NPZ_KEY: pixels, NPZ_DIGEST_KEY: np.array(arrays_sha256({NPZ_KEY: pixels}))})
 
 
 def load_npz_batch(path: str | Path) -> np.ndarray:
-    """Read an ADM-style sample batch -> uint8 [N, H, W, C]; one-line ValueError when it is not one."""
+    """Read an ADM-style sample batch -> uint8 [N, H, W, C]; one-line ValueError when it is not one or is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sample batch {path} not found; write one with `cli.py sample` or save_npz_batch")
@@ -98,12 +107,19 @@ def load_npz_batch(path: str | Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as npz:
             keys = npz.files
             pixels = npz[NPZ_KEY] if NPZ_KEY in keys else None  # [N, H, W, C]
+            written = str(npz[NPZ_DIGEST_KEY]) if NPZ_DIGEST_KEY in keys else None
     except Exception as err:  # any failure to parse the file means it is not an npz archive
         raise ValueError(
             f"{path}: not an npz archive ({type(err).__name__}: {err}); expected an ADM-style sample batch"
         ) from None
     if pixels is None:
         raise ValueError(f"{path}: no '{NPZ_KEY}' array (has {keys}); expected an ADM-style sample batch")
+    mismatch = None if written is None else arrays_mismatch({NPZ_KEY: pixels}, written)
+    if mismatch is not None:
+        raise ValueError(
+            f"{path} is damaged: its '{NPZ_KEY}' does not match the sha256 written with it ({mismatch}): "
+            "restore it or re-create it with `cli.py sample --npz`"
+        )
     if pixels.dtype != np.uint8 or pixels.ndim != 4:
         raise ValueError(f"{path}: '{NPZ_KEY}' is {pixels.dtype} with {pixels.ndim} dims, expected uint8 [N, H, W, C]")
     return pixels

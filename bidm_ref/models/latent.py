@@ -16,7 +16,11 @@ decodes x = decoder(z_unet / s). The UNet never sees the autoencoder; a sha256 m
 retrained or replaced) is refused, as the UNet's weights only fit the latents of the AE they were trained on.
 
 Encoding the training set costs minutes on CPU, so the means are cached next to the autoencoder in
-`<ae folder>/latents-<key>.npy`, key = hash of (AE sha256, data config); the file is written atomically.
+`<ae folder>/latents-<key>.npz`, key = hash of (AE sha256, data config), written atomically: 'means'
+[N, Z, h, w] float32 and 'means_sha256', a 0-d unicode array, hashing.arrays_sha256({"means": means}).
+An unreadable or damaged cache is refused with a one-line ValueError whose fix is to delete it (the
+next run encodes again), never silently used or replaced. (Caches of the `.npy` layout before the
+sha256 are no longer looked up; they are encoded again once.)
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.datasets import DataConfig, load_images
-from ..hashing import file_sha256
+from ..hashing import arrays_mismatch, arrays_sha256, file_sha256
 from ..train.atomic import atomic_write
 from ..train.checkpoint import load_checkpoint
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .config import UNetConfig
 
 ENCODE_BATCH = 250
+CACHE_KEY = "means"
+CACHE_DIGEST_KEY = "means_sha256"
 
 
 @dataclass(frozen=True)
@@ -105,16 +111,31 @@ def decode_latents(ae: Autoencoder, z: np.ndarray, batch: int = ENCODE_BATCH) ->
     return np.concatenate([ae.decode(z[start:start + batch])[0] for start in range(0, len(z), batch)])
 
 
+def read_cached_means(path: str) -> np.ndarray:
+    """The means [N, Z, h, w] of a latent cache file; a one-line ValueError if it is unreadable or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            means, written = npz[CACHE_KEY], str(npz[CACHE_DIGEST_KEY])
+    except Exception as err:  # any parse failure means the cache file is unusable
+        problem = type(err).__name__
+        raise ValueError(f"latent cache {path} is unreadable ({problem}): delete it to encode again") from None
+    mismatch = arrays_mismatch({CACHE_KEY: means}, written)
+    if mismatch is not None:
+        raise ValueError(f"latent cache {path} is damaged: its means do not match the sha256 written with them "
+                         f"({mismatch}): delete it to encode again")
+    return means
+
+
 def cached_means(ae_path: str, digest: str, data_cfg: DataConfig, progress: bool = True) -> np.ndarray:
     """Posterior means of the data's images [N, Z, h, w] under the AE at `ae_path` (file sha256 `digest`),
     from the cache or encoded now."""
     key = hashlib.sha256(json.dumps([digest, asdict(data_cfg)], sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npy")
+    path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npz")
     if os.path.exists(path):
-        return np.load(path)
+        return read_cached_means(path)
     means = encode_means(load_autoencoder(ae_path), load_images(data_cfg), progress)  # [N, Z, h, w]
     with atomic_write(path, "wb") as f:
-        np.save(f, means)
+        np.savez(f, **{CACHE_KEY: means, CACHE_DIGEST_KEY: np.array(arrays_sha256({CACHE_KEY: means}))})
     return means
 
 

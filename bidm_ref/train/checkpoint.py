@@ -12,6 +12,8 @@ Layout (format "bidm-ckpt", format_version 1):
     /<group>/<name>           extra groups the caller passes (e.g. packed weights), flat
     root attrs: format="bidm-ckpt", format_version=1, config (JSON string), step (int),
                 rng_state (JSON string, "null" if none), optim_t (int, with /optim),
+                arrays_sha256 (hex string: hashing.arrays_sha256 of every dataset of the file, named by
+                its path without the leading '/', e.g. "params/conv_in.weight", "optim/m/conv_in.weight"),
                 plus extra attrs the caller passes (str, int, float, bool or arrays)
 
 Dotted names are dataset names as they are ('.' means nothing to HDF5; '/' is refused).
@@ -20,13 +22,20 @@ Datasets and attrs are written in the caller's insertion order and read back in 
 Files are written through `atomic_h5` (temp file in the same folder, then renamed), so a crash
 never leaves a half checkpoint.
 
+arrays_sha256 came after format_version 1 and is additive, so the version stays 1: the reader checks
+it when present, and files written before it (the shipped weights/ among them, which MANIFEST.json
+pins by file bytes instead) still load, they are simply not verifiable. It covers the arrays only, not
+the attrs (config, step): damage there is caught only when it breaks the JSON or a later check.
+
 The reader refuses, with one line naming the file: a missing file (FileNotFoundError); a file
-that is not HDF5 or is truncated, whose format is not "bidm-ckpt", whose format_version is not
-supported, that lacks a required part, whose /ema or /optim do not match /params, or that
-holds NaN/Inf in a float array (CheckpointError, a ValueError). The writer refuses the same
-inconsistencies and NaN/Inf before creating any file, and also names containing '/' and extra
-attrs or groups that reuse a reserved name. `check_config` refuses a config that differs from
-the expected one and names the first differing key path.
+that is not HDF5, is truncated or has damaged HDF5 metadata (any error h5py raises while opening or
+reading it), whose format is not "bidm-ckpt", whose format_version is not supported, that lacks a
+required part, whose arrays do not hash to its arrays_sha256 (checked first: damage, not a diverged
+run, explains a NaN there), whose /ema or /optim do not match /params, or that holds NaN/Inf in a
+float array (CheckpointError, a ValueError). The writer refuses the same inconsistencies and NaN/Inf
+before creating any file, and also names containing '/' and extra attrs or groups that reuse a
+reserved name. `check_config` refuses a config that differs from the expected one and names the
+first differing key path.
 """
 
 from __future__ import annotations
@@ -41,15 +50,18 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..hashing import arrays_mismatch, arrays_sha256
 from .adam import AdamState, check_same_arrays
 from .atomic import atomic_h5
 
 FORMAT = "bidm-ckpt"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-RESERVED_ATTRS = ("format", "format_version", "config", "step", "rng_state", "optim_t")
+DIGEST_ATTR = "arrays_sha256"
+RESERVED_ATTRS = ("format", "format_version", "config", "step", "rng_state", "optim_t", DIGEST_ATTR)
 RESERVED_GROUPS = ("params", "ema", "optim")
 CONFIG_FIX = "pass the matching --preset or another checkpoint"
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises on damaged files
 
 Arrays = dict[str, np.ndarray]
 
@@ -86,6 +98,11 @@ class Checkpoint:
             yield "optim/m", self.optim.m
             yield "optim/v", self.optim.v
         yield from self.groups.items()
+
+    def dataset_arrays(self) -> Arrays:
+        """Every array by its dataset path without the leading '/' ("params/<name>", "optim/m/<name>" ...)."""
+        return {f"{group_path}/{name}": array
+                for group_path, arrays in self.named_groups() for name, array in arrays.items()}
 
 
 def save_checkpoint(
@@ -129,6 +146,7 @@ def save_checkpoint(
         h5.attrs["rng_state"] = rng_state_json
         if ckpt.optim is not None:
             h5.attrs["optim_t"] = int(ckpt.optim.t)
+        h5.attrs[DIGEST_ATTR] = arrays_sha256(ckpt.dataset_arrays())
         for key, value in ckpt.attrs.items():
             h5.attrs[key] = value
         for group_path, arrays in ckpt.named_groups():
@@ -145,10 +163,12 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
     try:
         with h5py.File(path, "r") as h5:
             ckpt = read_checkpoint(h5, where)
-    except OSError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except CheckpointError:
+        raise
+    except H5_ERRORS as err:
         raise CheckpointError(
-            f"{where} is not a readable HDF5 file (corrupt or truncated: {reason}): use another checkpoint"
+            f"{where} is not a readable HDF5 file (corrupt or truncated: {error_reason(err)}): "
+            "restore it, re-create it or use another checkpoint"
         ) from err
     check_consistent(ckpt, where)
     if expected_config is not None:
@@ -156,8 +176,14 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
     return ckpt
 
 
+def error_reason(err: Exception) -> str:
+    """The first line of an h5py error, with its type ("KeyError: Unable to open object (...)")."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def read_checkpoint(h5: h5py.File, where: str) -> Checkpoint:
-    """Parse an open HDF5 file into a Checkpoint, refusing other formats and versions."""
+    """Parse an open HDF5 file into a Checkpoint, refusing other formats and versions and damaged arrays."""
     fmt = read_attr(h5, "format", where)
     if fmt != FORMAT:
         raise CheckpointError(f"{where} is not a bidm checkpoint: its format is {fmt!r}, expected {FORMAT!r}")
@@ -174,7 +200,7 @@ def read_checkpoint(h5: h5py.File, where: str) -> Checkpoint:
             m=read_arrays(h5, "optim/m", where),
             v=read_arrays(h5, "optim/v", where),
         )
-    return Checkpoint(
+    ckpt = Checkpoint(
         params=read_arrays(h5, "params", where),
         config=read_json_attr(h5, "config", where),
         step=int(read_attr(h5, "step", where)),
@@ -184,6 +210,14 @@ def read_checkpoint(h5: h5py.File, where: str) -> Checkpoint:
         attrs={key: python_value(value) for key, value in h5.attrs.items() if key not in RESERVED_ATTRS},
         groups={name: read_arrays(h5, name, where) for name in h5 if name not in RESERVED_GROUPS},
     )
+    if DIGEST_ATTR in h5.attrs:
+        mismatch = arrays_mismatch(ckpt.dataset_arrays(), python_value(h5.attrs[DIGEST_ATTR]))
+        if mismatch is not None:
+            raise CheckpointError(
+                f"{where} is damaged: its arrays do not match the sha256 written with them ({mismatch}): "
+                "restore it or re-create it"
+            )
+    return ckpt
 
 
 def read_attr(h5: h5py.File, key: str, where: str) -> Any:
