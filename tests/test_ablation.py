@@ -10,12 +10,7 @@ import pytest
 
 from bidm_ref.bidm import ablation
 from bidm_ref.bidm.ablation import AblationConfig, ablation_rows, run_ablation
-from bidm_ref.data.datasets import DataConfig
-from bidm_ref.diffusion.schedule import ScheduleConfig
-from bidm_ref.train.adam import AdamConfig
-from bidm_ref.train.run import train
-from bidm_ref.train.trainer import TrainConfig
-from test_trainer import MICRO, write_idx_dataset
+from test_trainer import micro_teacher
 
 
 def test_rows_cover_the_paper_table():
@@ -26,23 +21,16 @@ def test_rows_cover_the_paper_table():
 
 
 def test_unknown_row_is_refused_before_any_work(tmp_path):
-    write_idx_dataset(tmp_path, n=8, split="train")
-    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
-    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
-          model_cfg=MICRO, progress=False)
-    cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"))
+    data, teacher = micro_teacher(tmp_path, train_images=8, test_images=0)
+    cfg = AblationConfig(teacher=teacher, out=str(tmp_path / "res"))
     with pytest.raises(ValueError, match=r"unknown ablation rows \['xnor\+\+'\]: choose from fp, xnor_vanilla"):
         run_ablation(cfg, data, only=["xnor++"], progress=False)
     assert not (tmp_path / "res").exists()
 
 
 def test_ablation_runs_scores_and_resumes(tmp_path):
-    write_idx_dataset(tmp_path, n=24, split="train")
-    write_idx_dataset(tmp_path, n=12, split="t10k")
-    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
-    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
-          model_cfg=MICRO, progress=False)
-    cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"), steps=2, batch_size=4,
+    data, teacher = micro_teacher(tmp_path)
+    cfg = AblationConfig(teacher=teacher, out=str(tmp_path / "res"), steps=2, batch_size=4,
                          n_samples=4, sample_steps=2, eval_images=12, classifier_steps=2,
                          inception=str(tmp_path / "no_inception.h5"))
     table = run_ablation(cfg, data, only=["fp", "bidm"], progress=False)
@@ -60,11 +48,7 @@ def test_ablation_runs_scores_and_resumes(tmp_path):
 
 
 def test_inception_columns_filled_when_weights_exist(tmp_path, monkeypatch):
-    write_idx_dataset(tmp_path, n=24, split="train")
-    write_idx_dataset(tmp_path, n=12, split="t10k")
-    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
-    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
-          model_cfg=MICRO, progress=False)
+    data, teacher = micro_teacher(tmp_path)
     weights = tmp_path / "inception.h5"
     weights.write_bytes(b"stand-in: compute_metrics is replaced below")
     calls = []
@@ -74,7 +58,7 @@ def test_inception_columns_filled_when_weights_exist(tmp_path, monkeypatch):
         return {"fid": 12.25, "sfid": 3.5, "precision": 0.5, "recall": 0.25}
 
     monkeypatch.setattr(ablation, "compute_metrics", fake_metrics)
-    cfg = AblationConfig(teacher=str(tmp_path / "t" / "ckpt.h5"), out=str(tmp_path / "res"), steps=1, batch_size=4,
+    cfg = AblationConfig(teacher=teacher, out=str(tmp_path / "res"), steps=1, batch_size=4,
                          n_samples=4, sample_steps=2, eval_images=12, classifier_steps=2, inception=str(weights),
                          fid_reference_images=12)
     table = run_ablation(cfg, data, only=["fp"], progress=False)

@@ -10,24 +10,15 @@ import pytest
 
 from bidm_ref.bidm import scoring
 from bidm_ref.bidm.scoring import ScoreConfig, score_models, spread
-from bidm_ref.data.datasets import DataConfig
 from bidm_ref.data.images import load_npz_batch
-from bidm_ref.diffusion.schedule import ScheduleConfig
 from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
-from bidm_ref.train.adam import AdamConfig
-from bidm_ref.train.run import train
-from bidm_ref.train.trainer import TrainConfig
-from test_trainer import MICRO, write_idx_dataset
+from test_trainer import micro_teacher
 
 
 @pytest.fixture
 def setting(tmp_path, monkeypatch):
     """A 1-step MICRO teacher, a random classifier, and compute_metrics replaced by a seed-revealing fake."""
-    write_idx_dataset(tmp_path, n=16, split="train")
-    write_idx_dataset(tmp_path, n=12, split="t10k")
-    data = DataConfig(name="fashion-mnist", data_dir=str(tmp_path))
-    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "t")),
-          model_cfg=MICRO, progress=False)
+    data, teacher = micro_teacher(tmp_path, train_images=16)
     classifier = tmp_path / "clf.h5"
     save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(0)), str(classifier), "fashion-mnist", 0.1)
 
@@ -37,7 +28,7 @@ def setting(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scoring, "compute_metrics", fake_metrics)
     cfg = ScoreConfig(classifier=str(classifier), n=3, seeds=(0, 1), sample_steps=2, reference_images=12)
-    return data, cfg, str(tmp_path / "t" / "ckpt.h5"), tmp_path / "score"
+    return data, cfg, teacher, tmp_path / "score"
 
 
 def test_spread_is_mean_and_range():

@@ -37,6 +37,17 @@ def write_idx_dataset(folder, n=24, split="train"):
         f.write(struct.pack(">II", 0x801, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
 
 
+def micro_teacher(folder, train_images=24, test_images=12):
+    """IDX train/test fixtures in `folder` and a 1-step MICRO teacher trained on them -> (DataConfig, ckpt path)."""
+    write_idx_dataset(folder, n=train_images, split="train")
+    if test_images:
+        write_idx_dataset(folder, n=test_images, split="t10k")
+    data = DataConfig(name="fashion-mnist", data_dir=str(folder))
+    train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(folder / "t")),
+          model_cfg=MICRO, progress=False)
+    return data, str(folder / "t" / "ckpt.h5")
+
+
 def make_trainer(out_dir, steps):
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (10, 1, 32, 32)).astype(np.float32)
