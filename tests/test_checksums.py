@@ -171,12 +171,12 @@ def test_a_file_written_before_the_digest_still_loads(tmp_path):
     np.testing.assert_array_equal(ckpt.params["conv.weight"], expected.params["conv.weight"])
 
 
-def test_the_shipped_weights_have_no_digest_and_load():
+def test_the_shipped_weights_carry_a_digest_that_verifies():
     for name in ("teacher_tiny.h5", "bidm_tiny_packed.h5", "xnor_tiny_packed.h5"):
         path = Path(__file__).resolve().parent.parent / "weights" / name
         with h5py.File(path, "r") as h5:
-            assert "arrays_sha256" not in h5.attrs
-        load_model(str(path))
+            assert "arrays_sha256" in h5.attrs                                  # exported since 2026-12-01
+        load_model(str(path))                                                    # load_checkpoint checks it
 
 
 def checksummed_damages(data: bytes) -> list[tuple[str, int]]:
