@@ -118,13 +118,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
         model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
-        full = args.method == "bidm"  # BiDM's defaults: TBS 2 connections + SPD; baselines: plain noise loss
-        bidm = BiDMConfig(
-            tbs_connections=args.tbs_connections if args.tbs_connections is not None else (2 if full else 0),
-            tbs_train_gap=args.tbs_train_gap,
-            distill=args.distill or ("spd" if full else "none"),
-            spd_lambda=args.spd_lambda, spd_patches=args.spd_patches, spd_variant=args.spd_variant,
-        )
+        bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
+                                     tbs_train_gap=args.tbs_train_gap, spd_lambda=args.spd_lambda,
+                                     spd_patches=args.spd_patches, spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
           latent_ae=args.latent, force=args.force)
 
@@ -343,6 +339,10 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bidm_ref.bidm.objective import BiDMConfig
+    from bidm_ref.bidm.scoring import ScoreConfig
+    from bidm_ref.diffusion.generate import SampleConfig
+
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of BLAS and of Numba's kernels (default: every core; docs/ENGINE.md, Threads)")
@@ -363,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "`train-ae`); a student of a latent teacher uses the teacher's autoencoder")
     p.add_argument("--tbs-connections", type=int, default=None,
                    help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
-    p.add_argument("--tbs-train-gap", type=int, default=1, help="TBS training: cache pass at t + gap")
+    p.add_argument("--tbs-train-gap", type=int, default=BiDMConfig.tbs_train_gap, help="TBS training: cache pass at t + gap")
     p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
                    help="feature distillation from the teacher (default spd for bidm, none otherwise)")
-    p.add_argument("--spd-lambda", type=float, default=4.0, help="weight of the distillation loss (the paper's; "
+    p.add_argument("--spd-lambda", type=float, default=BiDMConfig.spd_lambda, help="weight of the distillation loss (the paper's; "
                    "the official code's is 1e-2: bidm/objective.py)")
-    p.add_argument("--spd-patches", type=int, default=4, help="SPD patches per side")
-    p.add_argument("--spd-variant", default="gram", choices=["gram", "token"],
+    p.add_argument("--spd-patches", type=int, default=BiDMConfig.spd_patches, help="SPD patches per side")
+    p.add_argument("--spd-variant", default=BiDMConfig.spd_variant, choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")
     add_training_flags(p, steps=2000, lr=2e-4, ema_decay=0.9999, ckpt_every=500, out="run")
     p.set_defaults(func=cmd_train)
@@ -399,16 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=["bidm", "xnor", "fp"],
                    help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
                    "student; xnor: the packed XNOR student; fp: the FP teacher)")
-    p.add_argument("--n", type=int, default=64, help="images to draw")
-    p.add_argument("--steps", type=int, default=50, help="DDIM (or DDPM) steps: model evaluations per image; a "
+    p.add_argument("--n", type=int, default=SampleConfig.n, help="images to draw")
+    p.add_argument("--steps", type=int, default=SampleConfig.steps, help="DDIM (or DDPM) steps: model evaluations per image; a "
                    "divisor of the schedule's T (1000), as ddim's uniform skip runs other counts inexactly")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
+    p.add_argument("--eta", type=float, default=SampleConfig.eta, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--sampler", default=SampleConfig.sampler, choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped DDIM; "
                    "default: SampleConfig's, on, measured in results/README.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--seed", type=int, default=SampleConfig.seed, help="seed of every random draw (same seed, same "
+                   "bytes)")
+    p.add_argument("--batch-size", type=int, default=SampleConfig.batch_size, help="images per batch")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples.png", help="the grid PNG to write")
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
@@ -444,12 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "resumable")
     p.add_argument("models", nargs="+", help="LABEL=CHECKPOINT pairs, in table order (e.g. BiDM=runs/bidm/ckpt.h5)")
     p.add_argument("--classifier", required=True, help="the in-domain classifier (`cli.py train-classifier`)")
-    p.add_argument("--n", type=int, default=1000, help="samples per model and seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
-    p.add_argument("--reference-images", type=int, default=10000, help="first N test images every metric compares with")
-    p.add_argument("--inception", default="weights/inception_fid.h5", help="from `cli.py fetch-inception`")
+    p.add_argument("--n", type=int, default=ScoreConfig.n, help="samples per model and seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(ScoreConfig.seeds), help="sampling seeds")
+    p.add_argument("--sample-steps", type=int, default=ScoreConfig.sample_steps, help="DDIM steps")
+    p.add_argument("--batch-size", type=int, default=ScoreConfig.batch_size, help="images per sampling batch")
+    p.add_argument("--reference-images", type=int, default=ScoreConfig.reference_images,
+                   help="first N test images every metric compares with")
+    p.add_argument("--inception", default=ScoreConfig.inception, help="from `cli.py fetch-inception`")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--out", default="results/score", help="output folder (table.md, <label>/seed-<s>.json, samples, cache/)")

@@ -205,3 +205,14 @@ def test_whole_bidm_objective_gradient_fd(distill):
                      "up.0.block.1.temb_proj.weight"):
             v = rng.standard_normal(params[name].shape)
             assert_close(directional_fd(loss, params[name], v, 1e-6), float((grads[name] * v).sum()), name, rtol=1e-4)
+
+
+def test_for_method_gives_bidm_tbs_and_spd_and_the_baselines_the_plain_loss():
+    full = BiDMConfig.for_method("bidm")
+    assert (full.tbs_connections, full.distill) == (2, "spd")
+    for method in ("xnor", "reactnet", "xnor_k"):
+        plain = BiDMConfig.for_method(method)
+        assert (plain.tbs_connections, plain.distill) == (0, "none")
+    chosen = BiDMConfig.for_method("xnor", tbs_connections=1, distill="l2", spd_lambda=0.5)
+    assert (chosen.tbs_connections, chosen.distill, chosen.spd_lambda) == (1, "l2", 0.5)
+    assert BiDMConfig.for_method("bidm", tbs_connections=0).tbs_connections == 0   # an explicit 0 is kept

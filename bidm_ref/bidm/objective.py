@@ -38,6 +38,15 @@ class BiDMConfig:
     spd_patches: int = 4
     spd_variant: str = "gram"
 
+    @classmethod
+    def for_method(cls, method: str, tbs_connections: int | None = None, distill: str | None = None,
+                   **rest) -> BiDMConfig:
+        """The objective a student of `method` trains with by default: BiDM gets TBS with 2 connections and SPD,
+        every other method the plain noise loss; explicit tbs_connections / distill (not None) and `rest` win."""
+        full = method == "bidm"
+        return cls(tbs_connections=(2 if full else 0) if tbs_connections is None else tbs_connections,
+                   distill=distill or ("spd" if full else "none"), **rest)
+
     def __post_init__(self) -> None:
         if self.distill not in ("spd", "l2", "none"):
             raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")

@@ -20,7 +20,7 @@ from .schedule import Schedule
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = 64
-    steps: int = 100
+    steps: int = 50
     eta: float = 0.0
     sampler: str = "ddim"
     seed: int = 0
