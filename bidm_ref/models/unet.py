@@ -20,6 +20,8 @@ mixer.forward(b, h, t) -> (h', cache), mixer.backward(b, dh', cache) -> dh.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..nn.activation import SiLU
@@ -54,6 +56,24 @@ class Unit:
         if self.attn is not None:
             dy = self.attn.backward(dy, c_attn)                                   # [N, C, H, W]
         return self.block.backward(dy, c_block)                                   # [N, Ci, H, W], [N, E]
+
+
+class UNetCache(NamedTuple):
+    """What UNet.forward keeps for UNet.backward (c_*: the caches of the layers and units it names)."""
+
+    dense0: tuple                      # temb.dense[0]
+    act_emb: tuple                     # SiLU between the two dense layers
+    dense1: tuple                      # temb.dense[1]
+    conv_in: tuple
+    down: list                         # units and downsamples in forward order
+    mid: list                          # the two mid units
+    up: list                           # units and upsamples in forward order
+    skip_channels: list[int]           # channels of each skip concatenated in the decoder, in use order
+    norm_out: tuple
+    act_out: tuple
+    conv_out: tuple
+    temb_shape: tuple[int, int]        # [N, E]
+    features: list[np.ndarray]         # unit outputs after TBS mixing, units() order (unit_features)
 
 
 class UNet(Module):
@@ -156,9 +176,9 @@ class UNet(Module):
         return unit.backward(dh, c_unit)
 
     @staticmethod
-    def unit_features(cache: tuple) -> list[np.ndarray]:
+    def unit_features(cache: UNetCache) -> list[np.ndarray]:
         """The unit outputs (after mixing) of a forward pass, in units() order."""
-        return cache[-1]
+        return cache.features
 
     def units(self) -> list[Unit]:
         """All timestep units in forward order: down, mid, up (the order TBS counts blocks in)."""
@@ -168,7 +188,7 @@ class UNet(Module):
 
     def forward(
         self, x: np.ndarray, t: np.ndarray, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, tuple]:
+    ) -> tuple[np.ndarray, UNetCache]:
         """x [N, Cin, H, W], t [N] integer timesteps -> eps prediction [N, out_ch, H, W]. rng: dropout (None = eval)."""
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.resolution, cfg.resolution):
@@ -217,10 +237,10 @@ class UNet(Module):
         h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
         h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
-        cache = (c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape, features)
-        return out, cache
+        return out, UNetCache(c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape,
+                              features)
 
-    def backward(self, dout: np.ndarray, cache: tuple, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    def backward(self, dout: np.ndarray, cache: UNetCache, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """dout [N, out_ch, H, W] -> dx [N, in_channels, H, W]; parameter gradients accumulate.
 
         dfeatures[b]: an extra gradient on unit b's output (a feature loss such as SPD), added where
