@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import array_shapes, arrays, from_dtype
 
 from bidm_ref.train.adam import Adam, AdamConfig
 from bidm_ref.train.atomic import atomic_h5, atomic_write
-from bidm_ref.train.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
+from bidm_ref.train.checkpoint import CheckpointError, check_config, load_checkpoint, load_config, save_checkpoint
 from bidm_ref.train.clip import clip_grad_norm
 from bidm_ref.train.ema import EMA
 
@@ -205,6 +205,24 @@ def test_wrong_format(tmp_path):
     with h5py.File(plain, "w") as h5:
         h5.create_dataset("x", data=np.zeros(3))
     assert_one_line_error(plain, "lacks the root attribute 'format'")
+
+
+def test_load_config_reads_the_config_alone_with_the_same_refusals(tmp_path):
+    path = tmp_path / "ckpt.h5"
+    config = {"model": {"ch": 4, "ch_mult": [1, 2]}, "train": {"steps": 3}}
+    save_checkpoint(path, params=small_params(), config=config, step=3)
+    assert load_config(path) == config == load_checkpoint(path).config
+    other = tmp_path / "golden.h5"
+    with h5py.File(other, "w") as h5:
+        h5.attrs["format"] = "bidm-golden"
+    with pytest.raises(CheckpointError, match="format is 'bidm-golden', expected 'bidm-ckpt'"):
+        load_config(other)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable HDF5 file"):
+        load_config(truncated)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config(tmp_path / "missing.h5")
 
 
 def test_future_version_is_refused(tmp_path):

@@ -27,7 +27,7 @@ from ..models.autoencoder import (Autoencoder, AutoencoderConfig, kl_divergence,
                                   reparameterize, reparameterize_backward)
 from ..models.latent import autoencoder_config
 from .adam import AdamConfig
-from .runfolder import claim_run_folder, saved_data_config, saved_run_config
+from .runfolder import claim_run_folder, resumed_common
 from .trainer import TrainConfig, Trainer, run_config_dict
 
 
@@ -103,7 +103,6 @@ def resumed_autoencoder_arguments(out_dir: str, data_dir: str | None = None, **c
     """The keyword arguments of `train_autoencoder` that continue the run in `out_dir` (settings from its ckpt.h5).
 
     data_dir, changes: as run.resumed_arguments."""
-    saved = saved_run_config(out_dir)
-    return dict(data_cfg=saved_data_config(saved, data_dir), ae_cfg=autoencoder_config(saved, out_dir),
-                loss_cfg=AutoencoderLossConfig(**saved["loss"]), adam_cfg=AdamConfig(**saved["adam"]),
-                train_cfg=TrainConfig(**{**saved["train"], **changes, "out_dir": out_dir}), resume=True)
+    saved, arguments = resumed_common(out_dir, data_dir, changes)
+    return {**arguments, "ae_cfg": autoencoder_config(saved, out_dir),
+            "loss_cfg": AutoencoderLossConfig(**saved["loss"])}

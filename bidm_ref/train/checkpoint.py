@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +158,26 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] | None = None) -> Checkpoint:
     """Read and check a checkpoint; with `expected_config`, also `check_config` against it."""
     where = str(path)
+    ckpt = read_h5(path, read_checkpoint)
+    check_consistent(ckpt, where)
+    if expected_config is not None:
+        check_config(ckpt.config, expected_config, what=where)
+    return ckpt
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The run config of a checkpoint alone: its format is checked, its arrays are neither read nor verified."""
+    return read_h5(path, read_config)
+
+
+def read_h5(path: str | os.PathLike, reader: Callable[[h5py.File, str], Any]) -> Any:
+    """reader(open file, path) of an existing HDF5 file; any h5py error becomes a one-line CheckpointError."""
+    where = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {where} not found: check the path or train one first")
     try:
         with h5py.File(path, "r") as h5:
-            ckpt = read_checkpoint(h5, where)
+            return reader(h5, where)
     except CheckpointError:
         raise
     except H5_ERRORS as err:
@@ -170,10 +185,6 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
             f"{where} is not a readable HDF5 file (corrupt or truncated: {error_reason(err)}): "
             "restore it, re-create it or use another checkpoint"
         ) from err
-    check_consistent(ckpt, where)
-    if expected_config is not None:
-        check_config(ckpt.config, expected_config, what=where)
-    return ckpt
 
 
 def error_reason(err: Exception) -> str:
@@ -184,15 +195,7 @@ def error_reason(err: Exception) -> str:
 
 def read_checkpoint(h5: h5py.File, where: str) -> Checkpoint:
     """Parse an open HDF5 file into a Checkpoint, refusing other formats and versions and damaged arrays."""
-    fmt = read_attr(h5, "format", where)
-    if fmt != FORMAT:
-        raise CheckpointError(f"{where} is not a bidm checkpoint: its format is {fmt!r}, expected {FORMAT!r}")
-    version = read_attr(h5, "format_version", where)
-    if version not in SUPPORTED_VERSIONS:
-        raise CheckpointError(
-            f"{where} has format_version {version}, but this bidm-ref reads format_version "
-            f"{', '.join(map(str, SUPPORTED_VERSIONS))} only: use the bidm-ref version that wrote it"
-        )
+    check_format(h5, where)
     optim = None
     if "optim" in h5:
         optim = AdamState(
@@ -218,6 +221,25 @@ def read_checkpoint(h5: h5py.File, where: str) -> Checkpoint:
                 "restore it or re-create it"
             )
     return ckpt
+
+
+def read_config(h5: h5py.File, where: str) -> dict[str, Any]:
+    """The config attr of an open checkpoint file, after its format check."""
+    check_format(h5, where)
+    return read_json_attr(h5, "config", where)
+
+
+def check_format(h5: h5py.File, where: str) -> None:
+    """Refuse a file whose format is not bidm-ckpt or whose format_version this reader does not support."""
+    fmt = read_attr(h5, "format", where)
+    if fmt != FORMAT:
+        raise CheckpointError(f"{where} is not a bidm checkpoint: its format is {fmt!r}, expected {FORMAT!r}")
+    version = read_attr(h5, "format_version", where)
+    if version not in SUPPORTED_VERSIONS:
+        raise CheckpointError(
+            f"{where} has format_version {version}, but this bidm-ref reads format_version "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} only: use the bidm-ref version that wrote it"
+        )
 
 
 def read_attr(h5: h5py.File, key: str, where: str) -> Any:

@@ -32,7 +32,7 @@ from ..models.config import UNetConfig
 from ..models.student import build_student
 from ..models.unet import UNet
 from .adam import AdamConfig
-from .runfolder import claim_run_folder, saved_data_config, saved_run_config
+from .runfolder import claim_run_folder, resumed_common
 from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 
 
@@ -125,10 +125,8 @@ def resumed_arguments(out_dir: str, data_dir: str | None = None, **changes: Any)
     data_dir: where the dataset lives now (None: where it lived); changes: the TrainConfig fields that may
     differ (steps, ckpt_every, snapshot_every; Trainer.resumable_config).
     """
-    saved = saved_run_config(out_dir)
-    train_cfg = TrainConfig(**{**saved["train"], **changes, "out_dir": out_dir})
-    arguments = dict(data_cfg=saved_data_config(saved, data_dir), schedule_cfg=ScheduleConfig(**saved["schedule"]),
-                     adam_cfg=AdamConfig(**saved["adam"]), train_cfg=train_cfg, resume=True)
+    saved, arguments = resumed_common(out_dir, data_dir, changes)
+    arguments["schedule_cfg"] = ScheduleConfig(**saved["schedule"])
     if "student" in saved:
         return {**arguments, "student": StudentConfig(**saved["student"]), "bidm": BiDMConfig(**saved["bidm"])}
     return {**arguments, "model_cfg": unet_config(saved), "latent_ae": saved.get("latent", {}).get("autoencoder")}

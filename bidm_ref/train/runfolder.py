@@ -37,7 +37,9 @@ from typing import Any
 from ..data.datasets import DataConfig
 
 from .atomic import pid_alive, remove_stale_temps
-from .checkpoint import first_difference, load_checkpoint
+from .adam import AdamConfig
+from .checkpoint import first_difference, load_config
+from .trainer import TrainConfig
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("ckpt.h5", "loss.tsv", "curve.tsv")  # what a run leaves in its folder, besides snapshots/
@@ -125,10 +127,9 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, force: bool = 
     try:
         remove_stale_temps(folder)
         remove_stale_temps(folder / SNAPSHOTS)
-        present = holds_run(folder)
-        if resume and not (folder / "ckpt.h5").exists():
-            raise RunFolderError(f"nothing to resume in {folder}: it has no ckpt.h5; drop --resume to start a new run")
-        if present and not resume:
+        if resume:
+            resume_checkpoint(folder)
+        elif present := holds_run(folder):
             if not force:
                 raise RunFolderError(f"{folder} already holds a run ({', '.join(present)}): pass --resume to "
                                      "continue it, or --force to delete it and start over")
@@ -138,18 +139,29 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, force: bool = 
         release_lock(lock)
 
 
-def saved_run_config(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run config of out_dir/ckpt.h5, the settings a resumed run continues with."""
+def resume_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """out_dir/ckpt.h5, the checkpoint a resumed run continues; refused when there is none."""
     path = Path(out_dir) / "ckpt.h5"
     if not path.exists():
         raise RunFolderError(f"nothing to resume in {out_dir}: it has no ckpt.h5; drop --resume to start a new run")
-    return load_checkpoint(path).config
+    return path
 
 
-def saved_data_config(run_config: dict[str, Any], data_dir: str | None) -> DataConfig:
-    """The run's DataConfig, read from `data_dir` instead when given (the dataset may move, the data may not)."""
-    data = DataConfig(**run_config["data"])
-    return data if data_dir is None else replace(data, data_dir=data_dir)
+def saved_run_config(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run config of out_dir/ckpt.h5, the settings a resumed run continues with (its arrays are read once,
+    later, by Trainer.resume)."""
+    return load_config(resume_checkpoint(out_dir))
+
+
+def resumed_common(out_dir: str, data_dir: str | None, changes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """(the run config of out_dir/ckpt.h5, the keyword arguments every trainer takes from it on resume: data_cfg,
+    read from `data_dir` when given (the dataset may move, the data may not); adam_cfg; train_cfg with `changes`,
+    the fields Trainer.resumable_config lets change; resume=True)."""
+    saved = saved_run_config(out_dir)
+    data = DataConfig(**saved["data"])
+    return saved, dict(data_cfg=data if data_dir is None else replace(data, data_dir=data_dir),
+                       adam_cfg=AdamConfig(**saved["adam"]),
+                       train_cfg=TrainConfig(**{**saved["train"], **changes, "out_dir": out_dir}), resume=True)
 
 
 def saved_setting(run_config: dict[str, Any], path: str) -> Any:
