@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.models.config import preset
     from bidm_ref.models.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
-    from bidm_ref.bidm.objective import BiDMConfig
+    from bidm_ref.bidm.config import BiDMConfig
     from bidm_ref.train.run import StudentConfig, resumed_arguments, train
     from bidm_ref.train.runfolder import refuse_changed_settings
 
@@ -219,7 +219,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from bidm_ref.bidm.scoring import ScoreConfig, score_models
+    from bidm_ref.bidm.config import ScoreConfig
+    from bidm_ref.bidm.scoring import score_models
     from bidm_ref.data.datasets import DataConfig
 
     models = dict(pair.split("=", 1) for pair in args.models if "=" in pair)
@@ -245,6 +246,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
     from bidm_ref.bidm.curves import CurveConfig, curve, plot_curves
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.diffusion.generate import SampleConfig
+
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
     if len(labels) != len(args.runs):
         raise ValueError(f"{len(labels)} --labels for {len(args.runs)} runs: give one label per run")
@@ -339,8 +341,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bidm_ref.bidm.objective import BiDMConfig
-    from bidm_ref.bidm.scoring import ScoreConfig
+    from bidm_ref.bidm.config import BiDMConfig, ScoreConfig
     from bidm_ref.diffusion.generate import SampleConfig
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
@@ -546,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = (ValueError, FileNotFoundError, KeyError, OSError, FloatingPointError, pickle.UnpicklingError)
     args = build_parser().parse_args(argv)
-    args.explicit = explicit_flags(argv)
+    args.explicit = explicit_flags(argv) if getattr(args, "resume", False) else set()  # only a resume checks them
     try:
         from bidm_ref.runtime import ThreadPolicy, configure
         from bidm_ref.train.interrupt import TrainingInterrupted

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidm_ref.bidm.objective import BiDMConfig, BiDMObjective
+from bidm_ref.bidm.config import BiDMConfig
+from bidm_ref.bidm.objective import BiDMObjective
 from bidm_ref.bidm.tbs import attach_tbs
 from bidm_ref.data.batches import BatchSampler
 from bidm_ref.diffusion.objective import DenoisingObjective

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidm_ref.bidm.objective import BiDMConfig, BiDMObjective
+from bidm_ref.bidm.config import BiDMConfig
+from bidm_ref.bidm.objective import BiDMObjective
 from bidm_ref.bidm.spd import l2_loss, spd_loss
 from bidm_ref.bidm.tbs import TBS, attach_tbs
 from bidm_ref.diffusion.loss import draw_timesteps, noise_loss

@@ -41,7 +41,7 @@ from ..train.adam import AdamConfig
 from ..train.atomic import atomic_write
 from ..train.run import StudentConfig, train
 from ..train.trainer import TrainConfig
-from .objective import BiDMConfig
+from .config import BiDMConfig
 
 
 @dataclass(frozen=True)

@@ -19,42 +19,13 @@ pass 2 is skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..diffusion.loss import draw_timesteps, noise_loss
 from ..diffusion.schedule import Schedule
 from ..models.unet import UNet
+from .config import BiDMConfig
 from .spd import l2_loss, spd_loss
-
-
-@dataclass(frozen=True)
-class BiDMConfig:
-    tbs_connections: int = 2
-    tbs_train_gap: int = 1
-    distill: str = "spd"
-    spd_lambda: float = 4.0
-    spd_patches: int = 4
-    spd_variant: str = "gram"
-
-    @classmethod
-    def for_method(cls, method: str, tbs_connections: int | None = None, distill: str | None = None,
-                   **rest) -> BiDMConfig:
-        """The objective a student of `method` trains with by default: BiDM gets TBS with 2 connections and SPD,
-        every other method the plain noise loss; explicit tbs_connections / distill (not None) and `rest` win."""
-        full = method == "bidm"
-        return cls(tbs_connections=(2 if full else 0) if tbs_connections is None else tbs_connections,
-                   distill=distill or ("spd" if full else "none"), **rest)
-
-    def __post_init__(self) -> None:
-        if self.distill not in ("spd", "l2", "none"):
-            raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
-        if self.tbs_connections < 0 or self.tbs_train_gap < 1:
-            raise ValueError("--tbs-connections must be >= 0 and --tbs-train-gap >= 1")
-
-
-PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline student: the denoising loss only
 
 
 class BiDMObjective:

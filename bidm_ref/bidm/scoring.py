@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,26 +31,10 @@ from ..metrics.run_eval import dataset_reference
 from ..models.build import load_model
 from ..models.sampling import draw_images
 from ..train.atomic import atomic_write
+from .config import ScoreConfig
 
 COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("fd_clf", "FD-clf", 3), ("confident", "confident", 3), ("s_per_image", "s/image", 3))
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The protocol: samples per seed, the seeds, the sampler steps and the reference."""
-
-    classifier: str
-    n: int = 1000
-    seeds: tuple[int, ...] = (0, 1)
-    sample_steps: int = 50
-    batch_size: int = 64
-    reference_images: int = 10000
-    inception: str = "weights/inception_fid.h5"
-
-    def __post_init__(self) -> None:
-        if self.n < 2 or not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"score needs --n >= 2 and distinct --seeds, got n={self.n}, seeds={self.seeds}")
 
 
 def score_cell(weights: str, seed: int, cfg: ScoreConfig, data: DataConfig, classifier: FeatureClassifier,

@@ -17,7 +17,8 @@ from functools import partial
 
 import numpy as np
 
-from ..bidm.objective import BiDMConfig, BiDMObjective
+from ..bidm.config import BiDMConfig
+from ..bidm.objective import BiDMObjective
 from ..bidm.spd import l2_loss, spd_loss
 from ..bidm.tbs import TBS, attach_tbs
 from ..binary.methods import BinaryLayers

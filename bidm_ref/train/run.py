@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bidm.objective import PLAIN_NOISE_LOSS, BiDMConfig, BiDMObjective
+from ..bidm.config import PLAIN_NOISE_LOSS, BiDMConfig
+from ..bidm.objective import BiDMObjective
 from ..bidm.tbs import attach_tbs
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images

@@ -1,0 +1,57 @@
+"""The configs of the bidm package, apart from the code that uses them (so `cli.py` reads their defaults
+without importing the models or the metrics).
+
+BiDMConfig: the student objective (objective.py; docs/METHOD.md §7 and §5.2): TBS connections and
+training gap, the distillation (SPD, L2 or none), its weight lambda and SPD's patches and map.
+ScoreConfig: the scoring protocol of `cli.py score` (scoring.py).
+No arrays here (no dimension legend needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BiDMConfig:
+    tbs_connections: int = 2
+    tbs_train_gap: int = 1
+    distill: str = "spd"
+    spd_lambda: float = 4.0
+    spd_patches: int = 4
+    spd_variant: str = "gram"
+
+    @classmethod
+    def for_method(cls, method: str, tbs_connections: int | None = None, distill: str | None = None,
+                   **rest) -> BiDMConfig:
+        """The objective a student of `method` trains with by default: BiDM gets TBS with 2 connections and SPD,
+        every other method the plain noise loss; explicit tbs_connections / distill (not None) and `rest` win."""
+        full = method == "bidm"
+        return cls(tbs_connections=(2 if full else 0) if tbs_connections is None else tbs_connections,
+                   distill=distill or ("spd" if full else "none"), **rest)
+
+    def __post_init__(self) -> None:
+        if self.distill not in ("spd", "l2", "none"):
+            raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
+        if self.tbs_connections < 0 or self.tbs_train_gap < 1:
+            raise ValueError("--tbs-connections must be >= 0 and --tbs-train-gap >= 1")
+
+
+PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline student: the denoising loss only
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The protocol: samples per seed, the seeds, the sampler steps and the reference."""
+
+    classifier: str
+    n: int = 1000
+    seeds: tuple[int, ...] = (0, 1)
+    sample_steps: int = 50
+    batch_size: int = 64
+    reference_images: int = 10000
+    inception: str = "weights/inception_fid.h5"
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"score needs --n >= 2 and distinct --seeds, got n={self.n}, seeds={self.seeds}")
