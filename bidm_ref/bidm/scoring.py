@@ -8,7 +8,9 @@ them against the first `reference_images` of the dataset's test split (all 10,00
 FID, sFID, precision and recall with the FID Inception (reference statistics cached in
 OUT/cache), and FD-clf, the classifier score and the confident share with the in-domain
 classifier (metrics/classifier.py). A cell (model, seed) writes OUT/<label>/seed-<s>.json and
-samples-seed-<s>.npz and is skipped when its json exists, so an interrupted run continues.
+samples-seed-<s>.npz and is skipped when its json exists (after a check that it was made from the
+same weights under the same protocol), so an interrupted run continues; a model and the classifier
+are loaded only when one of their cells is still to be made.
 OUT/table.md is rewritten after every cell: per model the mean over its seeds and the range
 (min-max), so a reader sees which differences exceed the seed spread, and the sampling time.
 Nothing is chosen from these numbers inside this module: the models and the protocol come in.
@@ -30,6 +32,7 @@ from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
 from ..models.build import load_model
 from ..models.sampling import draw_images
+from ..models.unet import UNet
 from ..train.atomic import atomic_write
 from .config import ScoreConfig
 
@@ -37,10 +40,10 @@ COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3)
            ("fd_clf", "FD-clf", 3), ("confident", "confident", 3), ("s_per_image", "s/image", 3))
 
 
-def score_cell(weights: str, seed: int, cfg: ScoreConfig, data: DataConfig, classifier: FeatureClassifier,
-               reference: np.ndarray, folder: str, progress: bool) -> dict:
-    """Sample `weights` with `seed` and score the images; writes the npz and returns the json-ready result."""
-    model, run_config = load_model(weights)
+def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: ScoreConfig, data: DataConfig,
+               classifier: FeatureClassifier, reference: np.ndarray, folder: str, progress: bool) -> dict:
+    """Sample `model` (loaded from `weights`) with `seed` and score the images; writes the npz and returns the
+    json-ready result."""
     sample_cfg = SampleConfig(n=cfg.n, steps=cfg.sample_steps, seed=seed, batch_size=min(cfg.batch_size, cfg.n))
     start = time.perf_counter()
     samples = np.clip(draw_images(model, run_config, sample_cfg, progress), -1, 1)  # [N, C, H, W]
@@ -111,17 +114,25 @@ def score_models(models: dict[str, str], cfg: ScoreConfig, data: DataConfig, out
     for label, weights in models.items():
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights} (model {label!r}) not found: pass checkpoints of `train` or `export`")
-    classifier = load_classifier(cfg.classifier)
-    reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
-                                       limit=cfg.reference_images))               # [M, C, H, W]
-    reference_share = confident_share(classifier, reference)
+    pending: dict[str, list[int]] = {}                                         # label -> seeds still to score
     for label, weights in models.items():
         for seed in cfg.seeds:
             path = cell_path(out, label, seed)
             if os.path.exists(path):
                 check_same_protocol(path, weights, cfg)
-                continue
-            result = score_cell(weights, seed, cfg, data, classifier, reference, os.path.dirname(path), progress)
+            else:
+                pending.setdefault(label, []).append(seed)
+    if pending:
+        classifier = load_classifier(cfg.classifier)
+        reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
+                                           limit=cfg.reference_images))           # [M, C, H, W]
+        reference_share = confident_share(classifier, reference)
+    for label, seeds in pending.items():
+        model, run_config = load_model(models[label])
+        for seed in seeds:
+            path = cell_path(out, label, seed)
+            result = score_cell(model, run_config, models[label], seed, cfg, data, classifier, reference,
+                                os.path.dirname(path), progress)
             result["confident_reference"] = reference_share
             with atomic_write(path, "w") as f:
                 json.dump(result, f, indent=2)
