@@ -14,10 +14,17 @@ load during the run hits all of them alike):
     float32 im2col+BLAS      bidm_ref.nn.conv.conv2d (the engine's conv, no bias)
     pack activations         pack sign(x + tau) into [N, H, W, Wd] words (Numba)
     popcount conv prepacked  conv_scaled on packed activations: kernel + fused alpha * K epilogue, float32 out
-    popcount conv +packing   binary_conv2d: packing + kernel + epilogue, what a binary layer runs
+    popcount conv +packing   packed_conv_layer without its shortcut term: what a packed binary layer runs in
+                             one call (packing, K map, kernel, epilogue) beside the float conv's work
 Ratios (same run): popcount_vs_float_conv = geometric mean over the shapes of float median / (+packing)
 median; `_excl_packing` uses the prepacked kernel; `_min` uses minima (less sensitive to other processes
 taking the CPU, which inflate medians of the longer float runs most).
+Popcount throughput: each row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
+MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's inner loop (xor, popcount, add
+into [O] int32 counters; vpopcntq on zmm where the CPU has AVX512_VPOPCNTDQ) on L1-resident words, one thread
+per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
+kernel's share of it (geometric mean over the shapes: `_geomean`). `kernel_emits_vpopcntq` says whether LLVM
+put vpopcntq into the compiled kernel (its assembly, compiled afresh without the cache).
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numba import njit, prange
+
 from bidm_ref.binary.bitpack import pack_conv_weight
-from bidm_ref.binary.kernels import binary_conv2d, conv_scaled, output_shape, pack_input
+from bidm_ref.binary.kernels import _accumulate_row, conv_scaled, output_shape, pack_input
+from bidm_ref.binary.layer_kernels import packed_conv_layer
+from bidm_ref.binary.popcount import popcount64
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
 
 from .timing import bench_main
@@ -81,8 +92,8 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
     weight = rng.standard_normal((C, C, 3, 3)).astype(np.float32)                 # [O, C, kh, kw]
     packed_weight = pack_conv_weight(weight, np.abs(weight).mean(axis=(1, 2, 3)))
     out_shape = output_shape(x.shape, packed_weight, shape.stride, shape.padding)  # [N, O, Ho, Wo]
-    k_map = rng.uniform(0.5, 1.5, (N, 1, *out_shape[2:])).astype(np.float32)      # [N, 1, Ho, Wo]
-    k_rows = np.ascontiguousarray(k_map[:, 0])                                    # [N, Ho, Wo]
+    k_rows = rng.uniform(0.5, 1.5, (N, *out_shape[2:])).astype(np.float32)         # [N, Ho, Wo]
+    k_weight = np.full((3, 3), 1 / 9, dtype=np.float32)                           # XNOR's K filter
     packed = pack_input(x, tau, C)                                                # [N, H, W, Wd]
     pad = as_padding(shape.padding)
     runs = {
@@ -91,11 +102,52 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
         "popcount conv prepacked": lambda: conv_scaled(
             packed, packed_weight.words_t, C, shape.stride, pad, packed_weight.alpha, k_rows
         ),
-        "popcount conv +packing": lambda: binary_conv2d(x, tau, packed_weight, shape.stride, shape.padding, k_map),
+        "popcount conv +packing": lambda: packed_conv_layer(
+            x, tau, packed_weight, shape.stride, shape.padding, k_weight, 0.0, 0.0, None
+        ),
     }
-    extra = {"macs": int(np.prod(out_shape)) * C * 9, "load_1min": os.getloadavg()[0]}
+    macs = int(np.prod(out_shape)) * C * 9
+    extra = {"macs": macs, "load_1min": os.getloadavg()[0]}
     timings = time_interleaved(runs, repeats)
-    return [{"name": shape.name, "shape": shape.label(), "impl": impl, **timings[impl], **extra} for impl in runs]
+    return [{"name": shape.name, "shape": shape.label(), "impl": impl, **timings[impl], **extra,
+             "binary_macs_per_s": macs / timings[impl]["median_s"]} for impl in runs]
+
+
+@njit(parallel=True, cache=True)
+def _popcount_peak_loop(words, x_words, rounds):
+    """The kernel's inner loop on L1-resident words: per thread `rounds` passes of acc[o] += popcount(x[q] ^ w[q, o])."""
+    threads, Q = x_words.shape
+    O = words.shape[1]
+    total = np.zeros(threads, dtype=np.int64)
+    for t in prange(threads):
+        acc = np.zeros(O, dtype=np.int32)                                         # [O]
+        for _ in range(rounds):
+            for q in range(Q):
+                x_word = x_words[t, q]
+                for o in range(O):
+                    acc[o] += np.int32(popcount64(x_word ^ words[q, o]))
+        total[t] = acc.sum()
+    return total
+
+
+def popcount_peak(repeats: int = 5) -> float:
+    """Binary MACs per second of _popcount_peak_loop with one task per Numba thread (median of `repeats`)."""
+    import numba
+
+    threads, Q, O, rounds = numba.get_num_threads(), 16, 256, 2000               # words [Q, O]: 32 KiB, in L1
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**63, (Q, O), dtype=np.uint64)                       # [Q, O]
+    x_words = rng.integers(0, 2**63, (threads, Q), dtype=np.uint64)               # [threads, Q]
+    timing = time_interleaved({"peak": lambda: _popcount_peak_loop(words, x_words, rounds)}, repeats)["peak"]
+    return threads * rounds * Q * O * 64 / timing["median_s"]
+
+
+def kernel_emits_vpopcntq() -> bool:
+    """Whether LLVM compiles the accumulator loop with vpopcntq on this CPU (a fresh compile: cached code has no asm)."""
+    fresh = njit(_accumulate_row.py_func)
+    fresh(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((3, 3, 8), np.uint64), 64, 1, (1, 1, 1, 1), 0, 0,
+          np.zeros((3, 8), np.int32))
+    return "vpopcntq" in fresh.inspect_asm(fresh.signatures[0])
 
 
 def geometric_mean(values: list[float]) -> float:
@@ -116,10 +168,16 @@ def bench_kernels(repeats: int = 10, shapes: list[ConvShape] = CIFAR10_KERNEL_SH
     """(result rows in the bench/timing.py format, ratios) for `shapes`; see the module docstring."""
     rng = np.random.default_rng(0)
     results = [row for shape in shapes for row in bench_shape(shape, repeats, rng)]
+    peak = popcount_peak()
+    kernel_rates = [row["binary_macs_per_s"] for row in results if row["impl"] == "popcount conv prepacked"]
     ratios = {
         "popcount_vs_float_conv": geometric_mean(speedups(results, "popcount conv +packing", "median_s")),
         "popcount_vs_float_conv_excl_packing": geometric_mean(speedups(results, "popcount conv prepacked", "median_s")),
         "popcount_vs_float_conv_min": geometric_mean(speedups(results, "popcount conv +packing", "min_s")),
+        "popcount_peak_macs_per_s": peak,
+        "kernel_share_of_popcount_peak": max(kernel_rates) / peak,
+        "kernel_share_of_popcount_peak_geomean": geometric_mean(kernel_rates) / peak,
+        "kernel_emits_vpopcntq": float(kernel_emits_vpopcntq()),
     }
     return results, ratios
 

@@ -20,16 +20,21 @@ from numba import njit
 
 from bidm_ref.binary.bitpack import pack_activations, pack_conv_weight, pack_linear_weight, pack_signs
 from bidm_ref.binary.kernels import (
-    binary_conv2d,
-    binary_conv2d_ref,
-    binary_linear,
-    binary_linear_ref,
     conv_acc,
     conv_acc_ref,
     conv_scaled,
     conv_scaled_ref,
     linear_acc,
     linear_acc_ref,
+)
+from bidm_ref.binary.layer_kernels import (
+    _layer_parallel,
+    _layer_serial,
+    k_map_ref,
+    packed_conv_layer,
+    packed_conv_layer_ref,
+    packed_linear_layer,
+    packed_linear_layer_ref,
 )
 from bidm_ref.binary.popcount import popcount64, popcount64_swar
 from bidm_ref.nn.conv import as_padding, conv2d
@@ -141,30 +146,65 @@ def test_downsample_padding_against_the_definition() -> None:
         assert np.array_equal(acc, expected)
 
 
+def layer_extras(seed: int, out_shape: tuple[int, ...], k: int):
+    """k_weight [k, k], k_bias, s and the raw shortcut sc [N, O, Ho, Wo] of a packed conv layer, float32."""
+    rng = np.random.default_rng(seed + 2)
+    k_weight = rng.uniform(-0.5, 1.0, (k, k)).astype(np.float32)                 # [k, k]
+    k_bias, s = np.float32(rng.uniform(-0.5, 0.5)), np.float32(rng.uniform(-1, 1))
+    return k_weight, k_bias, s, rng.standard_normal(out_shape).astype(np.float32)
+
+
 @given(
     seed=st.integers(0, 2**32 - 1),
+    N=st.integers(1, 3),
     C=CHANNELS,
     H=st.integers(1, 9),
+    W=st.integers(1, 9),
+    k=st.sampled_from([1, 3]),
     stride=st.sampled_from([1, 2]),
     padding=PADDINGS,
-    dtype=st.sampled_from([np.float32, np.float64]),
-    with_k=st.booleans(),
 )
-def test_binary_conv2d_is_bidm_conv(seed, C, H, stride, padding, dtype, with_k) -> None:
-    """binary_conv2d = conv2d(sign(x + tau), alpha * sign(W)) * K (docs/METHOD.md §3), float32 or float64 inputs."""
-    assume(fits(H, H, 3, padding))
-    x, tau, weight, alpha = conv_inputs(seed, 2, C, 5, H, H, 3, dtype)
-    expected = pm1_conv(x, tau, weight, stride, padding) * alpha.astype(np.float64)[:, None, None]  # [N, O, Ho, Wo]
-    k_map = None
-    if with_k:
-        k_map = np.random.default_rng(seed).uniform(0.5, 2.0, (2, 1, *expected.shape[2:])).astype(np.float32)
-        expected = expected * k_map.astype(np.float64)                            # [N, O, Ho, Wo]
+def test_packed_conv_layer_is_bidm_conv(seed, N, C, H, W, k, stride, padding) -> None:
+    """packed_conv_layer = conv2d(sign(x + tau), alpha sign(W)) * K + s * sc with K = conv2d(mean_c |x|, k_weight)
+    + k_bias (docs/METHOD.md §3), against float64 convs of the same float32 factors; its NumPy twin to a few ulps;
+    the serial and parallel compilations byte for byte."""
+    assume(fits(H, W, k, padding))
+    x, tau, weight, alpha = conv_inputs(seed, N, C, 5, H, W, k)
+    z = pm1_conv(x, tau, weight, stride, padding) * alpha.astype(np.float64)[:, None, None]  # [N, O, Ho, Wo]
+    k_weight, k_bias, s, sc = layer_extras(seed, z.shape, k)
+    a_map = np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True)             # [N, 1, H, W]
+    k_map = conv_nested_loops(a_map, k_weight[None, None].astype(np.float64), None, stride, padding) + k_bias
+    expected = z * k_map + np.float64(s) * sc                                     # [N, O, Ho, Wo]
     packed_weight = pack_conv_weight(weight, alpha)
-    out = binary_conv2d(x, tau, packed_weight, stride, padding, k_map)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, expected, rtol=FLOAT32_ROUNDINGS, atol=0)
-    twin = binary_conv2d_ref(x, tau, packed_weight, stride, padding, k_map)
-    np.testing.assert_allclose(out, twin, rtol=TWIN_ULPS, atol=0)
+    out = packed_conv_layer(x, tau, packed_weight, stride, padding, k_weight, k_bias, s, sc)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    # float32 roundings of A, K (a sum of k*k products), the epilogue's two products and the final sum
+    scale = np.abs(z) * np.abs(k_map).max() + np.abs(z) * np.abs(k_weight).sum() * a_map.max() + np.abs(s * sc)
+    assert np.all(np.abs(out - expected) <= 16 * np.finfo(np.float32).eps * (scale + np.abs(k_bias) * np.abs(z)))
+    twin = packed_conv_layer_ref(x, tau, packed_weight, stride, padding, k_weight, k_bias, s, sc)
+    np.testing.assert_allclose(out, twin, rtol=TWIN_ULPS, atol=TWIN_ULPS * np.abs(twin).max())
+    arrays = [np.empty((N, H, W, packed_weight.words.shape[3]), np.uint64), np.empty((N, H, W), np.float32)]
+    outs = []
+    for kernel in (_layer_serial, _layer_parallel):
+        outs.append(np.empty(out.shape, np.float32))
+        kernel(x, tau, packed_weight.words_t, C, stride, as_padding(padding), packed_weight.alpha, k_weight, k_bias,
+               s, sc, *arrays, outs[-1])
+    assert outs[0].tobytes() == outs[1].tobytes()
+    without = packed_conv_layer(x, tau, packed_weight, stride, padding, k_weight, k_bias, s, None)  # y = z * K
+    np.testing.assert_allclose(without, out - s * sc, rtol=TWIN_ULPS, atol=4 * TWIN_ULPS * np.abs(out).max())
+    twin = packed_conv_layer_ref(x, tau, packed_weight, stride, padding, k_weight, k_bias, s, None)
+    np.testing.assert_allclose(without, twin, rtol=TWIN_ULPS, atol=TWIN_ULPS * np.abs(twin).max())
+
+
+@given(seed=st.integers(0, 2**32 - 1), C=CHANNELS, H=st.integers(1, 9), stride=st.sampled_from([1, 2]))
+def test_k_map_twin_sums_valid_taps_as_the_zero_padded_conv(seed, C, H, stride) -> None:
+    """k_map_ref (the kernel's K, valid taps only) = the float64 conv of mean_c |x| with zero padding."""
+    x, _, _, _ = conv_inputs(seed, 2, C, 1, H, H, 3)
+    k_weight, k_bias, _, _ = layer_extras(seed, (1,), 3)
+    a_map = np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True)             # [N, 1, H, W]
+    expected = conv_nested_loops(a_map, k_weight[None, None].astype(np.float64), None, stride, 1)[:, 0] + k_bias
+    got = k_map_ref(x, k_weight, k_bias, stride, 1, expected.shape[1:])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * (np.abs(expected).max() + 1))
 
 
 @given(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 3), I=CHANNELS, O=st.integers(1, 70))
@@ -179,27 +219,34 @@ def test_linear_equals_float64_pm1_matmul(seed, N, I, O) -> None:
     acc = linear_acc(packed, packed_weight)
     assert acc.dtype == np.int32 and np.array_equal(acc, expected)
     assert np.array_equal(linear_acc_ref(packed, packed_weight.words, I), expected)
-    out = binary_linear(x, tau, packed_weight)
+    out = packed_linear_layer(x, tau, packed_weight)
     np.testing.assert_allclose(out, expected * alpha.astype(np.float64), rtol=FLOAT32_ROUNDINGS, atol=0)
-    np.testing.assert_allclose(out, binary_linear_ref(x, tau, packed_weight), rtol=TWIN_ULPS, atol=0)
+    np.testing.assert_allclose(out, packed_linear_layer_ref(x, tau, packed_weight), rtol=TWIN_ULPS, atol=0)
 
 
 def test_bad_inputs_raise_one_line_errors() -> None:
     x, tau, weight, alpha = conv_inputs(0, 1, 8, 2, 4, 4, 3)
     packed_weight = pack_conv_weight(weight, alpha)
-    with pytest.raises(ValueError, match=r"not NCHW \[N, 8, H, W\]"):
-        binary_conv2d(x[:, :7], None, packed_weight, 1, 1)
+    k_weight, k_bias, s, sc = layer_extras(0, (1, 2, 4, 4), 3)
+
+    def layer(x=x, tau=tau, stride=1, padding=1, k_weight=k_weight, sc=sc):
+        return packed_conv_layer(x, tau, packed_weight, stride, padding, k_weight, k_bias, s, sc)
+
+    with pytest.raises(ValueError, match=r"not float32 NCHW \[N, 8, H, W\]"):
+        layer(x[:, :7])
     with pytest.raises(ValueError, match="stride must be >= 1"):
-        binary_conv2d(x, None, packed_weight, 0, 1)
-    with pytest.raises(ValueError, match=r"not NCHW"):
-        binary_conv2d(x[0], None, packed_weight, 1, 1)
+        layer(stride=0)
+    with pytest.raises(ValueError, match=r"not float32 NCHW"):
+        layer(x[0])
     with pytest.raises(ValueError, match="does not fit the kernel"):
-        binary_conv2d(x[:, :, :1, :1], None, packed_weight, 1, 0)
-    with pytest.raises(ValueError, match="k_map"):
-        binary_conv2d(x, None, packed_weight, 1, 1, np.ones((1, 1, 3, 3), np.float32))
+        layer(x[:, :, :1, :1], padding=0)
+    with pytest.raises(ValueError, match="k_weight"):
+        layer(k_weight=np.ones((1, 1), np.float32))
     with pytest.raises(ValueError, match="tau"):
-        binary_conv2d(x, tau[:5], packed_weight, 1, 1)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        binary_conv2d(x.astype(np.int32), None, packed_weight, 1, 1)
+        layer(tau=tau[:5])
+    with pytest.raises(ValueError, match="not float32"):
+        layer(x.astype(np.float64))
+    with pytest.raises(ValueError, match="shortcut"):
+        layer(sc=sc[:, :1])
     with pytest.raises(ValueError, match=r"not \[N, 8\]"):
-        binary_linear(np.ones((2, 9), np.float32), None, pack_linear_weight(np.ones((3, 8)), np.ones(3)))
+        packed_linear_layer(np.ones((2, 9), np.float32), None, pack_linear_weight(np.ones((3, 8)), np.ones(3)))

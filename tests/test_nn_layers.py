@@ -13,10 +13,11 @@ from bidm_ref.nn.attention import AttnBlock
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.dropout import Dropout
 from bidm_ref.nn.embedding import timestep_embedding
-from bidm_ref.nn.groupnorm import GroupNorm, group_norm_backward_ref, group_norm_ref
+from bidm_ref.nn.groupnorm import (GroupNorm, group_norm_backward_ref, group_norm_kernel, group_norm_kernel_serial,
+                                   group_norm_ref)
 from bidm_ref.nn.linear import Linear
 from bidm_ref.nn.module import Module
-from bidm_ref.nn.resample import Downsample, Upsample
+from bidm_ref.nn.resample import Downsample, Upsample, avg_pool2x, upsample_nearest2x_backward
 from bidm_ref.nn.resblock import ResnetBlock
 from fdcheck import check_module
 from reference_ops import conv_nested_loops
@@ -100,6 +101,12 @@ def test_groupnorm_kernels_equal_their_numpy_twins(N, G, per_group, H, W, dtype,
     np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * 10)
     np.testing.assert_allclose(layer.grads["weight"], dgamma_ref, rtol=tol, atol=tol * 10)
     np.testing.assert_allclose(layer.grads["bias"], dbeta_ref, rtol=tol, atol=tol * 10)
+    for kernel in (group_norm_kernel, group_norm_kernel_serial):                  # the layer picks one by size
+        x4 = x.reshape(N, G, per_group, H * W)
+        outs = [np.empty_like(x4), np.empty_like(x4), np.empty((N, G), dtype=dtype)]
+        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *outs)
+        np.testing.assert_allclose(outs[0].reshape(x.shape), y_ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(outs[2], inv_std_ref.reshape(N, G), rtol=tol)
 
 
 def test_groupnorm_forward_statistics():
@@ -171,6 +178,21 @@ def test_upsample_nearest_values():
     x = np.arange(4.0).reshape(1, 1, 2, 2)
     y, _ = Upsample(1, False, rng=np.random.default_rng(0)).forward(x)
     np.testing.assert_array_equal(y[0, 0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.sampled_from([np.float32, np.float64]),
+       seeds)
+def test_block_sums_equal_numpys_mean_and_sum_over_the_blocks(N, C, h, w, dtype, seed):
+    """avg_pool2x and the upsample backward sum each 2x2 block as (a + b) + (c + d) (resample.block_sums); NumPy's
+    reduction over the block axes, which they replaced, sums in that order or another (it depends on the shape):
+    the two agree to the rounding of one addition."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((N, C, 2 * h + 1, 2 * w + 1)) * 10.0 ** rng.integers(-4, 5, (1, C, 1, 1))).astype(dtype)
+    blocks = x[:, :, : 2 * h, : 2 * w].reshape(N, C, h, 2, w, 2)                  # odd sizes: the last row/col drop
+    sums = blocks.astype(np.float64).sum(axis=(3, 5))                             # [N, C, h, w]
+    bound = 2 * np.finfo(dtype).eps * np.abs(blocks).astype(np.float64).sum(axis=(3, 5))
+    assert np.all(np.abs(upsample_nearest2x_backward(x[:, :, : 2 * h, : 2 * w]) - sums) <= bound)
+    assert np.all(np.abs(avg_pool2x(x) - sums / 4) <= bound / 4)
 
 
 @given(st.integers(1, 2), st.integers(1, 4), st.integers(2, 7), st.integers(2, 7), st.booleans(), seeds)

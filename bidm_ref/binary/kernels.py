@@ -23,8 +23,8 @@ the innermost loop over O is vectorised by LLVM (xor, popcount, add on whole reg
 AVX-512, a vpshufb nibble table with AVX2). Border pixels just run fewer taps (i0..i1, j0..j1 clipped to
 the image), so no padded copy of the input is needed. No fastmath. Arguments: C-contiguous arrays,
 `padding` a tuple of 4 ints (top, bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1
-image. The wrappers binary_conv2d / binary_linear take float activations and a PackedConvWeight /
-PackedLinearWeight and return the float32 layer output (z * K, resp. z).
+image. A whole packed layer (packing, K map, this accumulator, the epilogue and the shortcut sum) is one
+call of layer_kernels.packed_conv_layer / packed_linear_layer.
 """
 
 from __future__ import annotations
@@ -33,13 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..nn.padding import Padding, as_padding, conv_output_size
-from .bitpack import (
-    PackedConvWeight,
-    PackedLinearWeight,
-    pack_activations,
-    pack_activations_ref,
-    pack_signs,
-)
+from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations
 from .popcount import popcount64
 
 
@@ -148,15 +142,6 @@ def conv_scaled_ref(
     return scale_ref(conv_acc_ref(packed, words, channels, stride, padding), alpha, k_map)
 
 
-def _k_map_rows(k_map: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
-    """K map [N, 1, Ho, Wo] (or None: ones) -> contiguous float32 [N, Ho, Wo]."""
-    if k_map is None:
-        return np.ones(shape, dtype=np.float32)                                   # [N, Ho, Wo]
-    if k_map.shape != (shape[0], 1, *shape[1:]):
-        raise ValueError(f"k_map must be [N, 1, Ho, Wo] = {[shape[0], 1, *shape[1:]]}, got {list(k_map.shape)}")
-    return np.ascontiguousarray(k_map[:, 0], dtype=np.float32)                     # [N, Ho, Wo]
-
-
 def _threshold(tau: np.ndarray | None, channels: int, dtype: np.dtype) -> np.ndarray:
     """tau [C] in the activations' dtype (the float path adds tau in that dtype too); None -> zeros."""
     if tau is None:
@@ -191,40 +176,6 @@ def output_shape(x_shape: tuple[int, ...], weight: PackedConvWeight, stride: int
     return (x_shape[0], O, Ho, Wo)
 
 
-def binary_conv2d(
-    x: np.ndarray,
-    tau: np.ndarray | None,
-    weight: PackedConvWeight,
-    stride: int,
-    padding: Padding,
-    k_map: np.ndarray | None = None,
-) -> np.ndarray:
-    """z * K of BiDM's conv on packed bits: conv2d(sign(x + tau), alpha * sign(W)) * k_map, float32 [N, O, Ho, Wo].
-
-    x [N, C, H, W] float32/float64, tau [C] or None, k_map [N, 1, Ho, Wo] or None (no K), padding an int or
-    (top, bottom, left, right). Packs x (one parallel pass), then runs conv_scaled.
-    """
-    packed = pack_input(x, tau, weight.channels)                                  # [N, H, W, Wd]
-    N, O, Ho, Wo = output_shape(x.shape, weight, stride, padding)
-    k_rows = _k_map_rows(k_map, (N, Ho, Wo))                                      # [N, Ho, Wo]
-    return conv_scaled(packed, weight.words_t, weight.channels, stride, as_padding(padding), weight.alpha, k_rows)
-
-
-def binary_conv2d_ref(
-    x: np.ndarray,
-    tau: np.ndarray | None,
-    weight: PackedConvWeight,
-    stride: int,
-    padding: Padding,
-    k_map: np.ndarray | None = None,
-) -> np.ndarray:
-    """NumPy twin of binary_conv2d (pack_activations_ref, conv_scaled_ref)."""
-    N, O, Ho, Wo = output_shape(x.shape, weight, stride, padding)
-    packed = pack_activations_ref(x, _threshold(tau, weight.channels, x.dtype))   # [N, H, W, Wd]
-    k_rows = _k_map_rows(k_map, (N, Ho, Wo))                                      # [N, Ho, Wo]
-    return conv_scaled_ref(packed, weight.words, weight.channels, stride, padding, weight.alpha, k_rows)
-
-
 def linear_acc(packed: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
     """packed inputs [N, Wd] -> int32 acc [N, O] = I - 2 * popcount(x xor w), by conv_acc as a 1x1 conv on 1x1."""
     N, Wd = packed.shape
@@ -236,23 +187,3 @@ def linear_acc_ref(packed: np.ndarray, words: np.ndarray, features: int) -> np.n
     """NumPy twin of linear_acc: packed [N, Wd], words [O, Wd] -> int32 [N, O]."""
     differ = np.bitwise_count(packed[:, None, :] ^ words[None, :, :]).sum(axis=-1, dtype=np.int64)  # [N, O]
     return (features - 2 * differ).astype(np.int32)
-
-
-def binary_linear(x: np.ndarray, tau: np.ndarray | None, weight: PackedLinearWeight) -> np.ndarray:
-    """BiDM's binary linear on packed bits: sign(x + tau) (alpha * sign(W))^T, float32 [N, O].
-
-    x [N, I] float32/float64, tau [I] or None.
-    """
-    if x.ndim != 2 or x.shape[1] != weight.features:
-        raise ValueError(f"binary linear: input {list(x.shape)} is not [N, {weight.features}]")
-    N, I = x.shape
-    packed = pack_input(x.reshape(N, I, 1, 1), tau, I)                            # [N, 1, 1, Wd]
-    ones = np.ones((N, 1, 1), dtype=np.float32)                                   # [N, Ho=1, Wo=1]
-    return conv_scaled(packed, weight.words_t, I, 1, (0, 0, 0, 0), weight.alpha, ones)[:, :, 0, 0]  # [N, O]
-
-
-def binary_linear_ref(x: np.ndarray, tau: np.ndarray | None, weight: PackedLinearWeight) -> np.ndarray:
-    """NumPy twin of binary_linear (pack_signs, linear_acc_ref, the float32 epilogue)."""
-    packed = pack_signs(x + _threshold(tau, weight.features, x.dtype))            # [N, Wd]
-    acc = linear_acc_ref(packed, weight.words, weight.features)                   # [N, O]
-    return acc.astype(np.float32) * weight.alpha                                  # [N, O]

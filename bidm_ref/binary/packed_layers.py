@@ -3,14 +3,15 @@
 Dimensions: N batch, C input channels (I features), O output channels, H, W input and Ho, Wo output
 spatial, kh, kw kernel, Wd = ceil(C / 64) packed words.
 
-PackedConv2d computes BinaryConv2d's binary-mode output (bidm_layers.py, docs/METHOD.md §3):
-    A   = mean_c |x|                                  [N, 1, H, W]
-    K   = conv2d(A, k_weight) + k_bias                [N, 1, Ho, Wo]   XNOR: k_weight = 1/(kh*kw), no k_bias
-    zK  = float32(acc) * alpha[o] * K                 [N, O, Ho, Wo]   kernels.binary_conv2d: acc = the +-1 conv
-                                                                        of sign(x + tau) and sign(W), popcount
-    y   = zK + s * shortcut(x)                        [N, O, Ho, Wo]   shortcut.py's FP path, unchanged
+PackedConv2d computes BinaryConv2d's binary-mode output (bidm_layers.py, docs/METHOD.md §3) in one compiled
+call (layer_kernels.packed_conv_layer):
+    A   = mean_c |x|                                  [N, H, W]
+    K   = conv2d(A, k_weight) + k_bias                [N, Ho, Wo]      XNOR: k_weight = 1/(kh*kw), no k_bias
+    y   = float32(acc) * alpha[o] * K + s * sc        [N, O, Ho, Wo]   acc = the +-1 conv of sign(x + tau) and
+                                                                        sign(W), by popcounts (kernels.py)
+sc = shortcut(x) is shortcut.py's FP path before its scale s, the 1x1 conv as one batched matmul (raw_shortcut),
 with sign(W) packed as uint64 words and alpha [O] = mean |W| per output channel (bitpack.PackedConvWeight).
-PackedLinear: y = float32(acc) * alpha [N, O], acc the +-1 product of sign(x + tau) and sign(W) (binary_linear).
+PackedLinear: y = float32(acc) * alpha [N, O], acc the +-1 product of sign(x + tau) and sign(W) (packed_linear_layer).
 
 Agreement with the float layers: u = x + tau is the same float addition in both (the input's dtype), so
 the signs are the same (sign(0) = +1); the accumulator is the +-1 conv exactly; only the float32 products
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..nn.conv import Padding, as_padding
 from ..nn.module import Module
+from ..nn.resample import avg_pool2x
 from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, ScaledBinaryOptions
 from .bitpack import (
     PackedConvWeight,
@@ -40,7 +42,7 @@ from .bitpack import (
     pack_conv_weight,
     pack_linear_weight,
 )
-from .kernels import binary_conv2d, binary_linear
+from .layer_kernels import packed_conv_layer, packed_linear_layer
 from .shortcut import ScaledShortcut
 
 PACKABLE: dict[str, ScaledBinaryOptions] = {"bidm": BIDM, "xnor": XNOR, "xnor_k": XNOR_LEARN_K}
@@ -115,7 +117,6 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
     init_scale_params = BinaryConv2d.init_scale_params
     xnor_k_filter = BinaryConv2d.xnor_k_filter
     k_filter = BinaryConv2d.k_filter
-    k_map = BinaryConv2d.k_map
 
     def set_packed(self, words: np.ndarray, alpha: np.ndarray) -> None:
         """Take sign(W) words [O, kh, kw, Wd] uint64 and alpha [O] float32; one-line error if they do not fit."""
@@ -126,12 +127,27 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
         packed = self.packed_weight()
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"PackedConv2d: input {list(x.shape)} is not NCHW [N, {self.in_channels}, H, W]")
-        k_map, _ = self.k_map(x)                                                  # [N, 1, Ho, Wo]
-        zk = binary_conv2d(x, self.params.get("tau"), packed, self.stride, self.padding, k_map)  # [N, O, Ho, Wo]
-        sc, _ = self.shortcut_forward(x, zk.shape)                                # [N, O, Ho, Wo]
-        return zk + sc, None                                                      # [N, O, Ho, Wo]
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.dtype != np.float32:
+            raise ValueError(f"PackedConv2d: input {x.dtype} {list(x.shape)} is not NCHW [N, {self.in_channels}, H, W] "
+                             "float32: cast it (packed inference runs in float32)")
+        tau = self.params.get("tau", np.zeros(self.in_channels, dtype=np.float32))  # [C]
+        k_weight, k_bias = self.k_filter(np.float32)                             # [1, 1, kh, kw], [1] or None
+        k_bias = 0.0 if k_bias is None else k_bias[0]
+        y = packed_conv_layer(x, tau, packed, self.stride, self.padding, k_weight[0, 0], k_bias,
+                              self.params["shortcut_scale"][0], self.raw_shortcut(x))  # [N, O, Ho, Wo]
+        return y, None
+
+    def raw_shortcut(self, x: np.ndarray) -> np.ndarray:
+        """shortcut(x) before its scale (shortcut.py), the 1x1 conv as one batched matmul: [N, O, Ho, Wo]."""
+        if self.shortcut is None:
+            return avg_pool2x(x) if self.stride == 2 else x                       # [N, C, Ho, Wo]
+        x = x[:, :, :: self.stride, :: self.stride]                               # [N, C, Ho, Wo]
+        N, C, Ho, Wo = x.shape
+        weight, bias = self.shortcut.params["weight"][:, :, 0, 0], self.shortcut.params.get("bias")  # [O, C], [O]
+        y = np.matmul(weight, x.reshape(N, C, Ho * Wo))                           # [N, O, Ho*Wo]
+        if bias is not None:
+            y += bias[:, None]                                                    # [N, O, Ho*Wo]
+        return y.reshape(N, -1, Ho, Wo)                                           # [N, O, Ho, Wo]
 
 
 class PackedLinear(InferenceOnly, Module):
@@ -152,7 +168,8 @@ class PackedLinear(InferenceOnly, Module):
         self.packed = PackedLinearWeight(words, self.in_features, alpha)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
-        return binary_linear(x, self.params.get("tau"), self.packed_weight()), None  # [N, O]
+        tau = self.params.get("tau", np.zeros(self.in_features, dtype=np.float32))  # [I]
+        return packed_linear_layer(x, tau, self.packed_weight()), None            # [N, O]
 
 
 class PackedLayers:

@@ -12,7 +12,8 @@ Backward (per group, with g = dy * gamma):
 
 Forward and backward are Numba kernels that make one pass per statistic over each group (prange
 over the N*G groups; a group is summed by one thread in a fixed order, so results do not depend on
-the thread count). Their sums run in float64 whatever the data's dtype. `group_norm_ref` and
+the thread count). Inputs below SERIAL_ELEMENTS run the forward's serial compilation: waking the
+sleeping workers for a parallel loop costs more than such a small group norm (sampling at batch 1). Their sums run in float64 whatever the data's dtype. `group_norm_ref` and
 `group_norm_backward_ref` are the plain NumPy twins the tests compare them with.
 """
 
@@ -23,32 +24,48 @@ import numpy as np
 
 from .module import Module
 
+SERIAL_ELEMENTS = 1 << 16  # inputs smaller than this run the forward kernel on one thread (docs/ENGINE.md)
 
-@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, n, g):  # pragma: no cover - compiled
+    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs."""
+    _, _, Cg, HW = x.shape
+    M = Cg * HW
+    total = 0.0
+    for c in range(Cg):
+        for p in range(HW):
+            total += x[n, g, c, p]
+    mu = total / M
+    sq = 0.0
+    for c in range(Cg):
+        for p in range(HW):
+            d = x[n, g, c, p] - mu
+            sq += d * d
+    r = 1.0 / np.sqrt(sq / M + eps)
+    inv_std[n, g] = r
+    for c in range(Cg):
+        scale, shift = gamma[g, c], beta[g, c]
+        for p in range(HW):
+            xh = (x[n, g, c, p] - mu) * r
+            xhat[n, g, c, p] = xh
+            y[n, g, c, p] = xh * scale + shift
+
+
+@numba.njit(cache=True, parallel=True)
 def group_norm_kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
     """x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
-    N, G, Cg, HW = x.shape
-    M = Cg * HW
+    N, G = inv_std.shape
     for ng in numba.prange(N * G):
-        n, g = ng // G, ng % G
-        total = 0.0
-        for c in range(Cg):
-            for p in range(HW):
-                total += x[n, g, c, p]
-        mu = total / M
-        sq = 0.0
-        for c in range(Cg):
-            for p in range(HW):
-                d = x[n, g, c, p] - mu
-                sq += d * d
-        r = 1.0 / np.sqrt(sq / M + eps)
-        inv_std[n, g] = r
-        for c in range(Cg):
-            scale, shift = gamma[g, c], beta[g, c]
-            for p in range(HW):
-                xh = (x[n, g, c, p] - mu) * r
-                xhat[n, g, c, p] = xh
-                y[n, g, c, p] = xh * scale + shift
+        _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
+
+
+@numba.njit(cache=True)
+def group_norm_kernel_serial(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
+    """group_norm_kernel on the calling thread (the same groups, in order): for small inputs (module docstring)."""
+    N, G = inv_std.shape
+    for ng in range(N * G):
+        _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
 
 
 @numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -131,7 +148,8 @@ class GroupNorm(Module):
         y = np.empty_like(x4)                                                     # [N, G, Cg, HW]
         xhat = np.empty_like(x4)                                                  # [N, G, Cg, HW]
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
-        group_norm_kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, inv_std)
+        kernel = group_norm_kernel_serial if x4.size < SERIAL_ELEMENTS else group_norm_kernel
+        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, inv_std)
         return y.reshape(N, C, H, W), (xhat, inv_std)                             # [N, C, H, W]
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:

@@ -1,0 +1,213 @@
+"""A whole packed binary conv layer in one compiled call: pack, K map, popcount conv, scales, shortcut sum.
+
+Dimensions: N batch, C input channels, O output channels, H, W input and Ho, Wo output spatial, kh, kw
+kernel, Wd = ceil(C / 64) packed words; the packed layouts are bitpack.py's, the accumulator kernels.py's.
+
+PackedConv2d's binary-mode output (packed_layers.py; docs/METHOD.md §3), for each (n, o, ho, wo):
+    bits[n, h, w]  = sign(x[n, :, h, w] + tau) packed           pass 1, one (n, h) row per task
+    A[n, h, w]     = float32(sum_c |x[n, c, h, w]|) / C         pass 1, summed over c in order (NumPy's mean)
+    K[n, ho, wo]   = sum over valid taps (i, j), in (i, j) order, of A[n, h0 + i, w0 + j] * k_weight[i, j]
+                     + k_bias                                    pass 2, h0 = ho*stride - top, w0 = wo*stride - left
+    y[n, o, ho, wo] = float32(acc) * alpha[o] * K  +  s * sc[n, o, ho, wo]      pass 2, acc as kernels.py
+with sc the raw FP shortcut (identity, 2x2 average pool or 1x1 conv, computed by the caller) and s its
+scale. A padded tap of the float layer's K conv adds A = 0, which the valid-tap sum leaves out. The
+float32 operations are the float layer's (BinaryConv2d.binary_forward) in the same order except K's
+products, which BLAS may sum in another order: the two layers agree to float32 rounding.
+
+Two passes are two loops of one call. A parallel loop costs a wake-up of the sleeping OpenMP workers
+(docs/ENGINE.md, "Threads"), which on small layers (8x8 maps, batch 1) costs more than the layer itself:
+`packed_conv_layer` runs the serial compilation below SERIAL_WORK popcount words and the parallel one
+above (measured in docs/ENGINE.md, "Packed layers"). Both compilations give the same bytes (each output
+is computed by one task in a fixed order). `packed_linear_layer` runs the binary linear layer through the
+same kernel (a 1x1 conv on a 1x1 image, K = 1). `packed_conv_layer_ref` / `packed_linear_layer_ref` are
+the NumPy twins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..nn.padding import Padding, as_padding
+from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref
+from .kernels import _accumulate_row, conv_scaled_ref, output_shape
+
+SERIAL_WORK = 1 << 18  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
+
+
+@njit(cache=True)
+def _pack_row(x, tau, n, h, packed, a_map):
+    """Pass 1 for row (n, h): packed[n, h] [W, Wd] = bits of sign(x[n, :, h] + tau), a_map[n, h] [W] = mean_c |x|."""
+    _, C, _, W = x.shape
+    Wd = packed.shape[3]
+    word = np.empty(W, dtype=np.uint64)                                           # [W] one word per column
+    total = np.zeros(W, dtype=x.dtype)                                            # [W] sum_c |x|
+    for d in range(Wd):
+        word[:] = 0
+        for c in range(d * 64, min(C, d * 64 + 64)):
+            shift = np.uint64(c - d * 64)
+            t = tau[c]
+            for w in range(W):                                                    # branch-free: signs are random
+                v = x[n, c, h, w]
+                word[w] |= np.uint64(not (v + t >= 0)) << shift
+                total[w] += abs(v)
+        packed[n, h, :, d] = word
+    a_map[n, h] = total / x.dtype.type(C)
+
+
+@njit(cache=True)
+def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, n, ho, out):
+    """Pass 2 for output row (n, ho): K, the accumulators and out[n, :, ho] [O, Wo] (module docstring)."""
+    H, W = a_map.shape[1], a_map.shape[2]
+    kh, kw = k_weight.shape
+    top, _, left, _ = padding
+    O, Wo = out.shape[1], out.shape[3]
+    acc = np.empty((Wo, O), dtype=np.int32)                                       # [Wo, O]
+    _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
+    k_row = np.empty(Wo, dtype=np.float32)                                        # [Wo] K of this row
+    h0 = ho * stride - top
+    for wo in range(Wo):
+        w0 = wo * stride - left
+        k = np.float32(0)
+        for i in range(max(0, -h0), min(kh, H - h0)):
+            for j in range(max(0, -w0), min(kw, W - w0)):
+                k += a_map[n, h0 + i, w0 + j] * k_weight[i, j]
+        k_row[wo] = k + k_bias
+    for o in range(O):
+        if sc.shape[0] == 0:                                                      # no shortcut
+            for wo in range(Wo):
+                out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo]
+        else:
+            for wo in range(Wo):
+                out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo] + s * sc[n, o, ho, wo]
+
+
+@njit(parallel=True, cache=True)
+def _layer_parallel(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
+    """Both passes with prange over the N*H input rows, then the N*Ho output rows."""
+    N, _, H, _ = x.shape
+    Ho = out.shape[2]
+    for row in prange(N * H):
+        _pack_row(x, tau, row // H, row % H, packed, a_map)
+    for row in prange(N * Ho):
+        _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
+                    row // Ho, row % Ho, out)
+
+
+@njit(cache=True)
+def _layer_serial(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
+    """Both passes on the calling thread (the same tasks as _layer_parallel, in row order)."""
+    N, _, H, _ = x.shape
+    Ho = out.shape[2]
+    for row in range(N * H):
+        _pack_row(x, tau, row // H, row % H, packed, a_map)
+    for row in range(N * Ho):
+        _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
+                    row // Ho, row % Ho, out)
+
+
+def layer_work(out_shape: tuple[int, ...], words_t: np.ndarray) -> int:
+    """Popcount words of one layer call: N*Ho*Wo * O*kh*kw*Wd (words_t [kh, kw*Wd, O])."""
+    N, _, Ho, Wo = out_shape
+    return N * Ho * Wo * words_t.size
+
+
+def _check_layer_inputs(x: np.ndarray, tau: np.ndarray, k_weight: np.ndarray, kernel: tuple[int, int], C: int) -> None:
+    """One-line errors for arguments that do not fit the layer."""
+    if x.ndim != 4 or x.shape[1] != C or x.dtype != np.float32:
+        raise ValueError(f"packed conv layer: input {x.dtype} {list(x.shape)} is not float32 NCHW [N, {C}, H, W]")
+    if tau.shape != (C,):
+        raise ValueError(f"packed conv layer: tau must be [C] = [{C}], got {list(tau.shape)}")
+    if k_weight.shape != tuple(kernel):
+        raise ValueError(f"packed conv layer: k_weight {list(k_weight.shape)} is not the kernel's {list(kernel)}")
+
+
+def packed_conv_layer(
+    x: np.ndarray, tau: np.ndarray, weight: PackedConvWeight, stride: int, padding: Padding,
+    k_weight: np.ndarray, k_bias: float, s: float, sc: np.ndarray | None,
+) -> np.ndarray:
+    """y = conv(sign(x + tau), alpha sign(W)) * K + s * sc in one call, float32 [N, O, Ho, Wo] (module docstring).
+
+    x [N, C, H, W] float32, tau [C], k_weight [kh, kw], sc [N, O, Ho, Wo] float32 (the raw shortcut; None: no
+    shortcut term, y = z * K).
+    """
+    _check_layer_inputs(x, tau, k_weight, weight.words.shape[1:3], weight.channels)
+    out_shape = output_shape(x.shape, weight, stride, padding)
+    if sc is None:
+        sc = np.empty((0, 0, 0, 0), dtype=np.float32)                             # the kernel's "no shortcut"
+    elif sc.shape != out_shape:
+        raise ValueError(f"packed conv layer: shortcut {list(sc.shape)} is not the output's {list(out_shape)}")
+    return _run_layer(x, tau, weight.words_t, weight.channels, weight.alpha, out_shape, stride, as_padding(padding),
+                      k_weight, k_bias, s, sc)
+
+
+def _run_layer(x, tau, words_t, channels, alpha, out_shape, stride, padding, k_weight, k_bias, s, sc) -> np.ndarray:
+    """Allocate the buffers and run the serial or the parallel compilation (by the popcount work)."""
+    N, _, H, W = x.shape
+    packed = np.empty((N, H, W, words_t.shape[1] // k_weight.shape[1]), dtype=np.uint64)  # [N, H, W, Wd]
+    a_map = np.empty((N, H, W), dtype=np.float32)                                 # [N, H, W]
+    out = np.empty(out_shape, dtype=np.float32)                                   # [N, O, Ho, Wo]
+    kernel = _layer_serial if layer_work(out_shape, words_t) < SERIAL_WORK else _layer_parallel
+    kernel(np.ascontiguousarray(x), np.ascontiguousarray(tau, dtype=np.float32), words_t, channels, stride, padding,
+           alpha, np.ascontiguousarray(k_weight, dtype=np.float32), np.float32(k_bias), np.float32(s),
+           np.ascontiguousarray(sc), packed, a_map, out)
+    return out
+
+
+# The binary linear layer is the 1x1 conv on a 1x1 image with K = 1: k_weight 0 and k_bias 1 give K = 0 * A + 1,
+# exactly 1 for any finite input, and float32(acc) * alpha * 1 is float32(acc) * alpha exactly.
+LINEAR_K_WEIGHT = np.zeros((1, 1), dtype=np.float32)
+
+
+def packed_linear_layer(x: np.ndarray, tau: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
+    """BiDM's binary linear on packed bits in one call: sign(x + tau) (alpha sign(W))^T, float32 [N, O].
+
+    x [N, I] float32, tau [I].
+    """
+    if x.ndim != 2 or x.shape[1] != weight.features:
+        raise ValueError(f"binary linear: input {list(x.shape)} is not [N, {weight.features}]")
+    N, I = x.shape
+    image = x.reshape(N, I, 1, 1)                                                 # [N, I, 1, 1]
+    _check_layer_inputs(image, tau, LINEAR_K_WEIGHT, (1, 1), I)
+    out_shape = (N, weight.words.shape[0], 1, 1)
+    no_shortcut = np.empty((0, 0, 0, 0), dtype=np.float32)
+    return _run_layer(image, tau, weight.words_t, I, weight.alpha, out_shape, 1, (0, 0, 0, 0), LINEAR_K_WEIGHT,
+                      1.0, 0.0, no_shortcut)[:, :, 0, 0]                          # [N, O]
+
+
+def k_map_ref(x: np.ndarray, k_weight: np.ndarray, k_bias: float, stride: int, padding: Padding,
+              out_hw: tuple[int, int]) -> np.ndarray:
+    """NumPy twin of K: A = mean_c |x| [N, H, W], then the valid-tap sum in (i, j) order + k_bias -> [N, Ho, Wo]."""
+    N, C, H, W = x.shape
+    top, _, left, _ = as_padding(padding)
+    Ho, Wo = out_hw
+    a_map = np.abs(x).sum(axis=1) / np.float32(C)                                 # [N, H, W]
+    k = np.zeros((N, Ho, Wo), dtype=np.float32)                                   # [N, Ho, Wo]
+    for i in range(k_weight.shape[0]):
+        rows = np.arange(Ho) * stride + i - top                                   # [Ho]
+        for j in range(k_weight.shape[1]):
+            cols = np.arange(Wo) * stride + j - left                              # [Wo]
+            valid = (rows[:, None] >= 0) & (rows[:, None] < H) & (cols >= 0) & (cols < W)  # [Ho, Wo]
+            taps = a_map[:, rows.clip(0, H - 1)][:, :, cols.clip(0, W - 1)]       # [N, Ho, Wo]
+            k = np.where(valid, k + taps * k_weight[i, j], k)                     # [N, Ho, Wo]
+    return k + np.float32(k_bias)                                                 # [N, Ho, Wo]
+
+
+def packed_conv_layer_ref(
+    x: np.ndarray, tau: np.ndarray, weight: PackedConvWeight, stride: int, padding: Padding,
+    k_weight: np.ndarray, k_bias: float, s: float, sc: np.ndarray | None,
+) -> np.ndarray:
+    """NumPy twin of packed_conv_layer (pack_activations_ref, k_map_ref, conv_scaled_ref, the shortcut sum)."""
+    N, O, Ho, Wo = output_shape(x.shape, weight, stride, padding)
+    packed = pack_activations_ref(x, np.asarray(tau, dtype=np.float32))           # [N, H, W, Wd]
+    k_rows = k_map_ref(x, np.asarray(k_weight, dtype=np.float32), k_bias, stride, padding, (Ho, Wo))  # [N, Ho, Wo]
+    zk = conv_scaled_ref(packed, weight.words, weight.channels, stride, padding, weight.alpha, k_rows)  # [N, O, Ho, Wo]
+    return zk if sc is None else zk + np.float32(s) * sc                          # [N, O, Ho, Wo]
+
+
+def packed_linear_layer_ref(x: np.ndarray, tau: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
+    """NumPy twin of packed_linear_layer (packed_conv_layer_ref on the 1x1 image with K = 1)."""
+    N, I = x.shape
+    conv_weight = PackedConvWeight(weight.words[:, None, None, :], I, weight.alpha)  # [O, 1, 1, Wd]
+    return packed_conv_layer_ref(x.reshape(N, I, 1, 1), tau, conv_weight, 1, 0, LINEAR_K_WEIGHT, 1.0, 0.0,
+                                 None)[:, :, 0, 0]                                # [N, O]
