@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from bench.bench_train import bench_train
     from bench.bench_unet import bench_unet
     from bench.timing import print_results, write_report
-    from bidm_ref.models.efficiency import efficiency_table, format_efficiency
+    from bidm_ref.experiments.efficiency import efficiency_table, format_efficiency
 
     suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet,
               "train": bench_train}
@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import channels_of
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
-    from bidm_ref.models.latent import unet_config_for
+    from bidm_ref.loading.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.config import BiDMConfig
     from bidm_ref.train.run import StudentConfig, resumed_arguments, train
@@ -146,7 +146,7 @@ def cmd_eval_ae(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig, load_images
     from bidm_ref.data.images import save_grid
     from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
-    from bidm_ref.models.latent import load_autoencoder
+    from bidm_ref.loading.latent import load_autoencoder
 
     ae = load_autoencoder(args.weights, use_ema=not args.raw)
     images = load_images(DataConfig(name=args.dataset, data_dir=args.data_dir, split=args.split, limit=args.limit))
@@ -168,9 +168,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bidm_ref.data.sample_files import check_new_folder, check_writable_file, save_png_files
     from bidm_ref.diffusion.generate import SampleConfig
     from bidm_ref.diffusion.samplers import check_exact_steps
-    from bidm_ref.models.build import load_model
-    from bidm_ref.models.sampling import draw_images
-    from bidm_ref.models.shipped import shipped_weights
+    from bidm_ref.loading.load import load_model
+    from bidm_ref.loading.sampling import draw_images
+    from bidm_ref.loading.shipped import shipped_weights
 
     if args.weights and args.method:
         raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
@@ -202,14 +202,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_import_ddim(args: argparse.Namespace) -> None:
     from bidm_ref.models.config import preset
-    from bidm_ref.models.import_ddim import import_ddim
+    from bidm_ref.loading.import_ddim import import_ddim
 
     import_ddim(args.ckpt, args.out, preset(args.preset))
     print(f"wrote {args.out}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from bidm_ref.bidm.ablation import AblationConfig, run_ablation
+    from bidm_ref.experiments.ablation import AblationConfig, run_ablation
     from bidm_ref.data.datasets import DataConfig
 
     cfg = AblationConfig(teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -219,8 +219,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from bidm_ref.bidm.config import ScoreConfig
-    from bidm_ref.bidm.scoring import score_models
+    from bidm_ref.experiments.config import ScoreConfig
+    from bidm_ref.experiments.scoring import score_models
     from bidm_ref.data.datasets import DataConfig
 
     models = dict(pair.split("=", 1) for pair in args.models if "=" in pair)
@@ -243,7 +243,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 def cmd_curve(args: argparse.Namespace) -> None:
     import os
 
-    from bidm_ref.bidm.curves import CurveConfig, curve, plot_curves
+    from bidm_ref.experiments.curves import CurveConfig, curve, plot_curves
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.diffusion.generate import SampleConfig
 
@@ -258,7 +258,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bidm_ref.models.export import export_checkpoint
+    from bidm_ref.loading.export import export_checkpoint
 
     summary = export_checkpoint(args.weights, args.out, use_ema=not args.raw)
     print(f"wrote {summary.path}: {summary.bytes_on_disk:,} bytes on disk ({summary.bytes_on_disk / 2**20:.3f} MB); "
@@ -271,7 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from bidm_ref.data.sample_files import check_writable_file
     from bidm_ref.metrics.run_eval import evaluate
-    from bidm_ref.train.atomic import atomic_write
+    from bidm_ref.storage.atomic import atomic_write
 
     if args.json:
         check_writable_file(args.json, "--json")
@@ -341,7 +341,8 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bidm_ref.bidm.config import BiDMConfig, ScoreConfig
+    from bidm_ref.bidm.config import BiDMConfig
+    from bidm_ref.experiments.config import ScoreConfig
     from bidm_ref.diffusion.generate import SampleConfig
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)

@@ -14,8 +14,8 @@ from bidm_ref.bidm.tbs import TBS, attach_tbs
 from bidm_ref.diffusion.loss import draw_timesteps, noise_loss
 from bidm_ref.diffusion.samplers import sample_ddim
 from bidm_ref.diffusion.schedule import Schedule
-from bidm_ref.models.build import sampling_eps_fn
-from bidm_ref.models.student import build_student
+from bidm_ref.bidm.tbs import sampling_eps_fn
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from binarycheck import away_from_kinks, surrogate_mode
 from fdcheck import assert_close, directional_fd

@@ -12,11 +12,11 @@ from bidm_ref.data.batches import BatchSampler
 from bidm_ref.data.datasets import DataConfig
 from bidm_ref.diffusion.objective import DenoisingObjective
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.models.build import load_model
+from bidm_ref.loading.load import load_model
 from bidm_ref.models.config import UNetConfig
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
-from bidm_ref.train.checkpoint import load_checkpoint
+from bidm_ref.storage.checkpoint import load_checkpoint
 from bidm_ref.train.run import train
 from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, run_config_dict
 
@@ -114,3 +114,4 @@ def test_train_teacher_rejects_channel_mismatch(tmp_path):
     rgb = UNetConfig(**{**MICRO.__dict__, "in_channels": 3, "out_ch": 3})
     with pytest.raises(ValueError, match="expects"):
         train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, out_dir=str(tmp_path)), model_cfg=rgb, progress=False)
+

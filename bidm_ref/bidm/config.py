@@ -1,9 +1,8 @@
-"""The configs of the bidm package, apart from the code that uses them (so `cli.py` reads their defaults
-without importing the models or the metrics).
+"""The config of the method, apart from the code that uses it (so `cli.py` reads its defaults without
+importing the models).
 
 BiDMConfig: the student objective (objective.py; docs/METHOD.md §7 and §5.2): TBS connections and
 training gap, the distillation (SPD, L2 or none), its weight lambda and SPD's patches and map.
-ScoreConfig: the scoring protocol of `cli.py score` (scoring.py).
 No arrays here (no dimension legend needed).
 """
 
@@ -39,19 +38,3 @@ class BiDMConfig:
 
 PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline student: the denoising loss only
 
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The protocol: samples per seed, the seeds, the sampler steps and the reference."""
-
-    classifier: str
-    n: int = 1000
-    seeds: tuple[int, ...] = (0, 1)
-    sample_steps: int = 50
-    batch_size: int = 64
-    reference_images: int = 10000
-    inception: str = "weights/inception_fid.h5"
-
-    def __post_init__(self) -> None:
-        if self.n < 2 or not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"score needs --n >= 2 and distinct --seeds, got n={self.n}, seeds={self.seeds}")

@@ -22,8 +22,11 @@ connected units as the next step's cache; `forget()` starts a new trajectory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from ..models.unet import UNet
 from ..nn.module import Module
 
 
@@ -42,6 +45,10 @@ class TBS(Module):
         self.bucket_size = num_timesteps // n_buckets
         self.add_param("a", np.full((n_buckets, connections), init, dtype=np.float32))
         self.cache: dict[int, np.ndarray] | None = None
+
+    @property
+    def connections(self) -> int:
+        return self.params["a"].shape[1]
 
     def connected(self, b: int) -> bool:
         return b >= self.first
@@ -74,11 +81,27 @@ class TBS(Module):
         return (1 - a) * dout                                                     # [N, C, H, W]
 
 
-def attach_tbs(student: Module, connections: int, num_timesteps: int) -> TBS | None:
-    """Give a student UNet a TBS mixer over its last `connections` decoder units (child `tbs`)."""
+def attach_tbs(student: UNet, connections: int, num_timesteps: int) -> TBS | None:
+    """Give a student UNet a TBS mixer over its last `connections` decoder units (child `tbs`); called by
+    bidm/student.py: build_unet, the one builder of TBS students."""
     if connections == 0:
         return None
     units = student.units()
     first_decoder = len(units) - len(student.cfg.ch_mult) * (student.cfg.num_res_blocks + 1)
     student.mixer = student.add_child("tbs", TBS(len(units), first_decoder, connections, num_timesteps))
     return student.mixer
+
+
+def sampling_eps_fn(model: UNet) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """eps(x_t, t) for a sampler (docs/METHOD.md §5.1); a TBS student starts without cache and remembers every
+    step's outputs."""
+    if model.mixer is not None:
+        model.mixer.forget()
+
+    def eps_fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        eps, cache = model.forward(x, t)                                          # [N, C, H, W]
+        if model.mixer is not None:
+            model.mixer.remember(UNet.unit_features(cache))
+        return eps
+
+    return eps_fn

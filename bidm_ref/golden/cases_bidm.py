@@ -20,11 +20,10 @@ import numpy as np
 from ..bidm.config import BiDMConfig
 from ..bidm.objective import BiDMObjective
 from ..bidm.spd import l2_loss, spd_loss
-from ..bidm.tbs import TBS, attach_tbs
+from ..bidm.student import build_student, build_unet
+from ..bidm.tbs import TBS
 from ..binary.methods import BinaryLayers
 from ..diffusion.loss import draw_timesteps
-from ..models.build import build_unet
-from ..models.student import build_student
 from ..nn.factory import DENSE
 from .cases_model import MICRO, SCHEDULE, model_hyper, model_of, schedule_of
 from .draws import f32, normal, random_params
@@ -126,8 +125,7 @@ def bidm_step_micro(rng: np.random.Generator) -> Draw:
     bidm = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=1e-2)  # the weight this v1 case was made with
     T = SCHEDULE.num_timesteps
     teacher = random_params(build_unet(MICRO, DENSE, 0, T), rng)
-    student = build_student(MICRO, "bidm", teacher, init_rng())
-    attach_tbs(student, bidm.tbs_connections, T)
+    student = build_student(MICRO, "bidm", teacher, init_rng(), bidm.tbs_connections, T)
     extras = random_params(student, rng, only=set(student.state_dict()) - set(teacher))
     student_params = {name: f32(value) for name, value in student.named_parameters()} | extras
     step_seed = int(rng.integers(2**31))

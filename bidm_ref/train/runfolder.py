@@ -36,9 +36,9 @@ from typing import Any
 
 from ..data.datasets import DataConfig
 
-from .atomic import pid_alive, remove_stale_temps
+from ..storage.atomic import pid_alive, remove_stale_temps
 from .adam import AdamConfig
-from .checkpoint import first_difference, load_config
+from ..storage.checkpoint import first_difference, load_config
 from .trainer import TrainConfig
 
 LOCK_NAME = ".lock"

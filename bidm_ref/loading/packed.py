@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bidm.student import build_unet
 from ..binary.methods import binary_layers
 from ..binary.packed_layers import LATENT_PARAMS, PackedLayers, pack_binary_layer, packable_options, packed_layers
-from ..train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .build import build_unet, model_from_checkpoint, tbs_connections, unet_config
-from .config import UNetConfig
-from .unet import UNet
+from ..models.config import UNetConfig
+from ..models.unet import UNet
+from ..storage.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .build import model_from_checkpoint, tbs_connections, unet_config
 
 PACKED_ATTR = "packed"
 PACKED_VERSION = 1

@@ -28,20 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bidm.config import BiDMConfig
 from ..data.datasets import DataConfig, load_labeled
 from ..data.images import save_grid, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
 from ..diffusion.schedule import ScheduleConfig
+from ..loading.load import load_model
+from ..loading.sampling import draw_images
 from ..metrics.classifier import ClassifierConfig, classifier_score, fd_clf, fit_classifier, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
-from ..models.build import load_model
-from ..models.sampling import draw_images
+from ..storage.atomic import atomic_write
 from ..train.adam import AdamConfig
-from ..train.atomic import atomic_write
 from ..train.run import StudentConfig, train
 from ..train.trainer import TrainConfig
-from .config import BiDMConfig
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..data.torch_zip import load_torch_file
 from ..diffusion.schedule import ScheduleConfig
-from ..train.checkpoint import save_checkpoint
-from .config import UNetConfig
-from .unet import UNet
+from ..models.config import UNetConfig
+from ..models.unet import UNet
+from ..storage.checkpoint import save_checkpoint
 
 
 def strip_prefix(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
