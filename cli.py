@@ -63,7 +63,7 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "seed": "train.seed", "grad_clip": "train.grad_clip", "ema_decay": "train.ema_decay",
     "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
     "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
-    "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "spd_lambda": "bidm.spd_lambda",
+    "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "distill_lambda": "bidm.distill_lambda",
     "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
 }
@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
         model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
         bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
-                                     tbs_train_gap=args.tbs_train_gap, spd_lambda=args.spd_lambda,
+                                     tbs_train_gap=args.tbs_train_gap, distill_lambda=args.distill_lambda,
                                      spd_patches=args.spd_patches, spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
           latent_ae=args.latent, force=args.force)
@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tbs-train-gap", type=int, default=BiDMConfig.tbs_train_gap, help="TBS training: cache pass at t + gap")
     p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
                    help="feature distillation from the teacher (default spd for bidm, none otherwise)")
-    p.add_argument("--spd-lambda", type=float, default=BiDMConfig.spd_lambda, help="weight of the distillation loss (the paper's; "
-                   "the official code's is 1e-2: bidm/objective.py)")
+    p.add_argument("--distill-lambda", type=float, default=BiDMConfig.distill_lambda,
+                   help="weight lambda of the distillation loss, SPD or L2 (the paper's; the official code's is 1e-2: "
+                   "docs/METHOD.md §11)")
     p.add_argument("--spd-patches", type=int, default=BiDMConfig.spd_patches, help="SPD patches per side")
     p.add_argument("--spd-variant", default=BiDMConfig.spd_variant, choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")

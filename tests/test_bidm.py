@@ -152,7 +152,7 @@ def test_l2_loss_value_and_fd():
 def test_three_pass_step_equals_the_loss_computed_by_hand():
     teacher, student = micro_pair(seed=3, connections=2)
     schedule = Schedule()
-    cfg = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=0.05, spd_patches=2)
+    cfg = BiDMConfig(tbs_connections=2, distill="spd", distill_lambda=0.05, spd_patches=2)
     x0 = np.random.default_rng(4).uniform(-1, 1, (3, 1, 8, 8))
     metrics = BiDMObjective(student, teacher, schedule, cfg).step(x0, np.random.default_rng(9))
     assert student.mixer.cache is None, "the training cache must not leak into the next step or into sampling"
@@ -180,7 +180,7 @@ def test_whole_bidm_objective_gradient_fd(distill):
     for name, p in student.named_parameters():
         if name.endswith(("tau", "shortcut_scale", "k_bias")):
             p[...] = rng.standard_normal(p.shape) * 0.2
-    cfg = BiDMConfig(tbs_connections=2, distill=distill, spd_lambda=0.5, spd_patches=2)
+    cfg = BiDMConfig(tbs_connections=2, distill=distill, distill_lambda=0.5, spd_patches=2)
     schedule = Schedule()
     objective = BiDMObjective(student, teacher, schedule, cfg)
     x0 = away_from_kinks(np.random.default_rng(7).uniform(-1, 1, (2, 1, 8, 8)))
@@ -214,6 +214,6 @@ def test_for_method_gives_bidm_tbs_and_spd_and_the_baselines_the_plain_loss():
     for method in ("xnor", "reactnet", "xnor_k"):
         plain = BiDMConfig.for_method(method)
         assert (plain.tbs_connections, plain.distill) == (0, "none")
-    chosen = BiDMConfig.for_method("xnor", tbs_connections=1, distill="l2", spd_lambda=0.5)
-    assert (chosen.tbs_connections, chosen.distill, chosen.spd_lambda) == (1, "l2", 0.5)
+    chosen = BiDMConfig.for_method("xnor", tbs_connections=1, distill="l2", distill_lambda=0.5)
+    assert (chosen.tbs_connections, chosen.distill, chosen.distill_lambda) == (1, "l2", 0.5)
     assert BiDMConfig.for_method("bidm", tbs_connections=0).tbs_connections == 0   # an explicit 0 is kept

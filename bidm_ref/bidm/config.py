@@ -2,13 +2,17 @@
 importing the models).
 
 BiDMConfig: the student objective (objective.py; docs/METHOD.md §7 and §5.2): TBS connections and
-training gap, the distillation (SPD, L2 or none), its weight lambda and SPD's patches and map.
+training gap, the distillation (SPD, L2 or none), its weight lambda (distill_lambda, the weight of
+whichever distillation loss) and SPD's patches and map.
 No arrays here (no dimension legend needed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
+
+RENAMED = {"spd_lambda": "distill_lambda"}  # old run-config key -> BiDMConfig field
 
 
 @dataclass(frozen=True)
@@ -16,7 +20,7 @@ class BiDMConfig:
     tbs_connections: int = 2
     tbs_train_gap: int = 1
     distill: str = "spd"
-    spd_lambda: float = 4.0
+    distill_lambda: float = 4.0
     spd_patches: int = 4
     spd_variant: str = "gram"
 
@@ -29,6 +33,12 @@ class BiDMConfig:
         return cls(tbs_connections=(2 if full else 0) if tbs_connections is None else tbs_connections,
                    distill=distill or ("spd" if full else "none"), **rest)
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> BiDMConfig:
+        """The config of a run config's `bidm` section. A checkpoint written before the rename calls
+        distill_lambda `spd_lambda`."""
+        return cls(**{RENAMED.get(key, key): value for key, value in saved.items()})
+
     def __post_init__(self) -> None:
         if self.distill not in ("spd", "l2", "none"):
             raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
@@ -38,3 +48,10 @@ class BiDMConfig:
 
 PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline student: the denoising loss only
 
+
+def current_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config with its `bidm` section (if any) as today's BiDMConfig writes it: old keys renamed, fields
+    added since the checkpoint was written at their defaults (the behaviour it was trained with)."""
+    if "bidm" not in config:
+        return config
+    return {**config, "bidm": asdict(BiDMConfig.from_saved(config["bidm"]))}

@@ -7,7 +7,7 @@ Dimensions: B batch, C, H, W image; F_b the output of unit b.
     2. teacher : FP teacher at (x_t, t)                            -> F_hat_b for every unit     (no backward)
     3. student : at (x_t, t) with the cache                        -> eps_pred, F_b (after TBS mixing)
     L = mean_B sum_CHW (eps - eps_pred)^2 + lambda * D(F, F_hat)     D: SPD, L2 or none
-lambda (spd_lambda) is 4, the paper's value for its mean over blocks. The official code's 1e-2 leaves the
+lambda (distill_lambda, for SPD or L2) is 4, the paper's value for its mean over blocks. The official code's 1e-2 leaves the
 SPD term at ~0.01 next to a summed noise loss of ~60 on the tiny preset, where it can hardly act; a
 600-step sweep on the shipped tiny teacher (results/README.md, "SPD weight") could not tell 1e-2, 0.1, 1
 and 4 apart by a validation FD-clf, while at 4 the SPD loss fell to 0.58 (0.97 at 1e-2) with the same
@@ -57,9 +57,9 @@ class BiDMObjective:
         if self.cfg.distill != "none":
             _, c_teacher = self.teacher.forward(x_t, t)
             d_loss, d_feats = self.distill(UNet.unit_features(cache), UNet.unit_features(c_teacher))
-            dfeatures = {b: self.cfg.spd_lambda * g for b, g in enumerate(d_feats)}
+            dfeatures = {b: self.cfg.distill_lambda * g for b, g in enumerate(d_feats)}
             metrics["distill_loss"] = d_loss
-            loss += self.cfg.spd_lambda * d_loss
+            loss += self.cfg.distill_lambda * d_loss
         self.student.backward(d_pred, cache, dfeatures)
         if tbs is not None:
             tbs.forget()

@@ -104,10 +104,19 @@ def step_draws(step_seed: int, shape: tuple[int, ...], num_timesteps: int) -> tu
     return t, rng.standard_normal(shape)                                          # [N], [N, C, H, W]
 
 
+V1_STEP_KEYS = ("tbs_connections", "tbs_train_gap", "distill", "spd_lambda", "spd_patches", "spd_variant")
+
+
+def v1_step_hyper(bidm: BiDMConfig) -> dict:
+    """The BiDMConfig of a bidm_step case under its v1 keys (lambda was `spd_lambda` then), in their v1 order."""
+    fields = asdict(bidm) | {"spd_lambda": bidm.distill_lambda}
+    return {key: fields[key] for key in V1_STEP_KEYS}
+
+
 @op("bidm_step")
 def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
     cfg, schedule = model_of(hyper), schedule_of(hyper)
-    bidm = BiDMConfig(**{key: hyper[key] for key in asdict(BiDMConfig())})
+    bidm = BiDMConfig.from_saved({key: hyper[key] for key in V1_STEP_KEYS})
     teacher = load_params(build_unet(cfg, DENSE, 0, schedule.T), params, prefix="teacher.")
     student = load_params(build_unet(cfg, BinaryLayers(hyper["method"]), bidm.tbs_connections, schedule.T), params,
                           prefix="student.")
@@ -122,7 +131,7 @@ def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
 
 @case("bidm", "bidm_step__micro_tbs2_spd")
 def bidm_step_micro(rng: np.random.Generator) -> Draw:
-    bidm = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=1e-2)  # the weight this v1 case was made with
+    bidm = BiDMConfig(tbs_connections=2, distill="spd", distill_lambda=1e-2)  # the weight this v1 case was made with
     T = SCHEDULE.num_timesteps
     teacher = random_params(build_unet(MICRO, DENSE, 0, T), rng)
     student = build_student(MICRO, "bidm", teacher, init_rng(), bidm.tbs_connections, T)
@@ -132,7 +141,7 @@ def bidm_step_micro(rng: np.random.Generator) -> Draw:
     x0 = f32(rng.uniform(-1, 1, (2, MICRO.in_channels, MICRO.resolution, MICRO.resolution)))  # [N, C, H, W]
     t, eps = step_draws(step_seed, x0.shape, T)                                   # [N], [N, C, H, W]
     params = {f"teacher.{k}": v for k, v in teacher.items()} | {f"student.{k}": v for k, v in student_params.items()}
-    hyper = model_hyper(MICRO) | asdict(SCHEDULE) | asdict(bidm) | dict(method="bidm", step_seed=step_seed)
+    hyper = model_hyper(MICRO) | asdict(SCHEDULE) | v1_step_hyper(bidm) | dict(method="bidm", step_seed=step_seed)
     return Draw(params, {"x0": x0, "t": t, "eps": eps}, hyper,
                 "one BiDM training step on the MICRO UNet: t' = min(t + 1, T - 1); student at "
                 "q_sample(x0, t', eps) without cache -> TBS cache; FP teacher at (x_t, t) -> SPD targets; student at "

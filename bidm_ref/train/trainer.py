@@ -34,11 +34,12 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ..bidm.config import current_run_config
 from ..binary.methods import set_progress
 from ..data.batches import BatchSampler
 from ..nn.module import Module
 from .adam import Adam, AdamConfig
-from ..storage.checkpoint import load_checkpoint, save_checkpoint
+from ..storage.checkpoint import check_config, load_checkpoint, save_checkpoint
 from ..storage.atomic import atomic_write, fsync_file
 from .clip import clip_grad_norm
 from .ema import EMA
@@ -106,7 +107,8 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         """Load params, EMA, Adam state and step from a checkpoint of the same run config."""
-        ckpt = load_checkpoint(path, expected_config=self.resumable_config(self.run_config))
+        ckpt = load_checkpoint(path)
+        check_config(current_run_config(ckpt.config), self.resumable_config(self.run_config), what=path)
         if ckpt.ema is None or ckpt.optim is None:
             raise ValueError(f"{path} has no EMA or optimizer state: it cannot be resumed (it can be sampled)")
         if ckpt.step > self.cfg.steps:
