@@ -64,7 +64,8 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
     "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
     "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "distill_lambda": "bidm.distill_lambda",
-    "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
+    "spd_patches": "bidm.spd_patches", "downsample_pad": "student.downsample_pad",
+    "no_fp_shortcut": "student.fp_shortcut", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
 }
 SHAPE_FIELDS = ("in_channels", "out_ch", "resolution")  # a preset's fields that follow the data, not the preset
@@ -117,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
-        model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
+        model, student = None, StudentConfig(method=args.method, teacher=args.teacher, downsample_pad=args.downsample_pad,
+                                              fp_shortcut=not args.no_fp_shortcut)
         bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
                                      tbs_train_gap=args.tbs_train_gap, distill_lambda=args.distill_lambda,
                                      spd_patches=args.spd_patches, spd_variant=args.spd_variant)
@@ -342,8 +344,9 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from bidm_ref.bidm.config import BiDMConfig
-    from bidm_ref.experiments.config import ScoreConfig
+    from bidm_ref.binary.variant import LayerVariant
     from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.experiments.config import ScoreConfig
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
@@ -372,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight lambda of the distillation loss, SPD or L2 (the paper's; the official code's is 1e-2: "
                    "docs/METHOD.md §11)")
     p.add_argument("--spd-patches", type=int, default=BiDMConfig.spd_patches, help="SPD patches per side")
+    p.add_argument("--downsample-pad", default=LayerVariant.downsample_pad, choices=["zero", "official"],
+                   help="binary Downsample conv: zero-pad the +-1 activations (zero) or pad x before the binarizer as "
+                   "the official code (official; docs/METHOD.md §11, item 1); bidm, xnor, xnor_k")
+    p.add_argument("--no-fp-shortcut", action="store_true", help="drop the scaled FP shortcut of the binary convs "
+                   "(plain XNOR-Net; docs/METHOD.md §11, item 5); bidm, xnor, xnor_k")
     p.add_argument("--spd-variant", default=BiDMConfig.spd_variant, choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")
     add_training_flags(p, steps=2000, lr=2e-4, ema_decay=0.9999, ckpt_every=500, out="run")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..binary.variant import LayerVariant
+
 RENAMED = {"spd_lambda": "distill_lambda"}  # old run-config key -> BiDMConfig field
 
 
@@ -50,8 +52,11 @@ PLAIN_NOISE_LOSS = BiDMConfig(tbs_connections=0, distill="none")  # a baseline s
 
 
 def current_run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config with its `bidm` section (if any) as today's BiDMConfig writes it: old keys renamed, fields
-    added since the checkpoint was written at their defaults (the behaviour it was trained with)."""
-    if "bidm" not in config:
-        return config
-    return {**config, "bidm": asdict(BiDMConfig.from_saved(config["bidm"]))}
+    """A run config with its `bidm` and `student` sections (if any) as today's code writes them: old keys renamed,
+    fields added since the checkpoint was written at their defaults (the behaviour it was trained with)."""
+    current = dict(config)
+    if "bidm" in config:
+        current["bidm"] = asdict(BiDMConfig.from_saved(config["bidm"]))
+    if "student" in config:
+        current["student"] = {**config["student"], **asdict(LayerVariant.of_student(config["student"]))}
+    return current

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..binary.methods import BinaryLayers, init_from_weights
+from ..binary.variant import DEFAULT_VARIANT, LayerVariant
 from ..models.config import UNetConfig
 from ..models.unet import UNet
 from ..nn.factory import LayerFactory
@@ -29,10 +30,11 @@ def build_unet(cfg: UNetConfig, body: LayerFactory, connections: int, num_timest
 
 
 def build_student(cfg: UNetConfig, method: str, teacher_params: dict[str, np.ndarray], rng: np.random.Generator,
-                  connections: int = 0, num_timesteps: int | None = None) -> UNet:
-    """A binary UNet of `method`, initialised from the teacher's parameters, with `connections` TBS connections
-    (num_timesteps: the schedule's T, which TBS buckets; needed when connections > 0)."""
-    student = build_unet(cfg, BinaryLayers(method), connections, num_timesteps, rng)
+                  connections: int = 0, num_timesteps: int | None = None,
+                  variant: LayerVariant = DEFAULT_VARIANT) -> UNet:
+    """A binary UNet of `method` (layers in `variant`), initialised from the teacher's parameters, with
+    `connections` TBS connections (num_timesteps: the schedule's T, which TBS buckets; needed when connections > 0)."""
+    student = build_unet(cfg, BinaryLayers(method, variant=variant), connections, num_timesteps, rng)
     own = student.state_dict()
     missing = [name for name in teacher_params if name not in own]
     if missing:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..bidm.student import build_unet
 from ..binary.methods import BinaryLayers
+from ..binary.variant import LayerVariant
 from ..models.config import UNetConfig
 from ..models.unet import UNet
 from ..nn.factory import DENSE
@@ -32,7 +33,8 @@ def tbs_connections(run_config: dict[str, Any]) -> int:
 
 def model_from_checkpoint(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
     """The float UNet (FP or binary student) of a loaded, not packed checkpoint, with its EMA weights or raw params."""
-    body = BinaryLayers(ckpt.config["student"]["method"]) if "student" in ckpt.config else DENSE
+    student = ckpt.config.get("student")
+    body = DENSE if student is None else BinaryLayers(student["method"], variant=LayerVariant.of_student(student))
     model = build_unet(unet_config(ckpt.config), body, tbs_connections(ckpt.config),
                        ckpt.config["schedule"]["num_timesteps"])
     model.load_state_dict(ckpt.weights(use_ema)[1])

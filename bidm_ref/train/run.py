@@ -15,13 +15,14 @@ resumed run needs only its folder and the settings that may change (steps, ckpt_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from ..bidm.config import PLAIN_NOISE_LOSS, BiDMConfig
 from ..bidm.objective import BiDMObjective
+from ..binary.variant import LayerVariant
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
 from ..loading.latent import LatentConfig, latent_of, training_latents
@@ -39,8 +40,12 @@ from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 
 @dataclass(frozen=True)
 class StudentConfig:
+    """The binarization method, the teacher, and the layer variant (binary/methods.py: LayerVariant)."""
+
     method: str = "bidm"
     teacher: str = ""
+    downsample_pad: str = LayerVariant.downsample_pad
+    fp_shortcut: bool = LayerVariant.fp_shortcut
 
 
 def load_teacher(path: str) -> tuple[UNet, dict]:
@@ -66,7 +71,7 @@ def build_objective(
     teacher, teacher_config = load_teacher(student.teacher)
     schedule_cfg = ScheduleConfig(**teacher_config["schedule"])
     model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng, bidm.tbs_connections,
-                          schedule_cfg.num_timesteps)
+                          schedule_cfg.num_timesteps, LayerVariant.of_student(asdict(student)))
     return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg, latent_of(teacher_config)
 
 
