@@ -63,7 +63,7 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "seed": "train.seed", "grad_clip": "train.grad_clip", "ema_decay": "train.ema_decay",
     "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
     "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
-    "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "distill_lambda": "bidm.distill_lambda",
+    "tbs_train_gap": "bidm.tbs_train_gap", "tbs_layout": "bidm.tbs_layout", "distill": "bidm.distill", "distill_lambda": "bidm.distill_lambda",
     "spd_patches": "bidm.spd_patches", "downsample_pad": "student.downsample_pad",
     "no_fp_shortcut": "student.fp_shortcut", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model, student = None, StudentConfig(method=args.method, teacher=args.teacher, downsample_pad=args.downsample_pad,
                                               fp_shortcut=not args.no_fp_shortcut)
         bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
-                                     tbs_train_gap=args.tbs_train_gap, distill_lambda=args.distill_lambda,
+                                     tbs_train_gap=args.tbs_train_gap, tbs_layout=args.tbs_layout, distill_lambda=args.distill_lambda,
                                      spd_patches=args.spd_patches, spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
           latent_ae=args.latent, force=args.force)
@@ -343,7 +343,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bidm_ref.bidm.config import BiDMConfig
+    from bidm_ref.bidm.config import TBS_LAYOUTS, BiDMConfig
     from bidm_ref.binary.variant import LayerVariant
     from bidm_ref.diffusion.generate import SampleConfig
     from bidm_ref.experiments.config import ScoreConfig
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tbs-connections", type=int, default=None,
                    help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
     p.add_argument("--tbs-train-gap", type=int, default=BiDMConfig.tbs_train_gap, help="TBS training: cache pass at t + gap")
+    p.add_argument("--tbs-layout", default=BiDMConfig.tbs_layout, choices=TBS_LAYOUTS,
+                   help="TBS positions: the last n decoder units from 0.3 (last-units) or the official CIFAR code's "
+                   "decoder level 1 from 0.0 (official-cifar; docs/METHOD.md §11, item 2)")
     p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
                    help="feature distillation from the teacher (default spd for bidm, none otherwise)")
     p.add_argument("--distill-lambda", type=float, default=BiDMConfig.distill_lambda,

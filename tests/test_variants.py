@@ -155,6 +155,9 @@ def test_old_student_checkpoints_load_with_the_defaults_and_a_packed_variant_is_
     model, _ = load_model(ckpt)
     downsample = model.downsamples[0].conv
     assert not downsample.options.pad_before_sign and "shortcut_scale" in downsample.params
+    edit_config(packed, lambda config: config["bidm"].update(tbs_layout="official-cifar"))
+    with pytest.raises(ValueError, match=r"last-units layout only and cannot run a --tbs-layout official-cifar"):
+        load_model(packed)
     edit_config(packed, lambda config: config["student"].update(downsample_pad="official"))
     with pytest.raises(ValueError, match=r"packed kernel pads the \+-1 activations with zeros and cannot compute"):
         load_model(packed)

@@ -2,7 +2,7 @@
 importing the models).
 
 BiDMConfig: the student objective (objective.py; docs/METHOD.md §7 and §5.2): TBS connections and
-training gap, the distillation (SPD, L2 or none), its weight lambda (distill_lambda, the weight of
+training gap and layout (docs/METHOD.md §11, item 2), the distillation (SPD, L2 or none), its weight lambda (distill_lambda, the weight of
 whichever distillation loss) and SPD's patches and map.
 No arrays here (no dimension legend needed).
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..binary.variant import LayerVariant
 
+TBS_LAYOUTS = ("last-units", "official-cifar")  # bidm/tbs.py; the first is the default
 RENAMED = {"spd_lambda": "distill_lambda"}  # old run-config key -> BiDMConfig field
 
 
@@ -21,6 +22,7 @@ RENAMED = {"spd_lambda": "distill_lambda"}  # old run-config key -> BiDMConfig f
 class BiDMConfig:
     tbs_connections: int = 2
     tbs_train_gap: int = 1
+    tbs_layout: str = TBS_LAYOUTS[0]
     distill: str = "spd"
     distill_lambda: float = 4.0
     spd_patches: int = 4
@@ -42,6 +44,8 @@ class BiDMConfig:
         return cls(**{RENAMED.get(key, key): value for key, value in saved.items()})
 
     def __post_init__(self) -> None:
+        if self.tbs_layout not in TBS_LAYOUTS:
+            raise ValueError(f"unknown --tbs-layout {self.tbs_layout!r}: use {' or '.join(TBS_LAYOUTS)}")
         if self.distill not in ("spd", "l2", "none"):
             raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
         if self.tbs_connections < 0 or self.tbs_train_gap < 1:

@@ -49,7 +49,7 @@ class BiDMObjective:
             t_prev = np.minimum(t + self.cfg.tbs_train_gap, T - 1)                # [B]
             tbs.forget()
             _, c_prev = self.student.forward(self.schedule.q_sample(x0, t_prev, eps), t_prev, rng)
-            tbs.remember(UNet.unit_features(c_prev))
+            tbs.remember(UNet.mix_outputs(c_prev))
         eps_pred, cache = self.student.forward(x_t, t, rng)                       # [B, C, H, W]
         loss, d_pred = noise_loss(eps, eps_pred)                                  # [B, C, H, W]
         metrics = {"noise_loss": loss}

@@ -17,24 +17,25 @@ from ..binary.variant import DEFAULT_VARIANT, LayerVariant
 from ..models.config import UNetConfig
 from ..models.unet import UNet
 from ..nn.factory import LayerFactory
+from .config import BiDMConfig
 from .tbs import attach_tbs
 
 
 def build_unet(cfg: UNetConfig, body: LayerFactory, connections: int, num_timesteps: int,
-               rng: np.random.Generator | None = None) -> UNet:
-    """A UNet with `body` layers and its TBS mixer if connections > 0 (seeded init unless `rng`: a loader
-    overwrites it)."""
+               rng: np.random.Generator | None = None, tbs_layout: str = BiDMConfig.tbs_layout) -> UNet:
+    """A UNet with `body` layers and its TBS mixer in `tbs_layout` if connections > 0 (seeded init unless `rng`:
+    a loader overwrites it)."""
     model = UNet(cfg, rng=np.random.default_rng(0) if rng is None else rng, body=body)
-    attach_tbs(model, connections, num_timesteps)
+    attach_tbs(model, connections, num_timesteps, tbs_layout)
     return model
 
 
 def build_student(cfg: UNetConfig, method: str, teacher_params: dict[str, np.ndarray], rng: np.random.Generator,
                   connections: int = 0, num_timesteps: int | None = None,
-                  variant: LayerVariant = DEFAULT_VARIANT) -> UNet:
+                  variant: LayerVariant = DEFAULT_VARIANT, tbs_layout: str = BiDMConfig.tbs_layout) -> UNet:
     """A binary UNet of `method` (layers in `variant`), initialised from the teacher's parameters, with
     `connections` TBS connections (num_timesteps: the schedule's T, which TBS buckets; needed when connections > 0)."""
-    student = build_unet(cfg, BinaryLayers(method, variant=variant), connections, num_timesteps, rng)
+    student = build_unet(cfg, BinaryLayers(method, variant=variant), connections, num_timesteps, rng, tbs_layout)
     own = student.state_dict()
     missing = [name for name in teacher_params if name not in own]
     if missing:

@@ -21,20 +21,22 @@ from ..bidm.config import BiDMConfig
 from ..bidm.objective import BiDMObjective
 from ..bidm.spd import l2_loss, spd_loss
 from ..bidm.student import build_student, build_unet
-from ..bidm.tbs import TBS
+from ..bidm.tbs import TBS, last_units_tbs
 from ..binary.methods import BinaryLayers
 from ..diffusion.loss import draw_timesteps
+from ..models.config import UNetConfig
+from ..models.unet import UNet
 from ..nn.factory import DENSE
 from .cases_model import MICRO, SCHEDULE, model_hyper, model_of, schedule_of
 from .draws import f32, normal, random_params
 from .format import Arrays, GoldenError
-from .harness import init_rng, load_params
+from .harness import forward_backward, init_rng, load_params, upstream
 from .registry import Draw, Result, case, close, nmse, op
 
 
 def tbs_mixer(hyper: dict) -> TBS:
-    return TBS(hyper["num_units"], hyper["first_decoder_unit"], hyper["connections"], hyper["num_timesteps"],
-               hyper["n_buckets"])
+    return last_units_tbs(hyper["num_units"], hyper["first_decoder_unit"], hyper["connections"],
+                          hyper["num_timesteps"], hyper["n_buckets"])
 
 
 @op("tbs")
@@ -148,3 +150,43 @@ def bidm_step_micro(rng: np.random.Generator) -> Draw:
                 "(x_t, t) with the cache -> L = mean_N sum (eps - eps_pred)^2 + spd_lambda * L_SPD, backpropagated "
                 "into the student only. The student's float weights equal the teacher's (the start of distillation)",
                 arg_order=("x0",))
+
+
+MICRO3 = UNetConfig(ch=4, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0, in_channels=1,
+                    out_ch=1, resolution=16, groups=2)  # the smallest UNet the official CIFAR TBS layout fits
+
+
+def tbs_student(hyper: dict) -> UNet:
+    """The binary student UNet of a tbs_unet case with its TBS mixer in the case's layout."""
+    return build_unet(model_of(hyper), BinaryLayers(hyper["method"]), hyper["tbs_connections"],
+                      hyper["num_timesteps"], init_rng(), hyper["tbs_layout"])
+
+
+@op("tbs_unet")
+def run_tbs_unet(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
+    model = tbs_student(hyper)
+    model.mixer.remember({p: inputs[f"cache.{p}"] for p in model.mixer.sources})
+    result = forward_backward(model, params, inputs, ("x", "t"), ("x",), nmse)
+    return Result({"eps": result.outputs["y"]}, result.grads)
+
+
+@case("bidm", "tbs_unet__micro3_official_cifar")
+def tbs_unet_official_cifar(rng: np.random.Generator) -> Draw:
+    hyper = model_hyper(MICRO3) | dict(method="bidm", tbs_connections=2, tbs_layout="official-cifar",
+                                       num_timesteps=SCHEDULE.num_timesteps)
+    model = tbs_student(hyper)
+    params = random_params(model, rng)
+    load_params(model, params)
+    x = normal(rng, (2, MICRO3.in_channels, MICRO3.resolution, MICRO3.resolution))  # [N, C, H, W]
+    t = np.array([15, 640], dtype=np.int64)                                       # [N]
+    _, cache = model.forward(x, t)
+    shapes = UNet.mix_outputs(cache)
+    caches = {f"cache.{p}": normal(rng, shapes[p].shape) for p in model.mixer.sources}  # [N, C, H, W] each
+    model.mixer.remember({p: caches[f"cache.{p}"] for p in model.mixer.sources})
+    return Draw(params, {"x": x, "t": t, **caches, "dout": upstream(rng, model, x, t)}, hyper,
+                "a BiDM student UNet (3 levels, attention on level 1) with TBS in the official CIFAR code's layout, "
+                "given the previous step's outputs cache.up.2.upsample and cache.up.1.upsample: each up.1 unit "
+                "(ResnetBlock + AttnBlock) output L becomes (1 - a[j, 1]) L + a[j, 1] cache.up.2.upsample and the "
+                "up.1.upsample output U becomes (1 - a[j, 1]) U + a[j, 1] cache.up.1.upsample, j = t // 10, a = tbs.a "
+                "[100, 3]; no other position mixes; eps and the gradients of sum(dout * eps) w.r.t. x and every "
+                "parameter (none into the caches)", arg_order=("x", "t"))

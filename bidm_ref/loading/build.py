@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..bidm.student import build_unet
+from ..bidm.config import BiDMConfig
 from ..binary.methods import BinaryLayers
 from ..binary.variant import LayerVariant
 from ..models.config import UNetConfig
@@ -31,11 +32,16 @@ def tbs_connections(run_config: dict[str, Any]) -> int:
     return run_config.get("bidm", {}).get("tbs_connections", 0)
 
 
+def tbs_layout(run_config: dict[str, Any]) -> str:
+    """The TBS layout of a run config (checkpoints written before the option: the default, last-units)."""
+    return run_config.get("bidm", {}).get("tbs_layout", BiDMConfig.tbs_layout)
+
+
 def model_from_checkpoint(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
     """The float UNet (FP or binary student) of a loaded, not packed checkpoint, with its EMA weights or raw params."""
     student = ckpt.config.get("student")
     body = DENSE if student is None else BinaryLayers(student["method"], variant=LayerVariant.of_student(student))
     model = build_unet(unet_config(ckpt.config), body, tbs_connections(ckpt.config),
-                       ckpt.config["schedule"]["num_timesteps"])
+                       ckpt.config["schedule"]["num_timesteps"], tbs_layout=tbs_layout(ckpt.config))
     model.load_state_dict(ckpt.weights(use_ema)[1])
     return model

@@ -14,8 +14,9 @@ accumulate into a gradient per hs entry, and every use of temb adds into dtemb.
 A "unit" (docs/METHOD.md §1: a timestep-embedded block) is a ResnetBlock with the AttnBlock that
 follows it at the same index, if the level has attention. Units are numbered b = 0, 1, ... in
 forward order (down, mid, up); every unit output is kept in the cache (`unit_features`) for
-feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite a unit's output:
-mixer.forward(b, h, t) -> (h', cache), mixer.backward(b, dh', cache) -> dh.
+feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite the output of a mixing
+point p, a unit b or the upsample of decoder level L (`upsample_point(L)`):
+mixer.forward(p, h, t) -> (h', cache), mixer.backward(p, dh', cache) -> dh.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from ..nn.module import Module, ModuleList
 from ..nn.resample import Downsample, Upsample
 from ..nn.resblock import ResnetBlock
 from .config import UNetConfig
+
+
+def upsample_point(level: int) -> str:
+    """The mixing point of decoder level `level`'s upsample output (ddim's name of the module)."""
+    return f"up.{level}.upsample"
 
 
 class Unit:
@@ -74,6 +80,7 @@ class UNetCache(NamedTuple):
     conv_out: tuple
     temb_shape: tuple[int, int]        # [N, E]
     features: list[np.ndarray]         # unit outputs after TBS mixing, units() order (unit_features)
+    upsampled: dict[int, np.ndarray]   # decoder level -> its upsample output after TBS mixing
 
 
 class UNet(Module):
@@ -180,6 +187,11 @@ class UNet(Module):
         """The unit outputs (after mixing) of a forward pass, in units() order."""
         return cache.features
 
+    @staticmethod
+    def mix_outputs(cache: UNetCache) -> dict[int | str, np.ndarray]:
+        """Every mixing point's output (after mixing) of a forward pass: unit b -> features[b], upsample_point(L)."""
+        return dict(enumerate(cache.features)) | {upsample_point(L): h for L, h in cache.upsampled.items()}
+
     def units(self) -> list[Unit]:
         """All timestep units in forward order: down, mid, up (the order TBS counts blocks in)."""
         down = [u for units in self.down_units for u in units]
@@ -224,6 +236,7 @@ class UNet(Module):
 
         c_up = []
         skip_channels = []
+        upsampled = {}
         for level in reversed(range(nlev)):
             for unit in self.up_units[level]:
                 skip = hs.pop()                                                   # [N, Cs, H, W]
@@ -232,13 +245,17 @@ class UNet(Module):
                 c_up.append(c)
             if self.upsamples[level] is not None:
                 h, c = self.upsamples[level].forward(h)                           # [N, C, 2H, 2W]
-                c_up.append(c)
+                c_mix = None
+                if self.mixer is not None:
+                    h, c_mix = self.mixer.forward(upsample_point(level), h, t)    # [N, C, 2H, 2W]
+                upsampled[level] = h
+                c_up.append((c, c_mix))
 
         h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
         h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
         return out, UNetCache(c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape,
-                              features)
+                              features, upsampled)
 
     def backward(self, dout: np.ndarray, cache: UNetCache, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """dout [N, out_ch, H, W] -> dx [N, in_channels, H, W]; parameter gradients accumulate.
@@ -246,7 +263,7 @@ class UNet(Module):
         dfeatures[b]: an extra gradient on unit b's output (a feature loss such as SPD), added where
         that output's gradient is complete.
         """
-        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _ = cache
+        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _, _ = cache
         nlev = len(self.cfg.ch_mult)
         dtemb = np.zeros(temb_shape, dtype=dout.dtype)                            # [N, E]
         dh = self.conv_out.backward(dout, c_out)                                  # [N, ch, H, W]
@@ -258,7 +275,10 @@ class UNet(Module):
         skip_channels = list(skip_channels)
         for level in range(nlev):
             if self.upsamples[level] is not None:
-                dh = self.upsamples[level].backward(dh, c_up.pop())              # [N, C, H/2, W/2]
+                c, c_mix = c_up.pop()
+                if self.mixer is not None:
+                    dh = self.mixer.backward(upsample_point(level), dh, c_mix)    # [N, C, H, W]
+                dh = self.upsamples[level].backward(dh, c)                        # [N, C, H/2, W/2]
             for unit in reversed(self.up_units[level]):
                 dcat, de = self.unit_backward(unit, dh, c_up.pop(), dfeatures)    # [N, C + Cs, H, W], [N, E]
                 dtemb += de

@@ -71,7 +71,8 @@ def build_objective(
     teacher, teacher_config = load_teacher(student.teacher)
     schedule_cfg = ScheduleConfig(**teacher_config["schedule"])
     model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng, bidm.tbs_connections,
-                          schedule_cfg.num_timesteps, LayerVariant.of_student(asdict(student)))
+                          schedule_cfg.num_timesteps, LayerVariant.of_student(asdict(student)),
+                          bidm.tbs_layout)
     return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg, latent_of(teacher_config)
 
 
