@@ -210,6 +210,14 @@ def cmd_import_ddim(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_import_official(args: argparse.Namespace) -> None:
+    from bidm_ref.loading.import_official import import_official
+    from bidm_ref.models.config import preset
+
+    import_official(args.ckpt, args.out, preset(args.preset))
+    print(f"wrote {args.out}")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
     from bidm_ref.experiments.ablation import AblationConfig, run_ablation
     from bidm_ref.data.datasets import DataConfig
@@ -436,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .h5")
     p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
     p.set_defaults(func=cmd_import_ddim)
+
+    p = sub.add_parser("import-official", help="convert a student checkpoint of the official BiDM code (torch file) "
+                       "to our HDF5 (key map: bidm_ref/loading/import_official.py)")
+    p.add_argument("ckpt", help="the official bidm-cifar runner's ckpt.pth")
+    p.add_argument("out", help="output .h5")
+    p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("ablate", help="train, sample and score the paper's comparison/ablation rows (resumable)")
     p.add_argument("--teacher", required=True, help="FP teacher checkpoint")
