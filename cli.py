@@ -62,10 +62,11 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "dataset": "data.name", "limit": "data.limit", "hflip": "data.hflip", "batch_size": "train.batch_size",
     "seed": "train.seed", "grad_clip": "train.grad_clip", "ema_decay": "train.ema_decay",
     "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
-    "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
-    "tbs_train_gap": "bidm.tbs_train_gap", "tbs_layout": "bidm.tbs_layout", "distill": "bidm.distill", "distill_lambda": "bidm.distill_lambda",
-    "spd_patches": "bidm.spd_patches", "downsample_pad": "student.downsample_pad",
-    "no_fp_shortcut": "student.fp_shortcut", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
+    "method": "student.method", "teacher": "student.teacher", "downsample_pad": "student.downsample_pad",
+    "no_fp_shortcut": "student.fp_shortcut", "tbs_connections": "bidm.tbs_connections",
+    "tbs_train_gap": "bidm.tbs_train_gap", "tbs_layout": "bidm.tbs_layout", "distill": "bidm.distill",
+    "distill_lambda": "bidm.distill_lambda", "distill_positions": "bidm.distill_positions",
+    "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
 }
 SHAPE_FIELDS = ("in_channels", "out_ch", "resolution")  # a preset's fields that follow the data, not the preset
@@ -80,7 +81,7 @@ def resume_flags(args: argparse.Namespace, preset_of, preset_key: str) -> dict:
     given = {}
     for dest in sorted(args.explicit & {*RESUME_CHECKED, "preset"}):
         value = getattr(args, dest)
-        if dest == "no_ema_warmup":
+        if dest in ("no_ema_warmup", "no_fp_shortcut"):                          # saved as ema_warmup, fp_shortcut
             value = not value
         elif dest == "method" and value == "fp":
             value = None                                                          # an FP run has no student section
@@ -118,11 +119,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
-        model, student = None, StudentConfig(method=args.method, teacher=args.teacher, downsample_pad=args.downsample_pad,
-                                              fp_shortcut=not args.no_fp_shortcut)
-        bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
-                                     tbs_train_gap=args.tbs_train_gap, tbs_layout=args.tbs_layout, distill_lambda=args.distill_lambda,
-                                     spd_patches=args.spd_patches, spd_variant=args.spd_variant)
+        model = None
+        student = StudentConfig(method=args.method, teacher=args.teacher, downsample_pad=args.downsample_pad,
+                                fp_shortcut=not args.no_fp_shortcut)
+        bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill, tbs_train_gap=args.tbs_train_gap,
+                                     tbs_layout=args.tbs_layout, distill_lambda=args.distill_lambda,
+                                     distill_positions=args.distill_positions, spd_patches=args.spd_patches,
+                                     spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
           latent_ae=args.latent, force=args.force)
 
@@ -351,7 +354,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bidm_ref.bidm.config import TBS_LAYOUTS, BiDMConfig
+    from bidm_ref.bidm.config import DISTILL_POSITIONS, TBS_LAYOUTS, BiDMConfig
     from bidm_ref.binary.variant import LayerVariant
     from bidm_ref.diffusion.generate import SampleConfig
     from bidm_ref.experiments.config import ScoreConfig
@@ -386,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight lambda of the distillation loss, SPD or L2 (the paper's; the official code's is 1e-2: "
                    "docs/METHOD.md §11)")
     p.add_argument("--spd-patches", type=int, default=BiDMConfig.spd_patches, help="SPD patches per side")
+    p.add_argument("--distill-positions", default=BiDMConfig.distill_positions, choices=DISTILL_POSITIONS,
+                   help="features the distillation (SPD or L2) compares: every unit output (units) or the official "
+                   "CIFAR code's hooks (official; docs/METHOD.md §11, item 3)")
     p.add_argument("--downsample-pad", default=LayerVariant.downsample_pad, choices=["zero", "official"],
                    help="binary Downsample conv: zero-pad the +-1 activations (zero) or pad x before the binarizer as "
                    "the official code (official; docs/METHOD.md §11, item 1); bidm, xnor, xnor_k")

@@ -51,12 +51,12 @@ def test_official_layout_output_is_the_mix_of_the_units_with_the_cached_upsample
     rng = np.random.default_rng(2)
     x, t = rng.standard_normal((2, 1, 8, 8)), np.array([5, 777])
     _, plain = student.forward(x, t)
-    cache = {p: rng.standard_normal(h.shape) for p, h in UNet.mix_outputs(plain).items()}
+    cache = {p: rng.standard_normal(h.shape) for p, h in UNet.point_outputs(plain).items()}
     student.mixer.remember(cache)
     a = rng.uniform(0.1, 0.9, student.mixer.params["a"].shape)
     student.mixer.params["a"][...] = a
     _, mixed = student.forward(x, t)
-    outputs = UNet.mix_outputs(mixed)
+    outputs = UNet.point_outputs(mixed)
     w = a[t // 10, 1][:, None, None, None]
     # the first up.1 unit gets the same input as without TBS (levels above 1 do not mix), so its mix is exact
     first = student.units().index(student.up_units[1][0])
@@ -75,7 +75,7 @@ def test_the_sampler_cache_holds_the_previous_step_s_source_outputs():
     def recording_forward(x, t, rng=None):
         caches.append(None if student.mixer.cache is None else dict(student.mixer.cache))
         out, cache = original(x, t, rng)
-        outputs.append({p: h.copy() for p, h in UNet.mix_outputs(cache).items()})
+        outputs.append({p: h.copy() for p, h in UNet.point_outputs(cache).items()})
         return out, cache
 
     student.forward = recording_forward
@@ -96,7 +96,7 @@ def test_official_layout_student_gradient_fd_including_the_table():
     x = away_from_kinks(rng.uniform(-1, 1, (2, 1, 8, 8)))
     t = np.array([12, 480])
     _, plain = student.forward(x, t)
-    student.mixer.remember({p: rng.standard_normal(h.shape) for p, h in UNet.mix_outputs(plain).items()})
+    student.mixer.remember({p: rng.standard_normal(h.shape) for p, h in UNet.point_outputs(plain).items()})
     student.mixer.params["a"][...] = rng.uniform(0.1, 0.9, student.mixer.params["a"].shape)
     dout = rng.standard_normal(plain.features[0].shape[:1] + (1, 8, 8))
     with surrogate_mode(student):

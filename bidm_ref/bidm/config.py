@@ -3,7 +3,7 @@ importing the models).
 
 BiDMConfig: the student objective (objective.py; docs/METHOD.md §7 and §5.2): TBS connections and
 training gap and layout (docs/METHOD.md §11, item 2), the distillation (SPD, L2 or none), its weight lambda (distill_lambda, the weight of
-whichever distillation loss) and SPD's patches and map.
+whichever distillation loss), the feature positions it compares (distill_positions, §11 item 3) and SPD's patches and map.
 No arrays here (no dimension legend needed).
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from ..binary.variant import LayerVariant
 
 TBS_LAYOUTS = ("last-units", "official-cifar")  # bidm/tbs.py; the first is the default
+DISTILL_POSITIONS = ("units", "official")  # objective.py: distill_points; the first is the default
 RENAMED = {"spd_lambda": "distill_lambda"}  # old run-config key -> BiDMConfig field
 
 
@@ -25,6 +26,7 @@ class BiDMConfig:
     tbs_layout: str = TBS_LAYOUTS[0]
     distill: str = "spd"
     distill_lambda: float = 4.0
+    distill_positions: str = DISTILL_POSITIONS[0]
     spd_patches: int = 4
     spd_variant: str = "gram"
 
@@ -46,6 +48,9 @@ class BiDMConfig:
     def __post_init__(self) -> None:
         if self.tbs_layout not in TBS_LAYOUTS:
             raise ValueError(f"unknown --tbs-layout {self.tbs_layout!r}: use {' or '.join(TBS_LAYOUTS)}")
+        if self.distill_positions not in DISTILL_POSITIONS:
+            raise ValueError(f"unknown --distill-positions {self.distill_positions!r}: use "
+                             f"{' or '.join(DISTILL_POSITIONS)}")
         if self.distill not in ("spd", "l2", "none"):
             raise ValueError(f"unknown --distill {self.distill!r}: use spd, l2 or none")
         if self.tbs_connections < 0 or self.tbs_train_gap < 1:

@@ -23,9 +23,24 @@ import numpy as np
 
 from ..diffusion.loss import draw_timesteps, noise_loss
 from ..diffusion.schedule import Schedule
-from ..models.unet import UNet
+from ..models.unet import UNet, conv2_point, downsample_point, upsample_point
 from .config import BiDMConfig
 from .spd import l2_loss, spd_loss
+
+
+def distill_points(model: UNet, positions: str) -> list[int | str]:
+    """The feature points (models/unet.py) the distillation compares, in forward order (docs/METHOD.md §11, item 3).
+
+    units: every unit output b (after TBS mixing). official: the official CIFAR code's hooks, every downsample
+    conv output, the last encoder unit's conv2 output and mid.block_2's (before their residual adds), and every
+    upsample output (after TBS mixing), decoder levels from the bottom up."""
+    units = model.units()
+    if positions == "units":
+        return list(range(len(units)))
+    down = [downsample_point(L) for L, sample in enumerate(model.downsamples) if sample is not None and sample.conv]
+    conv2 = [conv2_point(units.index(model.down_units[-1][-1])), conv2_point(units.index(model.mid_units[1]))]
+    up = [upsample_point(L) for L in reversed(range(len(model.cfg.ch_mult))) if model.upsamples[L] is not None]
+    return down + conv2 + up
 
 
 class BiDMObjective:
@@ -33,6 +48,7 @@ class BiDMObjective:
 
     def __init__(self, student: UNet, teacher: UNet, schedule: Schedule, cfg: BiDMConfig) -> None:
         self.student, self.teacher, self.schedule, self.cfg = student, teacher, schedule, cfg
+        self.points = distill_points(student, cfg.distill_positions)
 
     def distill(self, features: list[np.ndarray], targets: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
         if self.cfg.distill == "spd":
@@ -49,15 +65,16 @@ class BiDMObjective:
             t_prev = np.minimum(t + self.cfg.tbs_train_gap, T - 1)                # [B]
             tbs.forget()
             _, c_prev = self.student.forward(self.schedule.q_sample(x0, t_prev, eps), t_prev, rng)
-            tbs.remember(UNet.mix_outputs(c_prev))
+            tbs.remember(UNet.point_outputs(c_prev))
         eps_pred, cache = self.student.forward(x_t, t, rng)                       # [B, C, H, W]
         loss, d_pred = noise_loss(eps, eps_pred)                                  # [B, C, H, W]
         metrics = {"noise_loss": loss}
         dfeatures = None
         if self.cfg.distill != "none":
             _, c_teacher = self.teacher.forward(x_t, t)
-            d_loss, d_feats = self.distill(UNet.unit_features(cache), UNet.unit_features(c_teacher))
-            dfeatures = {b: self.cfg.distill_lambda * g for b, g in enumerate(d_feats)}
+            student, teacher = UNet.point_outputs(cache), UNet.point_outputs(c_teacher)
+            d_loss, d_feats = self.distill([student[p] for p in self.points], [teacher[p] for p in self.points])
+            dfeatures = {p: self.cfg.distill_lambda * g for p, g in zip(self.points, d_feats, strict=True)}
             metrics["distill_loss"] = d_loss
             loss += self.cfg.distill_lambda * d_loss
         self.student.backward(d_pred, cache, dfeatures)

@@ -70,7 +70,7 @@ class TBS(Module):
 
     def remember(self, outputs: Mapping[Point, np.ndarray] | list[np.ndarray]) -> None:
         """Keep the source points' (mixed) outputs of this step as the next step's cache (copies); `outputs` is
-        UNet.mix_outputs of a forward pass (a list of unit outputs does for unit sources)."""
+        UNet.point_outputs of a forward pass (a list of unit outputs does for unit sources)."""
         self.cache = {s: outputs[s].copy() for s in self.sources}
 
     def forward(self, p: Point, h: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, tuple | None]:
@@ -142,7 +142,7 @@ def sampling_eps_fn(model: UNet) -> Callable[[np.ndarray, np.ndarray], np.ndarra
     def eps_fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         eps, cache = model.forward(x, t)                                          # [N, C, H, W]
         if model.mixer is not None:
-            model.mixer.remember(UNet.mix_outputs(cache))
+            model.mixer.remember(UNet.point_outputs(cache))
         return eps
 
     return eps_fn
