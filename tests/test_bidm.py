@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 from bidm_ref.bidm.config import BiDMConfig
 from bidm_ref.bidm.objective import BiDMObjective
 from bidm_ref.bidm.spd import l2_loss, spd_loss
-from bidm_ref.bidm.tbs import attach_tbs, last_units_tbs, sampling_eps_fn
+from bidm_ref.bidm.tbs import attach_tbs, last_units_tbs
 from bidm_ref.diffusion.loss import draw_timesteps, noise_loss
-from bidm_ref.diffusion.samplers import sample_ddim
 from bidm_ref.diffusion.schedule import Schedule
 from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from binarycheck import away_from_kinks, surrogate_mode
 from fdcheck import assert_close, directional_fd
+from samplercheck import sampler_caches
 from test_student import SMALL
 
 seeds = st.integers(0, 2**31 - 1)
@@ -74,22 +74,11 @@ def test_tbs_with_zero_table_equals_no_tbs_and_first_unit_untouched():
 
 def test_sampler_cache_at_step_s_is_the_mixed_outputs_of_step_s_minus_1():
     _, student = micro_pair(connections=3)
-    eps_fn = sampling_eps_fn(student)
-    caches, outputs = [], []
-    original = student.forward
-
-    def recording_forward(x, t, rng=None):
-        caches.append(None if student.mixer.cache is None else dict(student.mixer.cache))
-        out, cache = original(x, t, rng)
-        outputs.append([f.copy() for f in UNet.unit_features(cache)])
-        return out, cache
-
-    student.forward = recording_forward
-    x_T = np.random.default_rng(2).standard_normal((2, 1, 8, 8))
-    sample_ddim(eps_fn, x_T, Schedule(), 4)
+    caches, outputs = sampler_caches(student, np.random.default_rng(2).standard_normal((2, 1, 8, 8)), 4)
     assert caches[0] is None and len(caches) == 4
+    units = len(student.units())
     for s in range(1, 4):
-        assert sorted(caches[s]) == list(range(len(outputs[s - 1]) - 3, len(outputs[s - 1])))
+        assert sorted(caches[s]) == list(range(units - 3, units))
         for b, cached in caches[s].items():
             np.testing.assert_array_equal(cached, outputs[s - 1][b])
 

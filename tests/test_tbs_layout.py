@@ -10,16 +10,15 @@ import pytest
 
 from bidm_ref.bidm.config import BiDMConfig
 from bidm_ref.bidm.student import build_student, build_unet
-from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.binary.methods import BinaryLayers
-from bidm_ref.diffusion.samplers import sample_ddim
-from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
+from bidm_ref.diffusion.schedule import ScheduleConfig
 from bidm_ref.loading.load import load_model
 from bidm_ref.models.config import UNetConfig
 from bidm_ref.models.unet import UNet
 from bidm_ref.storage.checkpoint import save_checkpoint
 from binarycheck import away_from_kinks, surrogate_mode
 from fdcheck import assert_close, directional_fd
+from samplercheck import sampler_caches
 from test_student import SMALL
 
 MICRO3 = UNetConfig(ch=4, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, in_channels=1,
@@ -68,18 +67,7 @@ def test_official_layout_output_is_the_mix_of_the_units_with_the_cached_upsample
 def test_the_sampler_cache_holds_the_previous_step_s_source_outputs():
     student = official_student(3)
     student.mixer.params["a"][...] = 0.5
-    eps_fn = sampling_eps_fn(student)
-    caches, outputs = [], []
-    original = student.forward
-
-    def recording_forward(x, t, rng=None):
-        caches.append(None if student.mixer.cache is None else dict(student.mixer.cache))
-        out, cache = original(x, t, rng)
-        outputs.append({p: h.copy() for p, h in UNet.point_outputs(cache).items()})
-        return out, cache
-
-    student.forward = recording_forward
-    sample_ddim(eps_fn, np.random.default_rng(4).standard_normal((2, 1, 8, 8)), Schedule(), 3)
+    caches, outputs = sampler_caches(student, np.random.default_rng(4).standard_normal((2, 1, 8, 8)), 3)
     assert caches[0] is None
     for s in (1, 2):
         assert sorted(caches[s]) == ["up.1.upsample", "up.2.upsample"]
