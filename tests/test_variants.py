@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cli
 from bidm_ref.binary.bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d
 from bidm_ref.binary.methods import BinaryLayers
 from bidm_ref.binary.variant import LayerVariant
@@ -161,3 +162,20 @@ def test_old_student_checkpoints_load_with_the_defaults_and_a_packed_variant_is_
     edit_config(packed, lambda config: config["student"].update(downsample_pad="official"))
     with pytest.raises(ValueError, match=r"packed kernel pads the \+-1 activations with zeros and cannot compute"):
         load_model(packed)
+
+
+def test_the_train_flags_reach_the_checkpoint_and_a_resume_checks_them(tmp_path, capsys):
+    data, teacher = micro_teacher(tmp_path)
+    out = tmp_path / "cli_student"
+    argv = ["--threads", "1", "train", "--method", "bidm", "--teacher", teacher, "--data-dir", data.data_dir,
+            "--batch-size", "4", "--out", str(out), "--downsample-pad", "official", "--no-fp-shortcut",
+            "--distill-positions", "official"]
+    assert cli.main([*argv, "--steps", "1"]) == 0
+    config = load_checkpoint(out / "ckpt.h5").config
+    assert (config["student"]["downsample_pad"], config["student"]["fp_shortcut"]) == ("official", False)
+    assert config["bidm"]["distill_positions"] == "official"
+    assert cli.main([*argv, "--steps", "2", "--resume"]) == 0                     # the same flags again: accepted
+    capsys.readouterr()
+    assert cli.main(["--threads", "1", "train", "--out", str(out), "--steps", "3", "--resume",
+                     "--downsample-pad", "zero"]) == 2
+    assert "--downsample-pad \"zero\" differs from the run's student.downsample_pad" in capsys.readouterr().err
