@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from bench.bench_train import bench_train
     from bench.bench_unet import bench_unet
     from bench.timing import print_results, write_report
-    from bidm_ref.models.efficiency import efficiency_table, format_efficiency
+    from bidm_ref.experiments.efficiency import efficiency_table, format_efficiency
 
     suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet,
               "train": bench_train}
@@ -62,8 +62,10 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "dataset": "data.name", "limit": "data.limit", "hflip": "data.hflip", "batch_size": "train.batch_size",
     "seed": "train.seed", "grad_clip": "train.grad_clip", "ema_decay": "train.ema_decay",
     "no_ema_warmup": "train.ema_warmup", "lr": "adam.lr",
-    "method": "student.method", "teacher": "student.teacher", "tbs_connections": "bidm.tbs_connections",
-    "tbs_train_gap": "bidm.tbs_train_gap", "distill": "bidm.distill", "spd_lambda": "bidm.spd_lambda",
+    "method": "student.method", "teacher": "student.teacher", "downsample_pad": "student.downsample_pad",
+    "no_fp_shortcut": "student.fp_shortcut", "tbs_connections": "bidm.tbs_connections",
+    "tbs_train_gap": "bidm.tbs_train_gap", "tbs_layout": "bidm.tbs_layout", "distill": "bidm.distill",
+    "distill_lambda": "bidm.distill_lambda", "distill_positions": "bidm.distill_positions",
     "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
 }
@@ -79,7 +81,7 @@ def resume_flags(args: argparse.Namespace, preset_of, preset_key: str) -> dict:
     given = {}
     for dest in sorted(args.explicit & {*RESUME_CHECKED, "preset"}):
         value = getattr(args, dest)
-        if dest == "no_ema_warmup":
+        if dest in ("no_ema_warmup", "no_fp_shortcut"):                          # saved as ema_warmup, fp_shortcut
             value = not value
         elif dest == "method" and value == "fp":
             value = None                                                          # an FP run has no student section
@@ -99,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import channels_of
     from bidm_ref.diffusion.schedule import ScheduleConfig
     from bidm_ref.models.config import preset
-    from bidm_ref.models.latent import unet_config_for
+    from bidm_ref.loading.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.config import BiDMConfig
     from bidm_ref.train.run import StudentConfig, resumed_arguments, train
@@ -117,10 +119,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not args.teacher:
             raise ValueError(f"--method {args.method} trains a binary student: pass --teacher TEACHER.h5")
-        model, student = None, StudentConfig(method=args.method, teacher=args.teacher)
-        bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill,
-                                     tbs_train_gap=args.tbs_train_gap, spd_lambda=args.spd_lambda,
-                                     spd_patches=args.spd_patches, spd_variant=args.spd_variant)
+        model = None
+        student = StudentConfig(method=args.method, teacher=args.teacher, downsample_pad=args.downsample_pad,
+                                fp_shortcut=not args.no_fp_shortcut)
+        bidm = BiDMConfig.for_method(args.method, args.tbs_connections, args.distill, tbs_train_gap=args.tbs_train_gap,
+                                     tbs_layout=args.tbs_layout, distill_lambda=args.distill_lambda,
+                                     distill_positions=args.distill_positions, spd_patches=args.spd_patches,
+                                     spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
           latent_ae=args.latent, force=args.force)
 
@@ -146,7 +151,7 @@ def cmd_eval_ae(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig, load_images
     from bidm_ref.data.images import save_grid
     from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
-    from bidm_ref.models.latent import load_autoencoder
+    from bidm_ref.loading.latent import load_autoencoder
 
     ae = load_autoencoder(args.weights, use_ema=not args.raw)
     images = load_images(DataConfig(name=args.dataset, data_dir=args.data_dir, split=args.split, limit=args.limit))
@@ -168,9 +173,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bidm_ref.data.sample_files import check_new_folder, check_writable_file, save_png_files
     from bidm_ref.diffusion.generate import SampleConfig
     from bidm_ref.diffusion.samplers import check_exact_steps
-    from bidm_ref.models.build import load_model
-    from bidm_ref.models.sampling import draw_images
-    from bidm_ref.models.shipped import shipped_weights
+    from bidm_ref.loading.load import load_model
+    from bidm_ref.loading.sampling import draw_images
+    from bidm_ref.loading.shipped import shipped_weights
 
     if args.weights and args.method:
         raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
@@ -202,14 +207,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_import_ddim(args: argparse.Namespace) -> None:
     from bidm_ref.models.config import preset
-    from bidm_ref.models.import_ddim import import_ddim
+    from bidm_ref.loading.import_ddim import import_ddim
 
     import_ddim(args.ckpt, args.out, preset(args.preset))
     print(f"wrote {args.out}")
 
 
+def cmd_import_official(args: argparse.Namespace) -> None:
+    from bidm_ref.loading.import_official import import_official
+    from bidm_ref.models.config import preset
+
+    import_official(args.ckpt, args.out, preset(args.preset))
+    print(f"wrote {args.out}")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from bidm_ref.bidm.ablation import AblationConfig, run_ablation
+    from bidm_ref.experiments.ablation import AblationConfig, run_ablation
     from bidm_ref.data.datasets import DataConfig
 
     cfg = AblationConfig(teacher=args.teacher, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -219,8 +232,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from bidm_ref.bidm.config import ScoreConfig
-    from bidm_ref.bidm.scoring import score_models
+    from bidm_ref.experiments.config import ScoreConfig
+    from bidm_ref.experiments.scoring import score_models
     from bidm_ref.data.datasets import DataConfig
 
     models = dict(pair.split("=", 1) for pair in args.models if "=" in pair)
@@ -243,7 +256,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 def cmd_curve(args: argparse.Namespace) -> None:
     import os
 
-    from bidm_ref.bidm.curves import CurveConfig, curve, plot_curves
+    from bidm_ref.experiments.curves import CurveConfig, curve, plot_curves
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.diffusion.generate import SampleConfig
 
@@ -258,7 +271,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bidm_ref.models.export import export_checkpoint
+    from bidm_ref.loading.export import export_checkpoint
 
     summary = export_checkpoint(args.weights, args.out, use_ema=not args.raw)
     print(f"wrote {summary.path}: {summary.bytes_on_disk:,} bytes on disk ({summary.bytes_on_disk / 2**20:.3f} MB); "
@@ -271,7 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from bidm_ref.data.sample_files import check_writable_file
     from bidm_ref.metrics.run_eval import evaluate
-    from bidm_ref.train.atomic import atomic_write
+    from bidm_ref.storage.atomic import atomic_write
 
     if args.json:
         check_writable_file(args.json, "--json")
@@ -341,8 +354,10 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bidm_ref.bidm.config import BiDMConfig, ScoreConfig
+    from bidm_ref.bidm.config import DISTILL_POSITIONS, TBS_LAYOUTS, BiDMConfig
+    from bidm_ref.binary.variant import LayerVariant
     from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.experiments.config import ScoreConfig
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
@@ -365,11 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tbs-connections", type=int, default=None,
                    help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
     p.add_argument("--tbs-train-gap", type=int, default=BiDMConfig.tbs_train_gap, help="TBS training: cache pass at t + gap")
+    p.add_argument("--tbs-layout", default=BiDMConfig.tbs_layout, choices=TBS_LAYOUTS,
+                   help="TBS positions: the last n decoder units from 0.3 (last-units) or the official CIFAR code's "
+                   "decoder level 1 from 0.0 (official-cifar; docs/METHOD.md §11, item 2)")
     p.add_argument("--distill", default=None, choices=["spd", "l2", "none"],
                    help="feature distillation from the teacher (default spd for bidm, none otherwise)")
-    p.add_argument("--spd-lambda", type=float, default=BiDMConfig.spd_lambda, help="weight of the distillation loss (the paper's; "
-                   "the official code's is 1e-2: bidm/objective.py)")
+    p.add_argument("--distill-lambda", type=float, default=BiDMConfig.distill_lambda,
+                   help="weight lambda of the distillation loss, SPD or L2 (the paper's; the official code's is 1e-2: "
+                   "docs/METHOD.md §11)")
     p.add_argument("--spd-patches", type=int, default=BiDMConfig.spd_patches, help="SPD patches per side")
+    p.add_argument("--distill-positions", default=BiDMConfig.distill_positions, choices=DISTILL_POSITIONS,
+                   help="features the distillation (SPD or L2) compares: every unit output (units) or the official "
+                   "CIFAR code's hooks (official; docs/METHOD.md §11, item 3)")
+    p.add_argument("--downsample-pad", default=LayerVariant.downsample_pad, choices=["zero", "official"],
+                   help="binary Downsample conv: zero-pad the +-1 activations (zero) or pad x before the binarizer as "
+                   "the official code (official; docs/METHOD.md §11, item 1); bidm, xnor, xnor_k")
+    p.add_argument("--no-fp-shortcut", action="store_true", help="drop the scaled FP shortcut of the binary convs "
+                   "(plain XNOR-Net; docs/METHOD.md §11, item 5); bidm, xnor, xnor_k")
     p.add_argument("--spd-variant", default=BiDMConfig.spd_variant, choices=["gram", "token"],
                    help="gram: the official code's per-channel Gram; token: the paper's token map")
     add_training_flags(p, steps=2000, lr=2e-4, ema_decay=0.9999, ckpt_every=500, out="run")
@@ -423,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .h5")
     p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
     p.set_defaults(func=cmd_import_ddim)
+
+    p = sub.add_parser("import-official", help="convert a student checkpoint of the official BiDM code (torch file) "
+                       "to our HDF5 (key map: bidm_ref/loading/import_official.py)")
+    p.add_argument("ckpt", help="the official bidm-cifar runner's ckpt.pth")
+    p.add_argument("out", help="output .h5")
+    p.add_argument("--preset", default="cifar10", help="the model config the checkpoint was trained with")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("ablate", help="train, sample and score the paper's comparison/ablation rows (resumable)")
     p.add_argument("--teacher", required=True, help="FP teacher checkpoint")

@@ -30,9 +30,9 @@ from bidm_ref.bidm.tbs import attach_tbs
 from bidm_ref.data.batches import BatchSampler
 from bidm_ref.diffusion.objective import DenoisingObjective
 from bidm_ref.diffusion.schedule import Schedule
-from bidm_ref.models.build import sampling_eps_fn
+from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.models.config import preset
-from bidm_ref.models.student import build_student
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.train.trainer import Objective, TrainConfig, Trainer

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidm_ref.bidm.tbs import attach_tbs
-from bidm_ref.models.build import sampling_eps_fn
+from bidm_ref.bidm.tbs import attach_tbs, sampling_eps_fn
 from bidm_ref.models.config import preset
-from bidm_ref.models.packed import packed_twin
-from bidm_ref.models.student import build_student
+from bidm_ref.loading.packed import packed_twin
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 
 from .bench_kernels import geometric_mean, time_interleaved

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bidm_ref.train.atomic import atomic_write
+from bidm_ref.storage.atomic import atomic_write
 
 
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:

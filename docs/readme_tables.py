@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bidm_ref.models.efficiency import efficiency_table, format_efficiency  # noqa: E402
-from bidm_ref.train.atomic import atomic_write  # noqa: E402
+from bidm_ref.experiments.efficiency import efficiency_table, format_efficiency  # noqa: E402
+from bidm_ref.storage.atomic import atomic_write  # noqa: E402
 
 
 def efficiency_section() -> str:

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from bidm_ref.bidm import ablation
-from bidm_ref.bidm.ablation import AblationConfig, ablation_rows, run_ablation
+from bidm_ref.experiments import ablation
+from bidm_ref.experiments.ablation import AblationConfig, ablation_rows, run_ablation
 from test_trainer import micro_teacher
 
 

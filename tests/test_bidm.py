@@ -10,15 +10,14 @@ from hypothesis import strategies as st
 from bidm_ref.bidm.config import BiDMConfig
 from bidm_ref.bidm.objective import BiDMObjective
 from bidm_ref.bidm.spd import l2_loss, spd_loss
-from bidm_ref.bidm.tbs import TBS, attach_tbs
+from bidm_ref.bidm.tbs import attach_tbs, last_units_tbs
 from bidm_ref.diffusion.loss import draw_timesteps, noise_loss
-from bidm_ref.diffusion.samplers import sample_ddim
 from bidm_ref.diffusion.schedule import Schedule
-from bidm_ref.models.build import sampling_eps_fn
-from bidm_ref.models.student import build_student
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from binarycheck import away_from_kinks, surrogate_mode
 from fdcheck import assert_close, directional_fd
+from samplercheck import sampler_caches
 from test_student import SMALL
 
 seeds = st.integers(0, 2**31 - 1)
@@ -36,7 +35,7 @@ def micro_pair(seed=0, connections=2):
 @given(st.integers(1, 3), st.integers(1, 3), seeds)
 def test_tbs_mixing_fd_including_the_table(N, C, seed):
     rng = np.random.default_rng(seed)
-    tbs = TBS(num_units=5, first_decoder_unit=2, connections=2, num_timesteps=1000).astype(np.float64)
+    tbs = last_units_tbs(num_units=5, first_decoder_unit=2, connections=2, num_timesteps=1000).astype(np.float64)
     tbs.params["a"][...] = rng.uniform(0, 1, tbs.params["a"].shape)
     t = rng.integers(0, 1000, N)
     b = 4
@@ -75,23 +74,11 @@ def test_tbs_with_zero_table_equals_no_tbs_and_first_unit_untouched():
 
 def test_sampler_cache_at_step_s_is_the_mixed_outputs_of_step_s_minus_1():
     _, student = micro_pair(connections=3)
-    eps_fn = sampling_eps_fn(student)
-    caches, outputs = [], []
-    original = student.forward
-
-    def recording_forward(x, t, rng=None):
-        caches.append(None if student.mixer.cache is None else dict(student.mixer.cache))
-        out, cache = original(x, t, rng)
-        outputs.append([f.copy() for f in UNet.unit_features(cache)])
-        return out, cache
-
-    student.forward = recording_forward
-    x_T = np.random.default_rng(2).standard_normal((2, 1, 8, 8))
-    sample_ddim(eps_fn, x_T, Schedule(), 4)
+    caches, outputs = sampler_caches(student, np.random.default_rng(2).standard_normal((2, 1, 8, 8)), 4)
     assert caches[0] is None and len(caches) == 4
-    first = student.mixer.first
+    units = len(student.units())
     for s in range(1, 4):
-        assert sorted(caches[s]) == list(range(first, len(outputs[s - 1])))
+        assert sorted(caches[s]) == list(range(units - 3, units))
         for b, cached in caches[s].items():
             np.testing.assert_array_equal(cached, outputs[s - 1][b])
 
@@ -152,7 +139,7 @@ def test_l2_loss_value_and_fd():
 def test_three_pass_step_equals_the_loss_computed_by_hand():
     teacher, student = micro_pair(seed=3, connections=2)
     schedule = Schedule()
-    cfg = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=0.05, spd_patches=2)
+    cfg = BiDMConfig(tbs_connections=2, distill="spd", distill_lambda=0.05, spd_patches=2)
     x0 = np.random.default_rng(4).uniform(-1, 1, (3, 1, 8, 8))
     metrics = BiDMObjective(student, teacher, schedule, cfg).step(x0, np.random.default_rng(9))
     assert student.mixer.cache is None, "the training cache must not leak into the next step or into sampling"
@@ -180,7 +167,7 @@ def test_whole_bidm_objective_gradient_fd(distill):
     for name, p in student.named_parameters():
         if name.endswith(("tau", "shortcut_scale", "k_bias")):
             p[...] = rng.standard_normal(p.shape) * 0.2
-    cfg = BiDMConfig(tbs_connections=2, distill=distill, spd_lambda=0.5, spd_patches=2)
+    cfg = BiDMConfig(tbs_connections=2, distill=distill, distill_lambda=0.5, spd_patches=2)
     schedule = Schedule()
     objective = BiDMObjective(student, teacher, schedule, cfg)
     x0 = away_from_kinks(np.random.default_rng(7).uniform(-1, 1, (2, 1, 8, 8)))
@@ -214,6 +201,6 @@ def test_for_method_gives_bidm_tbs_and_spd_and_the_baselines_the_plain_loss():
     for method in ("xnor", "reactnet", "xnor_k"):
         plain = BiDMConfig.for_method(method)
         assert (plain.tbs_connections, plain.distill) == (0, "none")
-    chosen = BiDMConfig.for_method("xnor", tbs_connections=1, distill="l2", spd_lambda=0.5)
-    assert (chosen.tbs_connections, chosen.distill, chosen.spd_lambda) == (1, "l2", 0.5)
+    chosen = BiDMConfig.for_method("xnor", tbs_connections=1, distill="l2", distill_lambda=0.5)
+    assert (chosen.tbs_connections, chosen.distill, chosen.distill_lambda) == (1, "l2", 0.5)
     assert BiDMConfig.for_method("bidm", tbs_connections=0).tbs_connections == 0   # an explicit 0 is kept

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays, from_dtype
 
 from bidm_ref.train.adam import Adam, AdamConfig
-from bidm_ref.train.atomic import atomic_h5, atomic_write
-from bidm_ref.train.checkpoint import CheckpointError, check_config, load_checkpoint, load_config, save_checkpoint
+from bidm_ref.storage.atomic import atomic_h5, atomic_write
+from bidm_ref.storage.checkpoint import CheckpointError, check_config, load_checkpoint, load_config, save_checkpoint
 from bidm_ref.train.clip import clip_grad_norm
 from bidm_ref.train.ema import EMA
 

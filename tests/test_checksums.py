@@ -13,15 +13,15 @@ import pytest
 
 import cli
 from bidm_ref.data.datasets import DataConfig
-from bidm_ref.hashing import arrays_sha256
+from bidm_ref.storage.hashing import arrays_sha256
 from bidm_ref.metrics import evaluate
 from bidm_ref.metrics.evaluate import FeatureSummary, Reference, load_summary, reference_summary
 from bidm_ref.metrics.inception import POOL3_DIM, SPATIAL_DIM
-from bidm_ref.models import latent
-from bidm_ref.models.build import load_model
-from bidm_ref.models.export import export_checkpoint
+from bidm_ref.loading import latent
+from bidm_ref.loading.load import load_model
+from bidm_ref.loading.export import export_checkpoint
 from bidm_ref.train.adam import Adam
-from bidm_ref.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bidm_ref.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from test_packed import write_student
 
 # signatures of the checksummed HDF5 metadata structures (object headers, continuation chunks, dense-link
@@ -214,7 +214,7 @@ def test_damaged_hdf5_metadata_is_a_one_line_checkpoint_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def packed_file(tmp_path_factory) -> Path:
-    """A packed bidm student written by models/export.py."""
+    """A packed bidm student written by loading/export.py."""
     folder = tmp_path_factory.mktemp("packed")
     write_student(folder / "student.h5", "bidm", 2)
     export_checkpoint(str(folder / "student.h5"), str(folder / "packed.h5"))

@@ -1,4 +1,4 @@
-"""Snapshots during training and learning curves (bidm/curves.py, `cli.py curve`) on a micro run and IDX fixture."""
+"""Snapshots during training and learning curves (experiments/curves.py, `cli.py curve`) on a micro run and IDX fixture."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import cli
-from bidm_ref.bidm import curves
-from bidm_ref.bidm.curves import CurveConfig, curve, snapshots
+from bidm_ref.experiments import curves
+from bidm_ref.experiments.curves import CurveConfig, curve, snapshots
 from bidm_ref.data.datasets import DataConfig
 from bidm_ref.diffusion.generate import SampleConfig
 from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
-from bidm_ref.models.build import load_model
-from bidm_ref.train.checkpoint import load_checkpoint
+from bidm_ref.loading.load import load_model
+from bidm_ref.storage.checkpoint import load_checkpoint
 from test_trainer import make_trainer, write_idx_dataset
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bidm_ref.binary.bidm_layers import BIDM, XNOR, BinaryConv2d
-from bidm_ref.models.efficiency import (
+from bidm_ref.experiments.efficiency import (
     count_ops,
     count_size,
     efficiency_table,
@@ -16,7 +16,7 @@ from bidm_ref.models.efficiency import (
     unet_efficiency,
 )
 from bidm_ref.models.autoencoder import AE_PRESETS, Autoencoder, Head
-from bidm_ref.models.packed import packed_twin
+from bidm_ref.loading.packed import packed_twin
 from bidm_ref.nn.attention import AttnBlock
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.module import Module

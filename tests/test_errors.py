@@ -48,7 +48,7 @@ def eps_calls(monkeypatch) -> list[int]:
 
         return eps
 
-    monkeypatch.setattr("bidm_ref.models.sampling.sampling_eps_fn", fake_eps_fn)
+    monkeypatch.setattr("bidm_ref.loading.sampling.sampling_eps_fn", fake_eps_fn)
     return calls
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bidm_ref.data.torch_zip import save_torch_zip
-from bidm_ref.models.build import load_model
+from bidm_ref.loading.load import load_model
 from bidm_ref.models.config import UNetConfig
-from bidm_ref.models.import_ddim import import_ddim
+from bidm_ref.loading.import_ddim import import_ddim
 from bidm_ref.models.unet import UNet
 
 SMALL = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,

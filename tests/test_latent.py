@@ -13,12 +13,13 @@ import cli
 from bidm_ref.data.datasets import DataConfig, load_images
 from bidm_ref.diffusion.generate import SampleConfig, generate
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.hashing import file_sha256
-from bidm_ref.models.build import load_model, sampling_eps_fn
+from bidm_ref.storage.hashing import file_sha256
+from bidm_ref.loading.load import load_model
+from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
-from bidm_ref.models.latent import decode_latents, encode_means, load_autoencoder, training_latents
-from bidm_ref.models.sampling import draw_images
-from bidm_ref.train.checkpoint import load_checkpoint
+from bidm_ref.loading.latent import decode_latents, encode_means, load_autoencoder, training_latents
+from bidm_ref.loading.sampling import draw_images
+from bidm_ref.storage.checkpoint import load_checkpoint
 from test_trainer import write_idx_dataset
 
 TRAIN = ["--steps", "2", "--batch-size", "4"]

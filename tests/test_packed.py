@@ -22,14 +22,15 @@ from bidm_ref.binary.packed_layers import (
 )
 from bidm_ref.diffusion.samplers import sample_ddim
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.models.build import load_model, sampling_eps_fn
+from bidm_ref.loading.load import load_model
+from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.models.config import UNetConfig
-from bidm_ref.models.export import export_checkpoint
-from bidm_ref.models.packed import export_packed
-from bidm_ref.models.student import build_student
+from bidm_ref.loading.export import export_checkpoint
+from bidm_ref.loading.packed import export_packed
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from bidm_ref.nn.conv import conv2d
-from bidm_ref.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bidm_ref.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 seeds = st.integers(0, 2**31 - 1)
 # (kernel, padding, stride) of the UNet's binary convs: 1x1 attention, 3x3 ResBlock / Upsample, Downsample

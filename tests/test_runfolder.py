@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import cli
-from bidm_ref.train.atomic import remove_stale_temps
-from bidm_ref.train.checkpoint import load_checkpoint
+from bidm_ref.storage.atomic import remove_stale_temps
+from bidm_ref.storage.checkpoint import load_checkpoint
 from bidm_ref.train.runfolder import claim_run_folder, RunFolderError
 from test_trainer import write_idx_dataset
 

@@ -9,9 +9,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from bidm_ref.bidm import scoring
-from bidm_ref.bidm.config import ScoreConfig
-from bidm_ref.bidm.scoring import score_models, spread
+from bidm_ref.experiments import scoring
+from bidm_ref.experiments.config import ScoreConfig
+from bidm_ref.experiments.scoring import score_models, spread
 from bidm_ref.data.images import load_npz_batch
 from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
 from test_trainer import micro_teacher

@@ -7,12 +7,12 @@ import pytest
 
 import cli
 from bidm_ref.diffusion.generate import SampleConfig
-from bidm_ref.models.build import load_model
-from bidm_ref.models.packed import is_packed
-from bidm_ref.models.sampling import draw_images
-from bidm_ref.hashing import file_sha256
-from bidm_ref.models.shipped import MANIFEST, SHIPPED, WEIGHTS_DIR, read_manifest, shipped_weights
-from bidm_ref.train.checkpoint import load_checkpoint
+from bidm_ref.loading.load import load_model
+from bidm_ref.loading.packed import is_packed
+from bidm_ref.loading.sampling import draw_images
+from bidm_ref.storage.hashing import file_sha256
+from bidm_ref.loading.shipped import MANIFEST, SHIPPED, WEIGHTS_DIR, read_manifest, shipped_weights
+from bidm_ref.storage.checkpoint import load_checkpoint
 
 
 def test_manifest_lists_exactly_the_shipped_files():

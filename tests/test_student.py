@@ -8,9 +8,9 @@ import pytest
 from bidm_ref.binary.methods import METHODS, binary_layers, set_binarize
 from bidm_ref.data.datasets import DataConfig
 from bidm_ref.diffusion.schedule import ScheduleConfig
-from bidm_ref.models.build import load_model
+from bidm_ref.loading.load import load_model
 from bidm_ref.models.config import UNetConfig
-from bidm_ref.models.student import build_student
+from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.train.run import StudentConfig, train

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 
+import h5py
 import numpy as np
 import pytest
+
+from bidm_ref.bidm.config import BiDMConfig
 
 from bidm_ref.data.batches import BatchSampler
 from bidm_ref.data.datasets import DataConfig
 from bidm_ref.diffusion.objective import DenoisingObjective
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.models.build import load_model
+from bidm_ref.loading.load import load_model
 from bidm_ref.models.config import UNetConfig
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
-from bidm_ref.train.checkpoint import load_checkpoint
-from bidm_ref.train.run import train
+from bidm_ref.storage.checkpoint import load_checkpoint
+from bidm_ref.train.run import StudentConfig, resumed_arguments, train
 from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, run_config_dict
 
 MICRO = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1,
@@ -114,3 +118,32 @@ def test_train_teacher_rejects_channel_mismatch(tmp_path):
     rgb = UNetConfig(**{**MICRO.__dict__, "in_channels": 3, "out_ch": 3})
     with pytest.raises(ValueError, match="expects"):
         train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, out_dir=str(tmp_path)), model_cfg=rgb, progress=False)
+
+
+def test_a_student_checkpoint_with_the_old_spd_lambda_key_loads_and_resumes_with_its_lambda(tmp_path):
+    """Checkpoints written before the rename say `spd_lambda`: a resume must read it as distill_lambda (0.25 here,
+    not the default 4), so the resumed run equals a straight one, and the file still loads as a model."""
+    data, teacher = micro_teacher(tmp_path)
+    bidm = BiDMConfig.for_method("bidm", distill_lambda=0.25)
+    assert bidm.distill_lambda != BiDMConfig.distill_lambda
+
+    def student_run(folder, steps):
+        train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=steps, batch_size=4, out_dir=str(folder)),
+              student=StudentConfig(method="bidm", teacher=teacher), bidm=bidm, progress=False)
+        return str(folder / "ckpt.h5")
+
+    straight, old = student_run(tmp_path / "straight", 3), student_run(tmp_path / "old", 2)
+    with h5py.File(old, "r+") as h5:
+        config = json.loads(h5.attrs["config"])
+        config["bidm"]["spd_lambda"] = config["bidm"].pop("distill_lambda")
+        h5.attrs["config"] = json.dumps(config, sort_keys=True)
+    assert "distill_lambda" not in load_checkpoint(old).config["bidm"]
+    model, _ = load_model(old)
+    assert model.mixer is not None and model.mixer.connections == bidm.tbs_connections
+    arguments = resumed_arguments(str(tmp_path / "old"), steps=3)
+    assert arguments["bidm"] == bidm
+    train(**arguments, progress=False)
+    resumed = load_checkpoint(old)
+    for name, value in load_checkpoint(straight).params.items():
+        np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
+    assert resumed.config["bidm"]["distill_lambda"] == 0.25

@@ -24,6 +24,12 @@ Backward, line by line (STE: sign' is replaced by the quantizers' pseudo-gradien
 
 Variants (one class, flags): BiDM = learnable k, learnable tau, ApproxSign; XNOR-Net ("Vanilla")
 = k fixed at 1/(kh*kw), tau = 0, clipped STE; "Vanilla + learnable k" = learnable k only.
+Two more flags follow the official code where this project departs from it (docs/METHOD.md §11):
+fp_shortcut = False drops the s * shortcut(x) term (plain XNOR-Net, item 5); pad_before_sign = True
+zero-pads x before the binarizer and convolves without padding (the official Downsample: F.pad, then
+BNNConv2d; item 1), so a padded tap is sign(0 + tau), ApproxSign'(tau) reaches tau there, and the
+conv output is y = conv2d(sign(pad(x) + tau), alpha sign(W)) * K + s * shortcut(x), with K and the
+average-pool shortcut as before (mean |0| = 0 pads A alike; the pool floors the padded row away).
 With `binarize = False` the layer is the FP layer it replaced, y = conv(x, W) + b (the official
 code's "full" mode, switchable.py); `bias` is kept for that mode and unused when binarized.
 
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..nn.conv import Padding, conv2d, conv2d_backward
+from ..nn.padding import as_padding
 from .quantizers import ApproxSign, ClippedSign, ScaledSignWeights
 from .shortcut import ScaledShortcut
 from .switchable import SwitchableConv2d, SwitchableLinear
@@ -51,6 +58,8 @@ class ScaledBinaryOptions:
     learn_k: bool = True
     learn_tau: bool = True
     approx_sign: bool = True
+    fp_shortcut: bool = True
+    pad_before_sign: bool = False
 
 
 BIDM = ScaledBinaryOptions()
@@ -79,13 +88,14 @@ class BinaryConv2d(SwitchableConv2d, ScaledShortcut):
         self.init_scale_params(in_channels, out_channels, stride, rng)
 
     def init_scale_params(self, in_channels: int, out_channels: int, stride: int, rng: np.random.Generator) -> None:
-        """Register [`tau`] [C], [`k_weight`] [1, 1, kh, kw] and [`k_bias`] [1] per `options`, and the shortcut."""
+        """Register [`tau`] [C], [`k_weight`] [1, 1, kh, kw] and [`k_bias`] [1] per `options`, and [the shortcut]."""
         if self.options.learn_tau:
             self.add_param("tau", np.zeros(in_channels, dtype=np.float32))
         if self.options.learn_k:
             self.add_param("k_weight", self.xnor_k_filter(np.float32))
             self.add_param("k_bias", np.zeros(1, dtype=np.float32))
-        self.init_shortcut(in_channels, out_channels, stride, rng)
+        if self.options.fp_shortcut:
+            self.init_shortcut(in_channels, out_channels, stride, rng)
 
     def xnor_k_filter(self, dtype: np.dtype) -> np.ndarray:
         """XNOR-Net's fixed K filter: 1/(kh*kw) everywhere, [1, 1, kh, kw]."""
@@ -97,40 +107,55 @@ class BinaryConv2d(SwitchableConv2d, ScaledShortcut):
             return self.params["k_weight"], self.params["k_bias"]
         return self.xnor_k_filter(dtype), None
 
-    def k_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(K = conv2d(mean_c |x|, k_weight) + k_bias [N, 1, Ho, Wo], the im2col columns of mean_c |x|)."""
+    def k_map(self, x: np.ndarray, padding: Padding | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(K = conv2d(mean_c |x|, k_weight) + k_bias [N, 1, Ho, Wo], the im2col columns of mean_c |x|);
+        padding: the layer's unless given."""
         a = np.abs(x).mean(axis=1, keepdims=True)                                 # [N, 1, H, W]
         k_weight, k_bias = self.k_filter(x.dtype)
-        return conv2d(a, k_weight, k_bias, self.stride, self.padding)             # [N, 1, Ho, Wo]
+        return conv2d(a, k_weight, k_bias, self.stride, self.padding if padding is None else padding)  # [N, 1, Ho, Wo]
+
+    def sign_input(self, x: np.ndarray) -> tuple[np.ndarray, Padding]:
+        """(what the binarizer sees, the padding its conv still applies): x and the layer's padding, or with
+        pad_before_sign x zero-padded [N, C, H + top + bottom, W + left + right] and no padding."""
+        if not self.options.pad_before_sign:
+            return x, self.padding
+        top, bottom, left, right = as_padding(self.padding)
+        return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))), 0       # [N, C, Hp, Wp]
 
     def binary_forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         w = self.params["weight"]                                                 # [O, C, kh, kw]
         C = x.shape[1]
-        k_map, cols_a = self.k_map(x)                                             # [N, 1, Ho, Wo]
-        u = x + self.params["tau"][:, None, None] if self.options.learn_tau else x  # [N, C, H, W]
+        xs, padding = self.sign_input(x)                                          # [N, C, Hp, Wp]
+        k_map, cols_a = self.k_map(xs, padding)                                   # [N, 1, Ho, Wo]
+        u = xs + self.params["tau"][:, None, None] if self.options.learn_tau else xs  # [N, C, Hp, Wp]
         wb = self.weights(w)                                                      # [O, C, kh, kw]
-        z, cols_b = conv2d(self.act(u), wb, None, self.stride, self.padding)      # [N, O, Ho, Wo]
-        sc, c_sc = self.shortcut_forward(x, z.shape)                              # [N, O, Ho, Wo]
-        y = z * k_map + sc                                                        # [N, O, Ho, Wo]
-        return y, (x, u, wb, z, k_map, cols_a, cols_b, c_sc, C)
+        z, cols_b = conv2d(self.act(u), wb, None, self.stride, padding)           # [N, O, Ho, Wo]
+        y = z * k_map                                                             # [N, O, Ho, Wo]
+        c_sc = None
+        if self.options.fp_shortcut:
+            sc, c_sc = self.shortcut_forward(x, z.shape)                          # [N, O, Ho, Wo]
+            y = y + sc                                                            # [N, O, Ho, Wo]
+        return y, (x, xs, padding, u, wb, z, k_map, cols_a, cols_b, c_sc, C)
 
     def binary_backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
         w = self.params["weight"]                                                 # [O, C, kh, kw]
-        x, u, wb, z, k_map, cols_a, cols_b, c_sc, C = cache
-        dx = self.shortcut_backward(dy, c_sc)                                     # [N, C, H, W]
+        x, xs, padding, u, wb, z, k_map, cols_a, cols_b, c_sc, C = cache
         dz = dy * k_map                                                           # [N, O, Ho, Wo]
         dk_map = np.sum(dy * z, axis=1, keepdims=True)                            # [N, 1, Ho, Wo]
-        dxb, dwb, _ = conv2d_backward(dz, cols_b, wb, x.shape, self.stride, self.padding)  # [N, C, H, W], [O, C, kh, kw]
+        dxb, dwb, _ = conv2d_backward(dz, cols_b, wb, xs.shape, self.stride, padding)  # [N, C, Hp, Wp], [O, C, kh, kw]
         self.grads["weight"] += self.weights.grad(w, dwb)                         # [O, C, kh, kw]
         du = self.act.grad(u, dxb)                                                # [N, C, H, W]
         if self.options.learn_tau:
             self.grads["tau"] += du.sum(axis=(0, 2, 3))                           # [C]
         k_weight, _ = self.k_filter(x.dtype)
-        da, dkw, dkb = conv2d_backward(dk_map, cols_a, k_weight, (x.shape[0], 1, *x.shape[2:]), self.stride, self.padding)
+        da, dkw, dkb = conv2d_backward(dk_map, cols_a, k_weight, (xs.shape[0], 1, *xs.shape[2:]), self.stride, padding)
         if self.options.learn_k:
             self.grads["k_weight"] += dkw                                         # [1, 1, kh, kw]
             self.grads["k_bias"] += dkb                                           # [1]
-        return dx + du + np.sign(x) * da / C                                      # [N, C, H, W]
+        top, left = (0, 0) if xs is x else as_padding(self.padding)[::2]
+        crop = np.s_[:, :, top:top + x.shape[2], left:left + x.shape[3]]          # the taps of x within xs
+        dx = self.shortcut_backward(dy, c_sc) if self.options.fp_shortcut else np.zeros_like(x)  # [N, C, H, W]
+        return dx + du[crop] + (np.sign(xs) * da / C)[crop]                       # [N, C, H, W]
 
 
 class BinaryLinear(SwitchableLinear):

@@ -3,13 +3,15 @@
 Each method gives a binary conv and a binary linear class; `BinaryLayers(method)` is the
 LayerFactory the UNet builds its body layers with (docs/METHOD.md §2 lists which layers).
 Methods whose layers have parameters over the output's spatial size (XNOR++) read the
-resolution given by `at(resolution)`.
+resolution given by `at(resolution)`. `LayerVariant` holds the two official-code choices a
+BinaryConv2d method (bidm, xnor, xnor_k) can take instead of this project's (docs/METHOD.md §11,
+items 1 and 5): the Downsample conv's padding and the scaled FP shortcut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, S
 from .dorefa import DoReFaConv2d, DoReFaLinear
 from .reactnet import ReActNetConv2d, reactnet_linear
 from .reste import ReSTEConv2d, ReSTELinear
+from .variant import DEFAULT_VARIANT, LayerVariant
 from .xnorpp import XnorPPConv2d, XnorPPLinear
 
 
@@ -31,9 +34,17 @@ class Method:
     description: str
 
 
+def variant_options(options: ScaledBinaryOptions, variant: LayerVariant, padding: Padding) -> ScaledBinaryOptions:
+    """A BinaryConv2d's options under `variant`; the official padding applies to an explicit (top, bottom, left,
+    right) pad, which in ddim's UNet only the Downsample conv has (its F.pad)."""
+    official_pad = variant.downsample_pad == "official" and isinstance(padding, tuple)
+    return replace(options, fp_shortcut=variant.fp_shortcut, pad_before_sign=official_pad)
+
+
 def scaled(options: ScaledBinaryOptions, description: str) -> Method:
     return Method(
-        conv=lambda cin, cout, k, stride, pad, resolution, rng: BinaryConv2d(cin, cout, k, stride, pad, rng=rng, options=options),
+        conv=lambda cin, cout, k, stride, pad, resolution, rng, variant=DEFAULT_VARIANT: BinaryConv2d(
+            cin, cout, k, stride, pad, rng=rng, options=variant_options(options, variant, pad)),
         linear=lambda fin, fout, rng: BinaryLinear(fin, fout, rng=rng, options=options),
         description=description,
     )
@@ -74,21 +85,32 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-class BinaryLayers:
-    """LayerFactory building `method`'s binary layers at a given input resolution."""
+SCALED = ("bidm", "xnor", "xnor_k")  # the methods built from BinaryConv2d, which take a LayerVariant
 
-    def __init__(self, method: str, resolution: int = 0) -> None:
+
+class BinaryLayers:
+    """LayerFactory building `method`'s binary layers (in `variant`) at a given input resolution."""
+
+    def __init__(self, method: str, resolution: int = 0, variant: LayerVariant = DEFAULT_VARIANT) -> None:
         self.method_name = method
         self.method = get_method(method)
         self.resolution = resolution
+        self.variant = variant
+        if variant != DEFAULT_VARIANT and method not in SCALED:
+            changed = {k: v for k, v in asdict(variant).items() if getattr(DEFAULT_VARIANT, k) != v}
+            raise ValueError(f"{changed} is an option of the methods {', '.join(SCALED)}, not of {method!r}: "
+                             "drop it or pick one of those")
 
     def at(self, resolution: int) -> BinaryLayers:
-        return BinaryLayers(self.method_name, resolution)
+        return BinaryLayers(self.method_name, resolution, self.variant)
 
     def conv(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: Padding,
         *, rng: np.random.Generator,
     ) -> Module:
+        if self.method_name in SCALED:
+            return self.method.conv(in_channels, out_channels, kernel_size, stride, padding, self.resolution, rng,
+                                    self.variant)
         return self.method.conv(in_channels, out_channels, kernel_size, stride, padding, self.resolution, rng)
 
     def linear(self, in_features: int, out_features: int, *, rng: np.random.Generator) -> Module:

@@ -10,7 +10,7 @@ for every u. (ADM's sampler truncates instead, up to one level darker; torchvisi
 used by ddim, rounds half up, which differs from rint only on exact halves.)
 Non-finite input (NaN, +-inf) is an error, not a clipped pixel: it means a diverged model.
 
-Files are written through train.atomic.atomic_write (temp file in the destination folder,
+Files are written through storage.atomic.atomic_write (temp file in the destination folder,
 fsync, os.replace), so a crash never leaves a half-written PNG or npz.
 
 An npz sample batch holds 'arr_0' uint8 [N, H, W, C] (ADM's layout; its evaluator reads arr_0 only)
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..hashing import arrays_mismatch, arrays_sha256
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
+from ..storage.hashing import arrays_mismatch, arrays_sha256
 from .image_folder import image_to_hwc, list_image_files, open_image
 
 GRID_PADDING = 2

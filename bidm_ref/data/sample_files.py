@@ -3,7 +3,7 @@
 Dimensions: N images, C channels (1 grayscale or 3 RGB), H, W spatial.
 
 `save_png_files` writes image k of [N, C, H, W] to `<folder>/<k:06d>.png` (000000.png, 000001.png,
-...; the order of the batch), each through train.atomic.atomic_write, pixels as images.to_uint8.
+...; the order of the batch), each through storage.atomic.atomic_write, pixels as images.to_uint8.
 The folder must be new or empty (`check_new_folder`), so a folder never mixes two runs' images.
 
 The checks (`cli.py sample` for --out, --npz, --out-dir; `cli.py eval` for --json) refuse, with a
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
 from .images import GRID_CHANNELS, to_uint8
 
 PNG_NAME = "{:06d}.png"

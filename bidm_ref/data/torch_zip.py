@@ -51,7 +51,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..train.atomic import atomic_path
+from ..storage.atomic import atomic_path
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

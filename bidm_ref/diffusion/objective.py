@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.unet import UNet
+from ..nn.module import Module
 from .loss import draw_timesteps, noise_loss
 from .schedule import Schedule
 
@@ -15,7 +15,7 @@ from .schedule import Schedule
 class DenoisingObjective:
     """step(x0, rng): draw t and eps, forward at x_t, backward of the eps loss into the model's grads."""
 
-    def __init__(self, model: UNet, schedule: Schedule) -> None:
+    def __init__(self, model: Module, schedule: Schedule) -> None:
         self.model = model
         self.schedule = schedule
 

@@ -18,8 +18,8 @@ from functools import partial
 
 import numpy as np
 
+from ..loading.latent import autoencoder_config
 from ..models.autoencoder import Autoencoder, AutoencoderConfig, kl_divergence, reparameterize
-from ..models.latent import autoencoder_config
 from ..train.autoencoder import AutoencoderLossConfig, AutoencoderObjective
 from .draws import normal, random_params
 from .format import Arrays

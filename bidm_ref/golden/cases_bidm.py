@@ -13,6 +13,7 @@ Dimensions: N batch, C, H, W a unit's output, B = n_buckets, n connected units, 
 from __future__ import annotations
 
 from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from functools import partial
 
 import numpy as np
@@ -20,22 +21,23 @@ import numpy as np
 from ..bidm.config import BiDMConfig
 from ..bidm.objective import BiDMObjective
 from ..bidm.spd import l2_loss, spd_loss
-from ..bidm.tbs import TBS, attach_tbs
+from ..bidm.student import build_student, build_unet
+from ..bidm.tbs import TBS, last_units_tbs
 from ..binary.methods import BinaryLayers
 from ..diffusion.loss import draw_timesteps
-from ..models.build import build_unet
-from ..models.student import build_student
+from ..models.config import UNetConfig
+from ..models.unet import UNet
 from ..nn.factory import DENSE
 from .cases_model import MICRO, SCHEDULE, model_hyper, model_of, schedule_of
 from .draws import f32, normal, random_params
 from .format import Arrays, GoldenError
-from .harness import init_rng, load_params
+from .harness import forward_backward, init_rng, load_params, upstream
 from .registry import Draw, Result, case, close, nmse, op
 
 
 def tbs_mixer(hyper: dict) -> TBS:
-    return TBS(hyper["num_units"], hyper["first_decoder_unit"], hyper["connections"], hyper["num_timesteps"],
-               hyper["n_buckets"])
+    return last_units_tbs(hyper["num_units"], hyper["first_decoder_unit"], hyper["connections"],
+                          hyper["num_timesteps"], hyper["n_buckets"])
 
 
 @op("tbs")
@@ -105,10 +107,26 @@ def step_draws(step_seed: int, shape: tuple[int, ...], num_timesteps: int) -> tu
     return t, rng.standard_normal(shape)                                          # [N], [N, C, H, W]
 
 
+MICRO3 = UNetConfig(ch=4, ch_mult=(1, 1, 1), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, in_channels=1,
+                    out_ch=1, resolution=8, groups=2)  # a small UNet the official CIFAR TBS layout fits
+
+
+V1_STEP_KEYS = ("tbs_connections", "tbs_train_gap", "distill", "spd_lambda", "spd_patches", "spd_variant")
+
+
+def v1_step_hyper(bidm: BiDMConfig) -> dict:
+    """The BiDMConfig of a bidm_step case under its v1 keys (lambda was `spd_lambda` then), in their v1 order."""
+    fields = asdict(bidm) | {"spd_lambda": bidm.distill_lambda}
+    return {key: fields[key] for key in V1_STEP_KEYS}
+
+
+STEP_KEYS = {*V1_STEP_KEYS, *(f.name for f in dataclass_fields(BiDMConfig))}  # a later case may set any field
+
+
 @op("bidm_step")
 def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
     cfg, schedule = model_of(hyper), schedule_of(hyper)
-    bidm = BiDMConfig(**{key: hyper[key] for key in asdict(BiDMConfig())})
+    bidm = BiDMConfig.from_saved({key: value for key, value in hyper.items() if key in STEP_KEYS})
     teacher = load_params(build_unet(cfg, DENSE, 0, schedule.T), params, prefix="teacher.")
     student = load_params(build_unet(cfg, BinaryLayers(hyper["method"]), bidm.tbs_connections, schedule.T), params,
                           prefix="student.")
@@ -121,23 +139,76 @@ def run_bidm_step(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
                   grads={f"student.{name}": nmse(g) for name, g in student.named_grads()})
 
 
-@case("bidm", "bidm_step__micro_tbs2_spd")
-def bidm_step_micro(rng: np.random.Generator) -> Draw:
-    bidm = BiDMConfig(tbs_connections=2, distill="spd", spd_lambda=1e-2)  # the weight this v1 case was made with
+def draw_bidm_step(rng: np.random.Generator, cfg: UNetConfig, bidm: BiDMConfig, later: dict, description: str) -> Draw:
+    """One BiDM training step's case on `cfg`; `later`: the BiDMConfig fields a case added after v1's first files
+    sets, under their own names."""
     T = SCHEDULE.num_timesteps
-    teacher = random_params(build_unet(MICRO, DENSE, 0, T), rng)
-    student = build_student(MICRO, "bidm", teacher, init_rng())
-    attach_tbs(student, bidm.tbs_connections, T)
+    teacher = random_params(build_unet(cfg, DENSE, 0, T), rng)
+    student = build_student(cfg, "bidm", teacher, init_rng(), bidm.tbs_connections, T)
     extras = random_params(student, rng, only=set(student.state_dict()) - set(teacher))
     student_params = {name: f32(value) for name, value in student.named_parameters()} | extras
     step_seed = int(rng.integers(2**31))
-    x0 = f32(rng.uniform(-1, 1, (2, MICRO.in_channels, MICRO.resolution, MICRO.resolution)))  # [N, C, H, W]
+    x0 = f32(rng.uniform(-1, 1, (2, cfg.in_channels, cfg.resolution, cfg.resolution)))  # [N, C, H, W]
     t, eps = step_draws(step_seed, x0.shape, T)                                   # [N], [N, C, H, W]
     params = {f"teacher.{k}": v for k, v in teacher.items()} | {f"student.{k}": v for k, v in student_params.items()}
-    hyper = model_hyper(MICRO) | asdict(SCHEDULE) | asdict(bidm) | dict(method="bidm", step_seed=step_seed)
-    return Draw(params, {"x0": x0, "t": t, "eps": eps}, hyper,
-                "one BiDM training step on the MICRO UNet: t' = min(t + 1, T - 1); student at "
-                "q_sample(x0, t', eps) without cache -> TBS cache; FP teacher at (x_t, t) -> SPD targets; student at "
-                "(x_t, t) with the cache -> L = mean_N sum (eps - eps_pred)^2 + spd_lambda * L_SPD, backpropagated "
-                "into the student only. The student's float weights equal the teacher's (the start of distillation)",
-                arg_order=("x0",))
+    hyper = model_hyper(cfg) | asdict(SCHEDULE) | v1_step_hyper(bidm) | later | dict(method="bidm", step_seed=step_seed)
+    return Draw(params, {"x0": x0, "t": t, "eps": eps}, hyper, description, arg_order=("x0",))
+
+
+@case("bidm", "bidm_step__micro_tbs2_spd")
+def bidm_step_micro(rng: np.random.Generator) -> Draw:
+    bidm = BiDMConfig(tbs_connections=2, distill="spd", distill_lambda=1e-2)  # the weight this v1 case was made with
+    return draw_bidm_step(
+        rng, MICRO, bidm, {},
+        "one BiDM training step on the MICRO UNet: t' = min(t + 1, T - 1); student at "
+        "q_sample(x0, t', eps) without cache -> TBS cache; FP teacher at (x_t, t) -> SPD targets; student at "
+        "(x_t, t) with the cache -> L = mean_N sum (eps - eps_pred)^2 + spd_lambda * L_SPD, backpropagated "
+        "into the student only. The student's float weights equal the teacher's (the start of distillation)")
+
+
+@case("bidm", "bidm_step__micro3_tbs2_spd_official_positions")
+def bidm_step_official_positions(rng: np.random.Generator) -> Draw:
+    bidm = BiDMConfig(tbs_connections=2, distill="spd", distill_lambda=0.5, spd_patches=2,
+                      distill_positions="official")
+    return draw_bidm_step(
+        rng, MICRO3, bidm, {"distill_positions": "official"},
+        "one BiDM training step on MICRO3 as bidm_step__micro_tbs2_spd, but SPD (p = 2) compares the official "
+        "CIFAR code's feature positions instead of the unit outputs: down.0.downsample and down.1.downsample "
+        "(the downsample conv outputs), the conv2 output of down.2.block.0 and of mid.block_2 (before their "
+        "residual adds), then up.2.upsample and up.1.upsample; their gradients enter the backward there")
+
+
+def tbs_student(hyper: dict) -> UNet:
+    """The binary student UNet of a tbs_unet case with its TBS mixer in the case's layout."""
+    return build_unet(model_of(hyper), BinaryLayers(hyper["method"]), hyper["tbs_connections"],
+                      hyper["num_timesteps"], init_rng(), hyper["tbs_layout"])
+
+
+@op("tbs_unet")
+def run_tbs_unet(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
+    model = tbs_student(hyper)
+    model.mixer.remember({p: inputs[f"cache.{p}"] for p in model.mixer.sources})
+    result = forward_backward(model, params, inputs, ("x", "t"), ("x",), nmse)
+    return Result({"eps": result.outputs["y"]}, result.grads)
+
+
+@case("bidm", "tbs_unet__micro3_official_cifar")
+def tbs_unet_official_cifar(rng: np.random.Generator) -> Draw:
+    hyper = model_hyper(MICRO3) | dict(method="bidm", tbs_connections=2, tbs_layout="official-cifar",
+                                       num_timesteps=SCHEDULE.num_timesteps)
+    model = tbs_student(hyper)
+    params = random_params(model, rng)
+    load_params(model, params)
+    x = normal(rng, (2, MICRO3.in_channels, MICRO3.resolution, MICRO3.resolution))  # [N, C, H, W]
+    t = np.array([15, 640], dtype=np.int64)                                       # [N]
+    _, cache = model.forward(x, t)
+    shapes = UNet.point_outputs(cache)
+    caches = {f"cache.{p}": normal(rng, shapes[p].shape) for p in model.mixer.sources}  # [N, C, H, W] each
+    model.mixer.remember({p: caches[f"cache.{p}"] for p in model.mixer.sources})
+    return Draw(params, {"x": x, "t": t, **caches, "dout": upstream(rng, model, x, t)}, hyper,
+                "a BiDM student UNet (3 levels, attention on level 1) with TBS in the official CIFAR code's layout, "
+                "given the previous step's outputs cache.up.2.upsample and cache.up.1.upsample: each up.1 unit "
+                "(ResnetBlock + AttnBlock) output L becomes (1 - a[j, 1]) L + a[j, 1] cache.up.2.upsample and the "
+                "up.1.upsample output U becomes (1 - a[j, 1]) U + a[j, 1] cache.up.1.upsample, j = t // 10, a = tbs.a "
+                "[100, 3]; no other position mixes; eps and the gradients of sum(dout * eps) w.r.t. x and every "
+                "parameter (none into the caches)", arg_order=("x", "t"))

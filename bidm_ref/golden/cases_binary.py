@@ -31,6 +31,7 @@ from ..binary.quantizers import (
     ScaledSignWeights,
     sign,
 )
+from ..binary.variant import LayerVariant
 from ..nn.conv import as_padding, conv2d
 from ..nn.module import Module
 from .cases_packed import signed_sum
@@ -91,8 +92,9 @@ for _name, _variant, _shape, _hyper, _zeros in [
 
 
 def binary_layer(hyper: dict) -> Module:
-    """The method's binary conv or linear of a case (ReSTE with its annealing progress)."""
-    body = BinaryLayers(hyper["method"]).at(hyper.get("resolution", 0))
+    """The method's binary conv or linear of a case (ReSTE with its annealing progress; the layer variant of the
+    hyper keys downsample_pad and fp_shortcut, where a case has them: the cases added after v1's first files)."""
+    body = BinaryLayers(hyper["method"], variant=LayerVariant.of_student(hyper)).at(hyper.get("resolution", 0))
     if "kernel_size" in hyper:
         layer = body.conv(hyper["in_channels"], hyper["out_channels"], hyper["kernel_size"], hyper["stride"],
                           tuple(hyper["padding"]), rng=init_rng())
@@ -123,7 +125,7 @@ def run_binary_conv2d(params: Arrays, inputs: Arrays, hyper: dict) -> Result:
     result = forward_backward(layer, params, inputs, ("x",), ("x",), optional=("bias",))
     xb = binarized_input(params, inputs["x"])                                     # [N, C, H, W]
     cache = {"sign_u": signs(xb)}
-    if isinstance(layer, BinaryConv2d):
+    if isinstance(layer, BinaryConv2d) and not layer.options.pad_before_sign:  # the packed kernel's accumulator
         acc, _ = conv2d(xb, sign(params["weight"]), None, hyper["stride"], tuple(hyper["padding"]))  # [N, O, Ho, Wo]
         cache["acc"] = exact(signed_sum(acc))
     return Result(result.outputs, result.grads, cache)
@@ -162,6 +164,11 @@ def draw_binary_layer(rng: np.random.Generator, hyper: dict, shape: tuple[int, .
                    "binary mode, with its pseudo-gradients")
     if zeros:
         description += "; exact zeros in x + tau and W: sign(0) = +1"
+    if hyper.get("downsample_pad") == "official":
+        description += ("; official Downsample padding: x is zero-padded (0, 1, 0, 1) before the binarizer, so the "
+                        "padded taps are sign(0 + tau) and ApproxSign'(tau) adds to d tau there; no /cache/acc")
+    if hyper.get("fp_shortcut") is False:
+        description += "; without the scaled FP shortcut (plain XNOR-Net): y = z * K"
     return Draw(params, {"x": x, "dout": upstream(rng, layer, x)}, hyper, description)
 
 
@@ -170,17 +177,19 @@ def layer_hyper(method: str, **shape: object) -> dict:
     return dict(method=method, **shape) | (dict(progress=0.5) if method == "reste" else {})
 
 
-for _variant, _method, _conv, _zeros in [
-    ("bidm_c70_o4_k3_s1_p1", "bidm", (70, 4, 3, 1, 1), False),
-    ("bidm_c70_o4_k3_s1_p1_sign0", "bidm", (70, 4, 3, 1, 1), True),
-    ("bidm_c6_o6_k3_s2_p0101", "bidm", (6, 6, 3, 2, (0, 1, 0, 1)), False),
-    ("bidm_c6_o6_k1_s1_p0", "bidm", (6, 6, 1, 1, 0), False),
-    *[(f"{m}_c10_o6_k3_s1_p1", m, (10, 6, 3, 1, 1), False) for m in ("xnor", "xnor_k", "xnorpp", "dorefa", "reactnet",
-                                                                      "reste")],
+for _variant, _method, _conv, _zeros, _layer_variant in [
+    ("bidm_c70_o4_k3_s1_p1", "bidm", (70, 4, 3, 1, 1), False, {}),
+    ("bidm_c70_o4_k3_s1_p1_sign0", "bidm", (70, 4, 3, 1, 1), True, {}),
+    ("bidm_c6_o6_k3_s2_p0101", "bidm", (6, 6, 3, 2, (0, 1, 0, 1)), False, {}),
+    ("bidm_c6_o6_k1_s1_p0", "bidm", (6, 6, 1, 1, 0), False, {}),
+    *[(f"{m}_c10_o6_k3_s1_p1", m, (10, 6, 3, 1, 1), False, {}) for m in ("xnor", "xnor_k", "xnorpp", "dorefa",
+                                                                          "reactnet", "reste")],
+    ("bidm_c6_o6_k3_s2_p0101_official_pad", "bidm", (6, 6, 3, 2, (0, 1, 0, 1)), False, {"downsample_pad": "official"}),
+    ("xnor_c10_o6_k3_s1_p1_no_shortcut", "xnor", (10, 6, 3, 1, 1), False, {"fp_shortcut": False}),
 ]:
     _cin, _cout, _k, _s, _p = _conv
     _hyper = layer_hyper(_method, in_channels=_cin, out_channels=_cout, kernel_size=_k, stride=_s,
-                         padding=as_padding(_p), resolution=4)
+                         padding=as_padding(_p), resolution=4) | _layer_variant
     case("binary", f"binary_conv2d__{_variant}")(partial(draw_binary_layer, hyper=_hyper, shape=(2, _cin, 4, 4),
                                                          zeros=_zeros))
 

@@ -21,10 +21,11 @@ from functools import partial
 
 import numpy as np
 
+from ..bidm.tbs import sampling_eps_fn
 from ..binary.methods import BinaryLayers
 from ..diffusion.samplers import sample_ddim
 from ..diffusion.schedule import Schedule, ScheduleConfig
-from ..models.build import sampling_eps_fn, unet_config
+from ..loading.build import unet_config
 from ..models.config import UNetConfig
 from ..models.unet import UNet
 from ..nn.factory import DENSE

@@ -32,7 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..train.atomic import atomic_h5
+from ..storage.atomic import atomic_h5
 
 FORMAT = "bidm-golden"
 FORMAT_VERSION = 1

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hashing import file_sha256, manifest_entries
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
+from ..storage.hashing import file_sha256, manifest_entries
 from .catalog import all_cases
 from .compare import mismatch
 from .format import FIX, FORMAT_VERSION, VERSION_DIR, Expected, Golden, GoldenError, case_path, read_golden, write_golden

@@ -30,8 +30,8 @@ from ..nn.groupnorm import GroupNorm
 from ..nn.linear import Linear
 from ..nn.module import Module
 from ..nn.resample import avg_pool2x, avg_pool2x_backward
+from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..train.adam import Adam, AdamConfig
-from ..train.checkpoint import load_checkpoint, save_checkpoint
 from .frechet import frechet_distance
 from .inception_score import inception_score
 

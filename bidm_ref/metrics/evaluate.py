@@ -36,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.images import load_npz_batch
-from ..hashing import arrays_mismatch, arrays_sha256, file_sha256
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
+from ..storage.hashing import arrays_mismatch, arrays_sha256, file_sha256
 from .frechet import FeatureStats, frechet_distance
 from .inception import DEFAULT_WEIGHTS_PATH, POOL3_DIM, SPATIAL_DIM, InceptionWeights, inception_features, load_inception
 from .prdc import DEFAULT_K, precision_recall

@@ -68,7 +68,7 @@ import h5py
 import numpy as np
 
 from ..data.torch_zip import TorchScriptObject, load_torchscript
-from ..train.atomic import atomic_h5, atomic_write
+from ..storage.atomic import atomic_h5, atomic_write
 
 INPUT_SIZE = 299
 POOL3_DIM = 2048

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..loading.latent import decode_latents, encode_means
 from ..models.autoencoder import Autoencoder
-from ..models.latent import decode_latents, encode_means
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 type (down/up sampling, attention at 16x16, skip concatenation, channel-changing shortcuts)
 but is small enough to train on the embedded Fashion-MNIST on 2 CPU cores: 16 base channels,
 GroupNorm with 8 groups (ddim's 32 needs >= 32 channels) and no dropout (runs are short).
-`latent` is the UNet of latent diffusion on the `f4` autoencoder's 8x8x4 latents (models/latent.py sets
+`latent` is the UNet of latent diffusion on the `f4` autoencoder's 8x8x4 latents (loading/latent.py sets
 channels and resolution from the autoencoder actually used): two levels (8x8, 4x4, attention at 4x4),
 so the lowest feature map still splits into SPD's 4x4 patches.
 """

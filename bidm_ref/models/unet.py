@@ -14,8 +14,11 @@ accumulate into a gradient per hs entry, and every use of temb adds into dtemb.
 A "unit" (docs/METHOD.md §1: a timestep-embedded block) is a ResnetBlock with the AttnBlock that
 follows it at the same index, if the level has attention. Units are numbered b = 0, 1, ... in
 forward order (down, mid, up); every unit output is kept in the cache (`unit_features`) for
-feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite a unit's output:
-mixer.forward(b, h, t) -> (h', cache), mixer.backward(b, dh', cache) -> dh.
+feature losses, and an optional `mixer` (BiDM's TBS, set by bidm/) may rewrite the output of a mixing
+point p, a unit b or the upsample of decoder level L (`upsample_point(L)`):
+mixer.forward(p, h, t) -> (h', cache), mixer.backward(p, dh', cache) -> dh.
+Feature points a feature loss may read (`point_outputs`) and send a gradient to (backward's dfeatures):
+units b, upsample_point(L) (after mixing), downsample_point(L) and conv2_point(b).
 """
 
 from __future__ import annotations
@@ -37,6 +40,31 @@ from ..nn.resblock import ResnetBlock
 from .config import UNetConfig
 
 
+def upsample_point(level: int) -> str:
+    """The point of decoder level `level`'s upsample output (ddim's name of the module)."""
+    return f"up.{level}.upsample"
+
+
+def downsample_point(level: int) -> str:
+    """The point of encoder level `level`'s downsample output (ddim's name of the module)."""
+    return f"down.{level}.downsample"
+
+
+def conv2_point(b: int) -> str:
+    """The point of unit b's ResnetBlock conv2 output, before its residual add."""
+    return f"unit.{b}.conv2"
+
+
+Features = dict[int | str, np.ndarray]  # feature point -> an array of its output's shape
+
+
+def with_feature_grad(dh: np.ndarray, dfeatures: Features | None, point: int | str) -> np.ndarray:
+    """dh plus the feature loss's gradient on `point`'s output, if it has one."""
+    if dfeatures is None or point not in dfeatures:
+        return dh
+    return dh + dfeatures[point]                                                  # [N, C, H, W]
+
+
 class Unit:
     """ResnetBlock followed by an optional AttnBlock: forward (x, temb) -> y; backward -> (dx, dtemb)."""
 
@@ -51,11 +79,11 @@ class Unit:
         h, c_attn = self.attn.forward(h)                                          # [N, C, H, W]
         return h, (c_block, c_attn)
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def backward(self, dy: np.ndarray, cache: tuple, dconv2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         c_block, c_attn = cache
         if self.attn is not None:
             dy = self.attn.backward(dy, c_attn)                                   # [N, C, H, W]
-        return self.block.backward(dy, c_block)                                   # [N, Ci, H, W], [N, E]
+        return self.block.backward(dy, c_block, dconv2)                           # [N, Ci, H, W], [N, E]
 
 
 class UNetCache(NamedTuple):
@@ -74,6 +102,7 @@ class UNetCache(NamedTuple):
     conv_out: tuple
     temb_shape: tuple[int, int]        # [N, E]
     features: list[np.ndarray]         # unit outputs after TBS mixing, units() order (unit_features)
+    points: dict[str, np.ndarray]      # the named feature points' outputs (point_outputs)
 
 
 class UNet(Module):
@@ -153,11 +182,13 @@ class UNet(Module):
 
     def unit_forward(
         self, unit: Unit, x: np.ndarray, temb: np.ndarray, t: np.ndarray, rng: np.random.Generator | None,
-        features: list[np.ndarray],
+        features: list[np.ndarray], points: dict[str, np.ndarray],
     ) -> tuple[np.ndarray, tuple]:
-        """Run unit number b = len(features), then the mixer (TBS) if any; append its output to features."""
+        """Run unit number b = len(features), then the mixer (TBS) if any; append its output to features and
+        its conv2 output to points."""
         b = len(features)
         h, c_unit = unit.forward(x, temb, rng)                                    # [N, C, H, W]
+        points[conv2_point(b)] = ResnetBlock.conv2_output(c_unit[0])              # [N, C, H, W]
         c_mix = None
         if self.mixer is not None:
             h, c_mix = self.mixer.forward(b, h, t)                                # [N, C, H, W]
@@ -165,20 +196,25 @@ class UNet(Module):
         return h, (c_unit, c_mix, b)
 
     def unit_backward(
-        self, unit: Unit, dh: np.ndarray, cache: tuple, dfeatures: dict[int, np.ndarray] | None
+        self, unit: Unit, dh: np.ndarray, cache: tuple, dfeatures: Features | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mirror of unit_forward: feature gradient, mixer backward, unit backward -> (dx, dtemb)."""
         c_unit, c_mix, b = cache
-        if dfeatures is not None and b in dfeatures:
-            dh = dh + dfeatures[b]                                                # [N, C, H, W]
+        dh = with_feature_grad(dh, dfeatures, b)                                  # [N, C, H, W]
         if self.mixer is not None:
             dh = self.mixer.backward(b, dh, c_mix)                                # [N, C, H, W]
-        return unit.backward(dh, c_unit)
+        return unit.backward(dh, c_unit, None if dfeatures is None else dfeatures.get(conv2_point(b)))
 
     @staticmethod
     def unit_features(cache: UNetCache) -> list[np.ndarray]:
         """The unit outputs (after mixing) of a forward pass, in units() order."""
         return cache.features
+
+    @staticmethod
+    def point_outputs(cache: UNetCache) -> dict[int | str, np.ndarray]:
+        """Every feature point's output of a forward pass (module docstring): unit b -> features[b], and the
+        named points (upsample outputs after TBS mixing, downsample outputs, conv2 outputs)."""
+        return dict(enumerate(cache.features)) | cache.points
 
     def units(self) -> list[Unit]:
         """All timestep units in forward order: down, mid, up (the order TBS counts blocks in)."""
@@ -206,20 +242,22 @@ class UNet(Module):
         h, c_in = self.conv_in.forward(x)                                         # [N, ch, H, W]
         hs = [h]
         features: list[np.ndarray] = []
+        points: dict[str, np.ndarray] = {}
         c_down = []
         for level in range(nlev):
             for unit in self.down_units[level]:
-                h, c = self.unit_forward(unit, hs[-1], temb, t, rng, features)    # [N, C, H, W]
+                h, c = self.unit_forward(unit, hs[-1], temb, t, rng, features, points)  # [N, C, H, W]
                 hs.append(h)
                 c_down.append(c)
             if self.downsamples[level] is not None:
                 h, c = self.downsamples[level].forward(hs[-1])                    # [N, C, H/2, W/2]
+                points[downsample_point(level)] = h
                 hs.append(h)
                 c_down.append(c)
 
         c_mid = []
         for unit in self.mid_units:
-            h, c = self.unit_forward(unit, h, temb, t, rng, features)             # [N, C, h, w]
+            h, c = self.unit_forward(unit, h, temb, t, rng, features, points)     # [N, C, h, w]
             c_mid.append(c)
 
         c_up = []
@@ -228,25 +266,30 @@ class UNet(Module):
             for unit in self.up_units[level]:
                 skip = hs.pop()                                                   # [N, Cs, H, W]
                 skip_channels.append(skip.shape[1])
-                h, c = self.unit_forward(unit, np.concatenate([h, skip], axis=1), temb, t, rng, features)  # [N, C, H, W]
+                h, c = self.unit_forward(unit, np.concatenate([h, skip], axis=1), temb, t, rng, features,
+                                         points)                                  # [N, C, H, W]
                 c_up.append(c)
             if self.upsamples[level] is not None:
                 h, c = self.upsamples[level].forward(h)                           # [N, C, 2H, 2W]
-                c_up.append(c)
+                c_mix = None
+                if self.mixer is not None:
+                    h, c_mix = self.mixer.forward(upsample_point(level), h, t)    # [N, C, 2H, 2W]
+                points[upsample_point(level)] = h
+                c_up.append((c, c_mix))
 
         h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
         h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
         return out, UNetCache(c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape,
-                              features)
+                              features, points)
 
-    def backward(self, dout: np.ndarray, cache: UNetCache, dfeatures: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    def backward(self, dout: np.ndarray, cache: UNetCache, dfeatures: Features | None = None) -> np.ndarray:
         """dout [N, out_ch, H, W] -> dx [N, in_channels, H, W]; parameter gradients accumulate.
 
-        dfeatures[b]: an extra gradient on unit b's output (a feature loss such as SPD), added where
+        dfeatures[p]: an extra gradient on feature point p's output (a feature loss such as SPD), added where
         that output's gradient is complete.
         """
-        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _ = cache
+        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _, _ = cache
         nlev = len(self.cfg.ch_mult)
         dtemb = np.zeros(temb_shape, dtype=dout.dtype)                            # [N, E]
         dh = self.conv_out.backward(dout, c_out)                                  # [N, ch, H, W]
@@ -258,7 +301,11 @@ class UNet(Module):
         skip_channels = list(skip_channels)
         for level in range(nlev):
             if self.upsamples[level] is not None:
-                dh = self.upsamples[level].backward(dh, c_up.pop())              # [N, C, H/2, W/2]
+                c, c_mix = c_up.pop()
+                dh = with_feature_grad(dh, dfeatures, upsample_point(level))      # [N, C, H, W]
+                if self.mixer is not None:
+                    dh = self.mixer.backward(upsample_point(level), dh, c_mix)    # [N, C, H, W]
+                dh = self.upsamples[level].backward(dh, c)                        # [N, C, H/2, W/2]
             for unit in reversed(self.up_units[level]):
                 dcat, de = self.unit_backward(unit, dh, c_up.pop(), dfeatures)    # [N, C + Cs, H, W], [N, E]
                 dtemb += de
@@ -275,6 +322,7 @@ class UNet(Module):
         for level in reversed(range(nlev)):
             if self.downsamples[level] is not None:
                 dh = dh + dskips.pop()                                            # [N, C, H/2, W/2]
+                dh = with_feature_grad(dh, dfeatures, downsample_point(level))    # [N, C, H/2, W/2]
                 dh = self.downsamples[level].backward(dh, c_down.pop())           # [N, C, H, W]
             for unit in reversed(self.down_units[level]):
                 dh = dh + dskips.pop()                                            # [N, C, H, W]

@@ -9,6 +9,8 @@ Dimensions: N batch, Ci input channels, Co output channels, H, W spatial, E embe
                                (conv_shortcut=True) or a 1x1 `nin_shortcut`, both full precision
 
 conv1, conv2 and temb_proj are body layers (binarized in BiDM), built by a LayerFactory.
+`conv2_output(cache)` is the block's h before the residual add (a feature position of the official
+BiDM code's distillation); backward(dy, cache, dconv2) adds an extra gradient dconv2 there.
 """
 
 from __future__ import annotations
@@ -69,13 +71,21 @@ class ResnetBlock(Module):
         h, c_do = self.dropout.forward(h, rng)                                    # [N, Co, H, W]
         h, c_c2 = self.conv2.forward(h)                                           # [N, Co, H, W]
         s, c_sc = (x, None) if self.shortcut is None else self.shortcut.forward(x)  # [N, Co, H, W]
-        return s + h, (c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc)
+        return s + h, (c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc, h)
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray | None]:
-        """Returns (dx [N, Ci, H, W], dtemb [N, E]); dtemb is None for a block without temb."""
-        c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc = cache
+    @staticmethod
+    def conv2_output(cache: tuple) -> np.ndarray:
+        """h = conv2(...) of a forward pass [N, Co, H, W], before the residual add."""
+        return cache[-1]
+
+    def backward(
+        self, dy: np.ndarray, cache: tuple, dconv2: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns (dx [N, Ci, H, W], dtemb [N, E]); dtemb is None for a block without temb. dconv2: an extra
+        gradient on conv2's output (a feature loss), which the shortcut does not see."""
+        c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc, _ = cache
         dx = dy if self.shortcut is None else self.shortcut.backward(dy, c_sc)    # [N, Ci, H, W]
-        dh = self.conv2.backward(dy, c_c2)                                        # [N, Co, H, W]
+        dh = self.conv2.backward(dy if dconv2 is None else dy + dconv2, c_c2)     # [N, Co, H, W]
         dh = self.dropout.backward(dh, c_do)                                      # [N, Co, H, W]
         dh = self.act.backward(dh, c_a2)                                          # [N, Co, H, W]
         dh = self.norm2.backward(dh, c_n2)                                        # [N, Co, H, W]

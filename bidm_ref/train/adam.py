@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..storage.checkpoint import AdamState, check_same_arrays
+
 
 @dataclass(frozen=True)
 class AdamConfig:
@@ -52,38 +54,6 @@ class AdamConfig:
                 raise ValueError(f"Adam {name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps >= 0 or not self.weight_decay >= 0:
             raise ValueError(f"Adam eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}")
-
-
-@dataclass(frozen=True)
-class AdamState:
-    """What a checkpoint stores of an Adam: step count t and the moments m, v by dotted name."""
-
-    t: int
-    m: dict[str, np.ndarray]
-    v: dict[str, np.ndarray]
-
-
-def check_same_arrays(
-    reference: Mapping[str, np.ndarray],
-    other: Mapping[str, np.ndarray],
-    what: str,
-    against: str = "the parameters",
-) -> None:
-    """Raise ValueError (one line) unless `other` has exactly the names, shapes and dtypes of `reference`.
-
-    Shared by Adam, EMA and the checkpoint reader; `what` names `other` and `against` names
-    `reference` in the message.
-    """
-    missing = [name for name in reference if name not in other]
-    extra = [name for name in other if name not in reference]
-    if missing or extra:
-        raise ValueError(f"{what} do not match {against}: missing {missing[:5]}, unexpected {extra[:5]}")
-    for name, ref in reference.items():
-        arr = other[name]
-        if arr.shape != ref.shape or arr.dtype != ref.dtype:
-            raise ValueError(
-                f"{what}: {name} is {arr.dtype}{list(arr.shape)} but {against} have {ref.dtype}{list(ref.shape)}"
-            )
 
 
 class Adam:

@@ -25,7 +25,7 @@ from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
 from ..models.autoencoder import (Autoencoder, AutoencoderConfig, kl_divergence, reconstruction_loss,
                                   reparameterize, reparameterize_backward)
-from ..models.latent import autoencoder_config
+from ..loading.latent import autoencoder_config
 from .adam import AdamConfig
 from .runfolder import claim_run_folder, resumed_common
 from .trainer import TrainConfig, Trainer, run_config_dict

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .adam import check_same_arrays
+from ..storage.checkpoint import check_same_arrays
 
 
 class EMA:

@@ -6,7 +6,7 @@ Student: StudentConfig names the method and the teacher checkpoint; the model co
          trains with the BiDM objective (BiDMConfig: TBS connections, distillation; with 0
          connections and no distillation it is the plain noise loss).
 Latent:  `latent_ae` (FP) trains on the scaled latents of that autoencoder; a student of a latent
-         teacher trains on the teacher's latents (models/latent.py). Nothing else changes.
+         teacher trains on the teacher's latents (loading/latent.py). Nothing else changes.
 The loss curve goes to `out_dir/loss.tsv` (see Trainer), so a resumed run continues the same file.
 The run folder is claimed before any work (runfolder.py: one writer, no new run over an old one
 unless `force`); `resumed_arguments` rebuilds every setting of a run from its checkpoint, so a
@@ -15,22 +15,23 @@ resumed run needs only its folder and the settings that may change (steps, ckpt_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from ..bidm.config import PLAIN_NOISE_LOSS, BiDMConfig
 from ..bidm.objective import BiDMObjective
-from ..bidm.tbs import attach_tbs
+from ..binary.variant import LayerVariant
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_images
-from ..models.latent import LatentConfig, latent_of, training_latents
+from ..loading.latent import LatentConfig, latent_of, training_latents
 from ..diffusion.objective import DenoisingObjective
 from ..diffusion.schedule import Schedule, ScheduleConfig
-from ..models.build import load_model, unet_config
+from ..loading.load import load_model
+from ..loading.build import unet_config
 from ..models.config import UNetConfig
-from ..models.student import build_student
+from ..bidm.student import build_student
 from ..models.unet import UNet
 from .adam import AdamConfig
 from .runfolder import claim_run_folder, resumed_common
@@ -39,8 +40,12 @@ from .trainer import Objective, TrainConfig, Trainer, run_config_dict
 
 @dataclass(frozen=True)
 class StudentConfig:
+    """The binarization method, the teacher, and the layer variant (binary/methods.py: LayerVariant)."""
+
     method: str = "bidm"
     teacher: str = ""
+    downsample_pad: str = LayerVariant.downsample_pad
+    fp_shortcut: bool = LayerVariant.fp_shortcut
 
 
 def load_teacher(path: str) -> tuple[UNet, dict]:
@@ -65,8 +70,9 @@ def build_objective(
         return model, DenoisingObjective(model, Schedule(schedule_cfg)), schedule_cfg, None
     teacher, teacher_config = load_teacher(student.teacher)
     schedule_cfg = ScheduleConfig(**teacher_config["schedule"])
-    model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng)
-    attach_tbs(model, bidm.tbs_connections, schedule_cfg.num_timesteps)
+    model = build_student(teacher.cfg, student.method, teacher.state_dict(), rng, bidm.tbs_connections,
+                          schedule_cfg.num_timesteps, LayerVariant.of_student(asdict(student)),
+                          bidm.tbs_layout)
     return model, BiDMObjective(model, teacher, Schedule(schedule_cfg), bidm), schedule_cfg, latent_of(teacher_config)
 
 

@@ -34,11 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..bidm.config import current_run_config
 from ..data.datasets import DataConfig
-
-from .atomic import pid_alive, remove_stale_temps
+from ..storage.atomic import pid_alive, remove_stale_temps
+from ..storage.checkpoint import first_difference, load_config
 from .adam import AdamConfig
-from .checkpoint import first_difference, load_config
 from .trainer import TrainConfig
 
 LOCK_NAME = ".lock"
@@ -150,7 +150,7 @@ def resume_checkpoint(out_dir: str | os.PathLike) -> Path:
 def saved_run_config(out_dir: str | os.PathLike) -> dict[str, Any]:
     """The run config of out_dir/ckpt.h5, the settings a resumed run continues with (its arrays are read once,
     later, by Trainer.resume)."""
-    return load_config(resume_checkpoint(out_dir))
+    return current_run_config(load_config(resume_checkpoint(out_dir)))
 
 
 def resumed_common(out_dir: str, data_dir: str | None, changes: dict[str, Any]) -> tuple[dict[str, Any], dict]:

@@ -17,7 +17,7 @@ rewritten atomically every `ckpt_every` steps, at the end and when SIGINT/SIGTER
 checkpoint; `resume` drops them (and a torn last line), and the resumed run writes them again
 with the same values, so the curve has no gaps or repeats. With `snapshot_every`
 = k > 0, every k-th step also leaves `out_dir/snapshots/step-<step>.h5`: the EMA weights as a
-samplable checkpoint (no optimizer state), the points of a learning curve (bidm/curves.py).
+samplable checkpoint (no optimizer state), the points of a learning curve (experiments/curves.py).
 
 EMA: ddim averages with a fixed decay 0.9999, which barely moves in a short CPU run. We use
 decay_s = min(decay, (1 + s) / (10 + s)) (TensorFlow's ExponentialMovingAverage with
@@ -34,12 +34,13 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ..bidm.config import current_run_config
 from ..binary.methods import set_progress
 from ..data.batches import BatchSampler
 from ..nn.module import Module
 from .adam import Adam, AdamConfig
-from .checkpoint import load_checkpoint, save_checkpoint
-from .atomic import atomic_write, fsync_file
+from ..storage.checkpoint import check_config, load_checkpoint, save_checkpoint
+from ..storage.atomic import atomic_write, fsync_file
 from .clip import clip_grad_norm
 from .ema import EMA
 from .interrupt import TrainingInterrupted, deferred_signals
@@ -106,7 +107,8 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         """Load params, EMA, Adam state and step from a checkpoint of the same run config."""
-        ckpt = load_checkpoint(path, expected_config=self.resumable_config(self.run_config))
+        ckpt = load_checkpoint(path)
+        check_config(current_run_config(ckpt.config), self.resumable_config(self.run_config), what=path)
         if ckpt.ema is None or ckpt.optim is None:
             raise ValueError(f"{path} has no EMA or optimizer state: it cannot be resumed (it can be sampled)")
         if ckpt.step > self.cfg.steps:

@@ -4,7 +4,7 @@ No arrays here. `weights/MANIFEST.json` maps each shipped file name to its sha25
 
     {"format": "bidm-weights-manifest", "files": {"bidm_tiny_packed.h5": {"sha256": "...", "bytes": 123}, ...}}
 
-`verify_listed(path)` is called by every checkpoint load (models/build.py `load_model`): a file that a
+`verify_listed(path)` is called by every checkpoint load (loading/load.py `load_model`): a file that a
 MANIFEST.json in its own folder lists must have the listed hash, so a truncated download, a Git LFS
 pointer or a locally retrained file under a shipped name is refused with one line instead of
 sampling garbage. Files in folders without a manifest (your own runs) are not checked.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..hashing import file_sha256, manifest_entries
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
+from ..storage.hashing import file_sha256, manifest_entries
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = "MANIFEST.json"

@@ -27,13 +27,13 @@ import numpy as np
 from ..data.datasets import DataConfig, load_images
 from ..data.images import save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
+from ..loading.load import load_model
+from ..loading.sampling import draw_images
 from ..metrics.classifier import FeatureClassifier, classifier_score, confident_share, fd_clf, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
-from ..models.build import load_model
-from ..models.sampling import draw_images
 from ..models.unet import UNet
-from ..train.atomic import atomic_write
+from ..storage.atomic import atomic_write
 from .config import ScoreConfig
 
 COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3), ("recall", "recall", 3),

@@ -35,11 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.datasets import DataConfig, load_images
-from ..hashing import arrays_mismatch, arrays_sha256, file_sha256
-from ..train.atomic import atomic_write
-from ..train.checkpoint import load_checkpoint
-from .autoencoder import Autoencoder, AutoencoderConfig
-from .config import UNetConfig
+from ..models.autoencoder import Autoencoder, AutoencoderConfig
+from ..models.config import UNetConfig
+from ..storage.atomic import atomic_write
+from ..storage.checkpoint import load_checkpoint
+from ..storage.hashing import arrays_mismatch, arrays_sha256, file_sha256
 
 ENCODE_BATCH = 250
 CACHE_KEY = "means"

@@ -32,12 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bidm.student import build_unet
+from ..bidm.config import BiDMConfig
 from ..binary.methods import binary_layers
 from ..binary.packed_layers import LATENT_PARAMS, PackedLayers, pack_binary_layer, packable_options, packed_layers
-from ..train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .build import build_unet, model_from_checkpoint, tbs_connections, unet_config
-from .config import UNetConfig
-from .unet import UNet
+from ..binary.variant import DEFAULT_VARIANT, LayerVariant
+from ..models.config import UNetConfig
+from ..models.unet import UNet
+from ..storage.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .build import model_from_checkpoint, tbs_connections, tbs_layout, unet_config
 
 PACKED_ATTR = "packed"
 PACKED_VERSION = 1
@@ -114,6 +117,20 @@ def packed_twin(student: UNet, method: str, num_timesteps: int) -> UNet:
     return packed_unet(student.cfg, method, connections, num_timesteps, *pack_student(student))
 
 
+def refuse_unpackable(config: dict, where: str) -> None:
+    """One-line error for a student the popcount UNet does not compute (docs/METHOD.md §11, items 1, 2, 5)."""
+    variant = LayerVariant.of_student(config["student"])
+    if variant.downsample_pad != DEFAULT_VARIANT.downsample_pad:
+        raise ValueError(f"{where}: the packed kernel pads the +-1 activations with zeros and cannot compute "
+                         "--downsample-pad official (padded taps = sign(tau)): sample the float checkpoint")
+    if tbs_layout(config) != BiDMConfig.tbs_layout:
+        raise ValueError(f"{where}: the packed loader builds TBS in the last-units layout only and cannot run a "
+                         f"--tbs-layout {tbs_layout(config)} student: sample the float checkpoint")
+    if variant.fp_shortcut != DEFAULT_VARIANT.fp_shortcut:
+        raise ValueError(f"{where}: the packed layers always add the scaled FP shortcut and cannot run a "
+                         "--no-fp-shortcut student: sample the float checkpoint")
+
+
 def packed_model(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
     """The packed UNet of a packed checkpoint (models/build.py dispatches here)."""
     version = ckpt.attrs[PACKED_ATTR]
@@ -126,6 +143,7 @@ def packed_model(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
     config = ckpt.config
     if "student" not in config:
         raise CheckpointError(f"{where} is marked packed but its config has no student method: export it again")
+    refuse_unpackable(config, where)
     return packed_unet(
         unet_config(config), config["student"]["method"], tbs_connections(config),
         config["schedule"]["num_timesteps"], ckpt.params, ckpt.groups.get(PACKED_GROUP, {}), where,
@@ -142,6 +160,7 @@ def export_packed(student_path: str, out_path: str, use_ema: bool = True) -> Exp
             f"{student_path} is an FP model, not a binary student: train one with `cli.py train --method bidm`"
         )
     packable_options(ckpt.config["student"]["method"])
+    refuse_unpackable(ckpt.config, student_path)
     student = model_from_checkpoint(ckpt, student_path, use_ema)
     params, packed = pack_student(student)
     weights, _ = ckpt.weights(use_ema)

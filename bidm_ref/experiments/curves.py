@@ -22,11 +22,11 @@ import numpy as np
 
 from ..data.datasets import DataConfig, load_images
 from ..diffusion.generate import SampleConfig
-from ..hashing import file_sha256
+from ..loading.load import load_model
+from ..loading.sampling import draw_images
 from ..metrics.classifier import fd_clf, load_classifier
-from ..models.build import load_model
-from ..models.sampling import draw_images
-from ..train.atomic import atomic_path, atomic_write
+from ..storage.atomic import atomic_path, atomic_write
+from ..storage.hashing import file_sha256
 
 SNAPSHOT = re.compile(r"step-(\d+)\.h5$")
 

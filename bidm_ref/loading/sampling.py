@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from ..bidm.tbs import sampling_eps_fn
 from ..diffusion.generate import SampleConfig, generate
 from ..diffusion.schedule import Schedule, ScheduleConfig
-from .build import sampling_eps_fn
+from ..models.unet import UNet
 from .latent import autoencoder_of, decode_latents, latent_of
-from .unet import UNet
 
 
 def draw_images(model: UNet, run_config: dict[str, Any], cfg: SampleConfig, progress: bool = True) -> np.ndarray:

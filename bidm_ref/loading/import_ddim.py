@@ -18,9 +18,10 @@ import numpy as np
 
 from ..data.torch_zip import load_torch_file
 from ..diffusion.schedule import ScheduleConfig
-from ..train.checkpoint import save_checkpoint
-from .config import UNetConfig
-from .unet import UNet
+from ..models.config import UNetConfig
+from ..models.unet import UNet
+from ..nn.module import Module
+from ..storage.checkpoint import save_checkpoint
 
 
 def strip_prefix(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -38,9 +39,9 @@ def ddim_states(obj: Any, path: str) -> tuple[dict[str, np.ndarray], dict[str, n
     raise ValueError(f"{path} is not a ddim checkpoint (expected a state_dict or [state_dict, optimizer, ...])")
 
 
-def check_against_model(state: dict[str, np.ndarray], cfg: UNetConfig, path: str) -> None:
-    """Refuse a state whose names or shapes differ from UNet(cfg), naming the first difference."""
-    own = UNet(cfg, rng=np.random.default_rng(0)).state_dict()
+def check_against_model(state: dict[str, np.ndarray], cfg: UNetConfig, path: str, model: Module | None = None) -> None:
+    """Refuse a state whose names or shapes differ from `model` (default UNet(cfg)), naming the first difference."""
+    own = (UNet(cfg, rng=np.random.default_rng(0)) if model is None else model).state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or extra:
         raise ValueError(f"{path} does not fit the model config {cfg}: missing {missing[:3]}, unexpected {extra[:3]}; "

@@ -51,21 +51,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bidm.tbs import TBS, attach_tbs
+from ..bidm.student import build_unet
+from ..bidm.tbs import TBS
 from ..binary.bidm_layers import BinaryConv2d, BinaryLinear
 from ..binary.methods import BinaryLayers
 from ..binary.packed_layers import LATENT_PARAMS, PackedConv2d, PackedLinear
+from ..models.autoencoder import AE_PRESETS, Autoencoder, Head
+from ..models.config import preset
+from ..models.unet import UNet
 from ..nn.attention import AttnBlock
 from ..nn.conv import Conv2d
-from ..nn.padding import conv_output_size
 from ..nn.factory import DENSE
 from ..nn.groupnorm import GroupNorm
 from ..nn.linear import Linear
 from ..nn.module import Module
+from ..nn.padding import conv_output_size
 from ..nn.resblock import ResnetBlock
-from .autoencoder import AE_PRESETS, Autoencoder, Head
-from .config import preset
-from .unet import UNet
 
 FLOAT_BITS = 32
 WORD_OPS = 64                                                                     # BOPs per OP
@@ -269,11 +270,8 @@ def count_ops(model: Module, run_forward: Callable[[], object], shapes_only: boo
 def table_model(name: str, preset_name: str) -> UNet:
     """The model of a table row: FP UNet, XNOR student, or BiDM student with TBS (random init: counts only)."""
     method = TABLE_MODELS[name]
-    rng = np.random.default_rng(0)
-    model = UNet(preset(preset_name), rng=rng, body=DENSE if method is None else BinaryLayers(method))
-    if name == "bidm":
-        attach_tbs(model, BIDM_TBS_CONNECTIONS, TABLE_TIMESTEPS)
-    return model
+    body = DENSE if method is None else BinaryLayers(method)
+    return build_unet(preset(preset_name), body, BIDM_TBS_CONNECTIONS if name == "bidm" else 0, TABLE_TIMESTEPS)
 
 
 def unet_efficiency(model: UNet, name: str, preset_name: str, shapes_only: bool = True) -> Efficiency:

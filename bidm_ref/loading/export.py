@@ -1,7 +1,7 @@
 """`cli.py export`: the inference-only file of a trained checkpoint.
 
 No arrays are computed here. A binary student (bidm, xnor, xnor_k) is packed to 1-bit words
-(models/packed.py). An FP model (a UNet, or the autoencoder of `cli.py train-ae`) is written as its
+(loading/packed.py). An FP model (a UNet, or the autoencoder of `cli.py train-ae`) is written as its
 inference copy: the EMA weights (or the raw ones with use_ema=False) as /params, the same config and
 step, no /ema, no /optim, no rng state, so a shipped teacher is a quarter of its training checkpoint
 and still loads everywhere a checkpoint does (sampling, `--teacher` of a student, `--latent`).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from .packed import ExportSummary, export_packed, is_packed
 
 

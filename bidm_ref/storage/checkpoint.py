@@ -50,9 +50,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..hashing import arrays_mismatch, arrays_sha256
-from .adam import AdamState, check_same_arrays
 from .atomic import atomic_h5
+from .hashing import arrays_mismatch, arrays_sha256
 
 FORMAT = "bidm-ckpt"
 FORMAT_VERSION = 1
@@ -64,6 +63,38 @@ CONFIG_FIX = "pass the matching --preset or another checkpoint"
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises on damaged files
 
 Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class AdamState:
+    """What a checkpoint stores of an Adam: step count t and the moments m, v by dotted name."""
+
+    t: int
+    m: dict[str, np.ndarray]
+    v: dict[str, np.ndarray]
+
+
+def check_same_arrays(
+    reference: Mapping[str, np.ndarray],
+    other: Mapping[str, np.ndarray],
+    what: str,
+    against: str = "the parameters",
+) -> None:
+    """Raise ValueError (one line) unless `other` has exactly the names, shapes and dtypes of `reference`.
+
+    Shared by Adam, EMA and the checkpoint reader; `what` names `other` and `against` names
+    `reference` in the message.
+    """
+    missing = [name for name in reference if name not in other]
+    extra = [name for name in other if name not in reference]
+    if missing or extra:
+        raise ValueError(f"{what} do not match {against}: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, ref in reference.items():
+        arr = other[name]
+        if arr.shape != ref.shape or arr.dtype != ref.dtype:
+            raise ValueError(
+                f"{what}: {name} is {arr.dtype}{list(arr.shape)} but {against} have {ref.dtype}{list(ref.shape)}"
+            )
 
 
 class CheckpointError(ValueError):

@@ -13,7 +13,7 @@ a row with result.json is not rerun, and an interrupted row resumes from its che
 OUT/ablation.md is regenerated from the result files after every row.
 
 Rows (docs/METHOD.md §9): FP; the five baselines (XNOR = Vanilla, XNOR++, DoReFa, ReActNet,
-ReSTE); Vanilla + learnable k; +TBS (BiDM layers and cross-timestep connections, no distillation);
+ReSTE); plain XNOR-Net (Vanilla without the scaled FP shortcut, docs/METHOD.md §11 item 5); Vanilla + learnable k; +TBS (BiDM layers and cross-timestep connections, no distillation);
 +SPD (Vanilla layers with SPD); BiDM; BiDM with L2 instead of SPD; BiDM with 0, 1 and all decoder
 TBS connections (2 is the BiDM row).
 """
@@ -28,20 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bidm.config import BiDMConfig
+from ..binary.variant import LayerVariant
 from ..data.datasets import DataConfig, load_labeled
 from ..data.images import save_grid, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
 from ..diffusion.schedule import ScheduleConfig
+from ..loading.load import load_model
+from ..loading.sampling import draw_images
 from ..metrics.classifier import ClassifierConfig, classifier_score, fd_clf, fit_classifier, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
-from ..models.build import load_model
-from ..models.sampling import draw_images
+from ..storage.atomic import atomic_write
 from ..train.adam import AdamConfig
-from ..train.atomic import atomic_write
 from ..train.run import StudentConfig, train
 from ..train.trainer import TrainConfig
-from .config import BiDMConfig
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Row:
     method: str
     tbs_connections: int
     distill: str
+    fp_shortcut: bool = LayerVariant.fp_shortcut
 
     @property
     def slug(self) -> str:
@@ -71,6 +73,7 @@ def ablation_rows(decoder_units: int) -> list[Row]:
         Row("DoReFa", "dorefa", 0, "none"),
         Row("ReActNet", "reactnet", 0, "none"),
         Row("ReSTE", "reste", 0, "none"),
+        Row("XNOR-Net, no FP shortcut", "xnor", 0, "none", fp_shortcut=False),
         Row("Vanilla + learnable k", "xnor_k", 0, "none"),
         Row("+TBS", "bidm", 2, "none"),
         Row("+SPD", "xnor", 0, "spd"),
@@ -122,7 +125,7 @@ def run_row(row: Row, cfg: AblationConfig, data: DataConfig, progress: bool) -> 
         started = os.path.exists(ckpt)  # resume a row that has a checkpoint; redo one that died before it
         train(data, ScheduleConfig(), AdamConfig(lr=cfg.lr),
               TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, out_dir=folder),
-              student=StudentConfig(row.method, cfg.teacher),
+              student=StudentConfig(row.method, cfg.teacher, fp_shortcut=row.fp_shortcut),
               bidm=BiDMConfig(tbs_connections=row.tbs_connections, distill=row.distill),
               resume=started, force=not started, progress=progress)
         weights, loss = ckpt, final_loss(os.path.join(folder, "loss.tsv"))
