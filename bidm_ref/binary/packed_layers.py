@@ -23,7 +23,7 @@ Parameters carry the float layers' names, so a student's parameters load by name
     linear  [`tau`] [I]
 The latent float `weight` and `bias` (LATENT_PARAMS) are replaced by the packed words and alpha, given
 with `set_packed(words, alpha)`; `forward` refuses to run before. The layers have no backward: they
-run an exported student (models/packed.py). Only the methods whose layers are BinaryConv2d /
+run an exported student (loading/packed.py). Only the methods whose layers are BinaryConv2d /
 BinaryLinear pack this way (PACKABLE: bidm, xnor, xnor_k).
 """
 

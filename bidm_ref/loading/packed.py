@@ -2,7 +2,7 @@
 
 Dimensions: O output channels, C input channels (I features), kh, kw kernel, Wd = ceil(C / 64) packed words.
 
-File layout: a bidm checkpoint (train/checkpoint.py, written by save_checkpoint with extra attrs and one
+File layout: a bidm checkpoint (storage/checkpoint.py, written by save_checkpoint with extra attrs and one
 extra group), so the usual reader checks format, version, truncation and NaN:
     root attrs   format = "bidm-ckpt", format_version = 1, step = the student's step, rng_state = null,
                  config          the student's run config (JSON; model, schedule, student.method, bidm ...)
@@ -112,8 +112,8 @@ def packed_unet(
 
 
 def packed_twin(student: UNet, method: str, num_timesteps: int) -> UNet:
-    """The packed UNet of a float student, in memory (same weights; TBS connections read from its table `a`)."""
-    connections = 0 if student.mixer is None else student.mixer.params["a"].shape[1]
+    """The packed UNet of a float student, in memory (same weights, same TBS connections)."""
+    connections = 0 if student.mixer is None else student.mixer.connections
     return packed_unet(student.cfg, method, connections, num_timesteps, *pack_student(student))
 
 
@@ -132,7 +132,7 @@ def refuse_unpackable(config: dict, where: str) -> None:
 
 
 def packed_model(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
-    """The packed UNet of a packed checkpoint (models/build.py dispatches here)."""
+    """The packed UNet of a packed checkpoint (loading/load.py dispatches here)."""
     version = ckpt.attrs[PACKED_ATTR]
     if version != PACKED_VERSION:
         raise CheckpointError(
