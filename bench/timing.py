@@ -84,11 +84,23 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_ratio(key: str, value: float) -> str:
+    """A ratio as `2.31x`; the non-ratio entries by their key: `*_per_s` a rate, `*share*` a percentage,
+    `*_emits_*` a yes/no flag (stored as 1.0 / 0.0)."""
+    if key.endswith("_per_s"):
+        return f"{value:.3g}/s"
+    if "share" in key:
+        return f"{value:.0%}"
+    if "_emits_" in key:
+        return "yes" if value else "no"
+    return f"{value:.2f}x"
+
+
 def print_results(results: list[dict], ratios: dict) -> None:
-    """Print the table of result rows, then each ratio as `key: value x`."""
+    """Print the table of result rows, then each ratio as `key: value` (format_ratio)."""
     print(format_table(results))
     for key, value in ratios.items():
-        print(f"{key}: {value:.2f}x")
+        print(f"{key}: {format_ratio(key, value)}")
 
 
 def bench_main(description: str, suite: Callable[[int], tuple[list[dict], dict]], default_repeats: int = 5) -> None:

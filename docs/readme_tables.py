@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import format_ratio  # noqa: E402
 from bidm_ref.experiments.efficiency import efficiency_table, format_efficiency  # noqa: E402
 from bidm_ref.storage.atomic import atomic_write  # noqa: E402
 
@@ -55,7 +56,7 @@ def measured_on(report: dict) -> str:
 def bench_section() -> str:
     report = json.loads((ROOT / "results" / "bench.json").read_text())
     lines = [f"{measured_on(report)}; ratios from one run:", "", "| ratio | value |", "|---|---|"]
-    lines += [f"| {key} | {value:.2f}x |" for key, value in report["ratios"].items()]
+    lines += [f"| {key} | {format_ratio(key, value)} |" for key, value in report["ratios"].items()]
     return "\n".join(lines)
 
 
