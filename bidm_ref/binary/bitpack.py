@@ -14,7 +14,8 @@ layout); linear weights and inputs `[O, Wd]`, `[N, Wd]`. The conv kernel reads t
 
 Three packers, written independently so tests can compare them:
     pack_signs(u)                  NumPy, channels on the last axis; used for weights and as a reference
-    pack_activations(x, tau)       Numba, parallel over N*H rows: the inference path for NCHW activations
+    pack_activations(x, tau)       Numba, parallel over N*H rows of pack_row (which the packed layers call with
+                                   the mean |x| they need; layer_kernels.py)
     pack_activations_ref(x, tau)   NumPy twin of pack_activations, one channel at a time
 """
 
@@ -61,24 +62,35 @@ def unpack_signs(words: np.ndarray, channels: int, dtype: np.dtype = np.float32)
     return (1 - 2 * bits.astype(np.int8)).astype(dtype)                           # [..., C]
 
 
+@njit(cache=True)
+def pack_row(x, tau, n, h, packed, a_map):
+    """Row (n, h) of x [N, C, H, W]: packed[n, h] [W, Wd] = bits of sign(x[n, :, h] + tau) and a_map[n, h] [W] =
+    float(sum_c |x[n, c, h]|) / C, summed over c in order (NumPy's mean over the channel axis)."""
+    _, C, _, W = x.shape
+    Wd = packed.shape[3]
+    word = np.empty(W, dtype=np.uint64)                                           # [W] one word per column
+    total = np.zeros(W, dtype=x.dtype)                                            # [W] sum_c |x|
+    for d in range(Wd):
+        word[:] = 0
+        for c in range(d * 64, min(C, d * 64 + 64)):
+            shift = np.uint64(c - d * 64)
+            t = tau[c]
+            for w in range(W):                                                    # branch-free: signs are random
+                v = x[n, c, h, w]
+                word[w] |= np.uint64(not (v + t >= 0)) << shift
+                total[w] += abs(v)
+        packed[n, h, :, d] = word
+    a_map[n, h] = total / x.dtype.type(C)
+
+
 @njit(parallel=True, cache=True)
 def pack_activations(x, tau):
     """x [N, C, H, W] float (C-contiguous), tau [C] same dtype -> [N, H, W, Wd] uint64 of sign(x + tau)."""
     N, C, H, W = x.shape
-    Wd = (C + 63) // 64
-    packed = np.empty((N, H, W, Wd), dtype=np.uint64)                            # [N, H, W, Wd]
+    packed = np.empty((N, H, W, (C + 63) // 64), dtype=np.uint64)                 # [N, H, W, Wd]
+    a_map = np.empty((N, H, W), dtype=x.dtype)                                    # [N, H, W] (not returned)
     for row in prange(N * H):
-        n = row // H
-        h = row % H
-        word = np.empty(W, dtype=np.uint64)                                       # [W] one word per column
-        for d in range(Wd):
-            word[:] = 0
-            for c in range(d * 64, min(C, d * 64 + 64)):
-                shift = np.uint64(c - d * 64)
-                t = tau[c]
-                for w in range(W):                                                # branch-free: signs are random
-                    word[w] |= np.uint64(not (x[n, c, h, w] + t >= 0)) << shift
-            packed[n, h, :, d] = word
+        pack_row(x, tau, row // H, row % H, packed, a_map)
     return packed
 
 

@@ -29,30 +29,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..nn.padding import Padding, as_padding
-from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref
+from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_row
 from .kernels import _accumulate_row, conv_scaled_ref, output_shape
 
 SERIAL_WORK = 1 << 18  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
-
-
-@njit(cache=True)
-def _pack_row(x, tau, n, h, packed, a_map):
-    """Pass 1 for row (n, h): packed[n, h] [W, Wd] = bits of sign(x[n, :, h] + tau), a_map[n, h] [W] = mean_c |x|."""
-    _, C, _, W = x.shape
-    Wd = packed.shape[3]
-    word = np.empty(W, dtype=np.uint64)                                           # [W] one word per column
-    total = np.zeros(W, dtype=x.dtype)                                            # [W] sum_c |x|
-    for d in range(Wd):
-        word[:] = 0
-        for c in range(d * 64, min(C, d * 64 + 64)):
-            shift = np.uint64(c - d * 64)
-            t = tau[c]
-            for w in range(W):                                                    # branch-free: signs are random
-                v = x[n, c, h, w]
-                word[w] |= np.uint64(not (v + t >= 0)) << shift
-                total[w] += abs(v)
-        packed[n, h, :, d] = word
-    a_map[n, h] = total / x.dtype.type(C)
 
 
 @njit(cache=True)
@@ -82,28 +62,25 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
                 out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo] + s * sc[n, o, ho, wo]
 
 
-@njit(parallel=True, cache=True)
-def _layer_parallel(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
-    """Both passes with prange over the N*H input rows, then the N*Ho output rows."""
-    N, _, H, _ = x.shape
-    Ho = out.shape[2]
-    for row in prange(N * H):
-        _pack_row(x, tau, row // H, row % H, packed, a_map)
-    for row in prange(N * Ho):
-        _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
-                    row // Ho, row % Ho, out)
+def _layer_kernel(parallel: bool):
+    """Both passes of the module docstring as one compiled call: prange over the N*H input rows, then the N*Ho
+    output rows (`parallel`), or the same tasks in row order on the calling thread."""
+    rows = prange if parallel else range
+
+    def layer(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
+        N, _, H, _ = x.shape
+        Ho = out.shape[2]
+        for row in rows(N * H):
+            pack_row(x, tau, row // H, row % H, packed, a_map)
+        for row in rows(N * Ho):
+            _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
+                        row // Ho, row % Ho, out)
+
+    return njit(parallel=parallel, cache=True)(layer)  # the closure's `rows` keeps the two cache entries apart
 
 
-@njit(cache=True)
-def _layer_serial(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
-    """Both passes on the calling thread (the same tasks as _layer_parallel, in row order)."""
-    N, _, H, _ = x.shape
-    Ho = out.shape[2]
-    for row in range(N * H):
-        _pack_row(x, tau, row // H, row % H, packed, a_map)
-    for row in range(N * Ho):
-        _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
-                    row // Ho, row % Ho, out)
+_layer_parallel = _layer_kernel(True)
+_layer_serial = _layer_kernel(False)
 
 
 def layer_work(out_shape: tuple[int, ...], words_t: np.ndarray) -> int:

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..storage.atomic import atomic_h5
+from ..storage.checkpoint import read_hdf5_file
 
 FORMAT = "bidm-golden"
 FORMAT_VERSION = 1
@@ -174,15 +175,9 @@ def write_golden(path: str | os.PathLike, golden: Golden) -> None:
 
 def read_golden(path: str | os.PathLike) -> Golden:
     """Read and check one golden file; GoldenError (one line, naming the file and the fix) if unusable."""
-    where = str(path)
     if not Path(path).is_file():
-        raise GoldenError(f"golden file {where} is missing: {FIX}")
-    try:
-        with h5py.File(path, "r") as h5:
-            return parse_golden(h5, where)
-    except OSError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise GoldenError(f"{where} is not a readable HDF5 file (corrupt or truncated: {reason}): {FIX}") from None
+        raise GoldenError(f"golden file {path} is missing: {FIX}")
+    return read_hdf5_file(path, parse_golden, GoldenError, FIX)
 
 
 def parse_golden(h5: h5py.File, where: str) -> Golden:

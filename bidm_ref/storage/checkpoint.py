@@ -202,20 +202,24 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_h5(path: str | os.PathLike, reader: Callable[[h5py.File, str], Any]) -> Any:
-    """reader(open file, path) of an existing HDF5 file; any h5py error becomes a one-line CheckpointError."""
-    where = str(path)
+    """reader(open file, path) of an existing checkpoint; any h5py error becomes a one-line CheckpointError."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {where} not found: check the path or train one first")
+        raise FileNotFoundError(f"checkpoint {path} not found: check the path or train one first")
+    return read_hdf5_file(path, reader, CheckpointError, "restore it, re-create it or use another checkpoint")
+
+
+def read_hdf5_file(path: str | os.PathLike, reader: Callable[[h5py.File, str], Any], error: type[Exception],
+                   fix: str) -> Any:
+    """reader(open file, path) of an HDF5 file: `error` raised by the reader passes, any h5py error becomes one
+    line `error("PATH is not a readable HDF5 file (...): fix")`."""
+    where = str(path)
     try:
         with h5py.File(path, "r") as h5:
             return reader(h5, where)
-    except CheckpointError:
+    except error:
         raise
     except H5_ERRORS as err:
-        raise CheckpointError(
-            f"{where} is not a readable HDF5 file (corrupt or truncated: {error_reason(err)}): "
-            "restore it, re-create it or use another checkpoint"
-        ) from err
+        raise error(f"{where} is not a readable HDF5 file (corrupt or truncated: {error_reason(err)}): {fix}") from err
 
 
 def error_reason(err: Exception) -> str:
