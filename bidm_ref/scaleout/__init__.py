@@ -1,11 +1,10 @@
 """Scale-out over a Dask cluster (issue 21): `cli.py sample` and `cli.py eval` with `--workers K` or `--scheduler`.
 
 cluster.py        the Dask client (a LocalCluster of K one-thread processes, or an existing scheduler), the
-                  worker plugin that applies the thread policy, and DaskMap, a ShardMap over Dask workers
-worker_policy.py  that plugin (imports distributed, so only loaded with Dask)
+                  one-thread policy every task applies, and DaskMap, a ShardMap over the workers
 sample_shards.py  sampling in seeded shards written as they finish, with a manifest, resumed by skipping
-                  finished shards
+                  finished shards (eval's shards are metrics/evaluate.py's, run through DaskMap)
 
-Dask is optional (`pip install -e '.[dist]'`); nothing outside this package imports it. README
+Dask is optional (`pip install -e '.[dist]'`) and imported only inside cluster.py's functions. README
 "Sampling and evaluation on a Dask cluster" has the commands and the determinism statement.
 """
