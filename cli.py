@@ -288,7 +288,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
-
     from contextlib import nullcontext
 
     from bidm_ref.data.sample_files import check_writable_file

@@ -6,6 +6,7 @@ worker does (scaleout/cluster.py): the same seed and thread count give the same 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -177,10 +178,13 @@ def test_merged_eval_statistics_equal_one_process(client, tmp_path, one_thread, 
     np.testing.assert_allclose(merged.pool3_mean, direct.astype(np.float64).mean(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(merged.pool3_cov, np.cov(direct.astype(np.float64), rowvar=False), rtol=1e-9,
                                atol=1e-12)
-    args = (str(tmp_path / "fake.npz"), str(tmp_path / "ref.npz"), ["fid", "sfid", "pr", "fdclf"],
-            str(tmp_path / "inception.h5"), str(tmp_path / "clf.h5"))
-    sharded = evaluate(*args, shard_map=DaskMap(client))
-    single = evaluate(*args, shard_map=serial_map)
+    files = ["--samples", str(tmp_path / "fake.npz"), "--ref", str(tmp_path / "ref.npz"), "--inception",
+             str(tmp_path / "inception.h5"), "--classifier", str(tmp_path / "clf.h5")]
+    assert cli.main(["--threads", "1", "eval", *files, "--metrics", "fid,sfid,pr,fdclf", "--workers", "2",
+                     "--json", str(tmp_path / "eval.json")]) == 0
+    sharded = json.loads((tmp_path / "eval.json").read_text())
+    single = evaluate(str(tmp_path / "fake.npz"), str(tmp_path / "ref.npz"), ["fid", "sfid", "pr", "fdclf"],
+                      str(tmp_path / "inception.h5"), str(tmp_path / "clf.h5"), shard_map=serial_map)
     assert sharded["fid"] > 1e-3 and sharded["fd_clf"] > 1e-6                  # two different sets
     for key in ("fid", "sfid", "fd_clf", "clf_score"):
         assert abs(sharded[key] - single[key]) <= 1e-9, key
