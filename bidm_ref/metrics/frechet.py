@@ -22,6 +22,10 @@ update), so no feature matrix is ever held whole and no large sum-of-squares can
     mean = mean_a + delta * n_b / n
     M2 = M2_a + M2_b + delta delta^T * n_a n_b / n
     cov = M2 / (n - 1)          (unbiased, as np.cov and the ADM / pytorch-fid evaluators)
+
+`add` merges a batch, `merge` another FeatureStats with the same formula: `cli.py eval --workers K` has each
+shard's statistics made on a Dask worker and merges them here in shard order (metrics/evaluate.py), so the
+result does not depend on the worker count or on the order shards finish in.
 """
 
 from __future__ import annotations
@@ -46,17 +50,26 @@ class FeatureStats:
             raise ValueError(f"FeatureStats.add: expected a batch [B, {self.dim}], got shape {batch.shape}")
         if not np.all(np.isfinite(batch)):
             raise ValueError("FeatureStats.add: the batch contains NaN or inf features (diverged model or broken images?)")
-        n_b = batch.shape[0]
-        if n_b == 0:
+        if batch.shape[0] == 0:
             return
+        part = FeatureStats(self.dim)
         x = batch.astype(np.float64)           # [B, D]
-        mean_b = x.mean(axis=0)                # [D]
-        centered = x - mean_b                  # [B, D]
-        m2_b = centered.T @ centered           # [D, D]
-        n = self.count + n_b
-        delta = mean_b - self.mean_acc         # [D]
-        self.mean_acc += delta * (n_b / n)
-        self.m2 += m2_b + np.outer(delta, delta) * (self.count * n_b / n)
+        part.count = batch.shape[0]
+        part.mean_acc = x.mean(axis=0)         # [D]
+        centered = x - part.mean_acc           # [B, D]
+        part.m2 = centered.T @ centered        # [D, D]
+        self.merge(part)
+
+    def merge(self, other: FeatureStats) -> None:
+        """Merge another FeatureStats (e.g. one shard's, computed elsewhere) into these: the formula above."""
+        if other.dim != self.dim:
+            raise ValueError(f"FeatureStats.merge: dimension {other.dim} into {self.dim}")
+        if other.count == 0:
+            return
+        n = self.count + other.count
+        delta = other.mean_acc - self.mean_acc  # [D]
+        self.mean_acc += delta * (other.count / n)
+        self.m2 += other.m2 + np.outer(delta, delta) * (self.count * other.count / n)
         self.count = n
 
     @property

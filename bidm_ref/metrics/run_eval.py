@@ -6,7 +6,9 @@ References: "<dataset>-test" / "<dataset>-train" (first `--ref-limit` images of 
 split, e.g. fashion-mnist-test) or an ADM-style .npz batch. Metrics: fid, sfid, pr, is (FID
 Inception, evaluate.py; needs `cli.py fetch-inception` once) and fdclf (FD-clf, the classifier
 score and the confident share of samples and reference, with an in-domain classifier checkpoint;
-classifier.py). Unknown metric names and samples whose channel count C differs from the
+classifier.py). Both sets go through the networks in shards of evaluate.EVAL_SHARD images by `shard_map`
+(this process, or Dask workers for `cli.py eval --workers K`: scaleout/); the classifier's outputs of
+the shards are concatenated in shard order. Unknown metric names and samples whose channel count C differs from the
 reference's are refused before any metric runs.
 """
 
@@ -19,8 +21,9 @@ import numpy as np
 
 from ..data.datasets import DataConfig, channels_of, read_uint8
 from ..data.images import from_uint8, load_image_folder_uint8, load_npz_batch
-from .classifier import classifier_score, confident_share, fd_clf, load_classifier
-from .evaluate import METRICS, Reference, compute_metrics, npz_reference
+from .classifier import FeatureClassifier, classifier_outputs, features_frechet, load_classifier, share_above
+from .evaluate import METRICS, Reference, ShardMap, compute_metrics, image_shards, npz_reference, serial_map
+from .inception_score import inception_score
 
 METRIC_NAMES = (*METRICS, "fdclf")
 
@@ -42,8 +45,26 @@ def reference_channels(ref: str) -> int:
     return int(load_npz_batch(ref).shape[3]) if ref.endswith(".npz") else channels_of(ref.rpartition("-")[0])
 
 
+def uint8_classifier_outputs(images: np.ndarray, model: FeatureClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """classifier.classifier_outputs (features [n, F], probabilities [n, K]) of uint8 images [n, H, W, C]."""
+    return classifier_outputs(model, from_uint8(images.transpose(0, 3, 1, 2)))   # images as [n, C, H, W]
+
+
+def classifier_metrics(model: FeatureClassifier, real: np.ndarray, fake: np.ndarray, shard_map: ShardMap) -> dict:
+    """FD-clf, the classifier score and the confident shares of uint8 samples `fake` [N, H, W, C] and `real` [M, ...]."""
+    def outputs(images: np.ndarray, desc: str) -> tuple[np.ndarray, np.ndarray]:
+        parts = shard_map(uint8_classifier_outputs, image_shards(images), (model,), desc)
+        return np.concatenate([f for f, _ in parts]), np.concatenate([p for _, p in parts])  # [N, F], [N, K]
+
+    real_features, real_probs = outputs(real, "classifier, reference")
+    fake_features, fake_probs = outputs(fake, "classifier, samples")
+    return {"fd_clf": features_frechet(real_features, fake_features), "clf_score": inception_score(fake_probs, splits=1)[0],
+            "clf_confident": share_above(fake_probs), "clf_confident_reference": share_above(real_probs)}
+
+
 def evaluate(samples_path: str, ref: str, metrics: list[str], inception: str, classifier: str | None,
-             data_dir: str | None = None, ref_limit: int = 10000, cache_dir: str | None = None) -> dict:
+             data_dir: str | None = None, ref_limit: int = 10000, cache_dir: str | None = None,
+             shard_map: ShardMap = serial_map) -> dict:
     """All requested metrics as a JSON-ready dict."""
     unknown = sorted(set(metrics) - set(METRIC_NAMES))
     if unknown:
@@ -60,16 +81,11 @@ def evaluate(samples_path: str, ref: str, metrics: list[str], inception: str, cl
         if not Path(inception).is_file():
             raise FileNotFoundError(f"Inception weights {inception} not found: run `python cli.py fetch-inception` "
                                     "or drop fid/sfid/pr/is from --metrics")
-        result.update(compute_metrics(samples, reference, inception_metrics, inception, cache_dir, progress=True))
+        result.update(compute_metrics(samples, reference, inception_metrics, inception, cache_dir, progress=True,
+                                      shard_map=shard_map))
     if "fdclf" in metrics:
         if not classifier or not Path(classifier).is_file():
             raise FileNotFoundError(f"FD-clf classifier {classifier} not found: `cli.py ablate` trains one into "
                                     "OUT/classifier.h5; pass it with --classifier")
-        model = load_classifier(classifier)
-        real = from_uint8(reference.load().transpose(0, 3, 1, 2))                 # [M, C, H, W]
-        fake = from_uint8(samples.transpose(0, 3, 1, 2))                          # [N, C, H, W]
-        result["fd_clf"] = fd_clf(model, real, fake)
-        result["clf_score"] = classifier_score(model, fake)
-        result["clf_confident"] = confident_share(model, fake)
-        result["clf_confident_reference"] = confident_share(model, real)
+        result.update(classifier_metrics(load_classifier(classifier), reference.load(), samples, shard_map))
     return result
