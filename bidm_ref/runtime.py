@@ -7,11 +7,15 @@ Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
    spinning, so they do not take the cores from the BLAS threads that run next: with both pools at two
    threads and spinning workers, the tiny training step took 4.8x as long as with sleeping ones.
 2. `configure(policy)` (cli.py and the benchmarks call it) sets the thread counts: BLAS through threadpoolctl,
-   Numba through numba.set_num_threads. The default gives both pools every core (measured fastest).
+   Numba through numba.set_num_threads. The default gives both pools every core that other processes leave
+   free at start-up (cores minus the 1-minute load average): on an idle machine every core (measured fastest),
+   on a machine whose cores other jobs hold one thread, because a BLAS call split over two threads waits for
+   the descheduled one (measured 8x slower sampling steps than one thread; docs/ENGINE.md, "Threads").
 The BLAS kernels are OpenBLAS's own choice (or OPENBLAS_CORETYPE's, when the environment sets it).
 
 Determinism: the same seed gives the same bytes for the same policy on the same machine; another thread
-count or BLAS kernel may change float32 results in the last bits (the matmuls' blocking changes).
+count or BLAS kernel may change float32 results in the last bits (the matmuls' blocking changes). The default
+follows the load, so a run that must be byte-reproducible passes `--threads N`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,18 @@ class ThreadPolicy:
             raise ValueError(f"thread counts must be >= 1, got {self}: pass --threads 1 or more")
 
 
+def free_cores(cores: int, load: float) -> int:
+    """The cores other processes leave free: `cores` minus the 1-minute load average, rounded; at least 1."""
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
 def default_policy() -> ThreadPolicy:
-    """Every core for both pools (bounded by NUMBA_NUM_THREADS, which Numba cannot exceed)."""
+    """Every free core for both pools at start-up (free_cores; bounded by NUMBA_NUM_THREADS, which Numba cannot
+    exceed): all cores on an idle machine, one thread when other jobs hold the cores (module docstring, 2)."""
     import numba
 
-    cores = os.cpu_count() or 1
-    return ThreadPolicy(blas_threads=cores, numba_threads=min(cores, numba.config.NUMBA_NUM_THREADS))
+    threads = free_cores(os.cpu_count() or 1, os.getloadavg()[0])
+    return ThreadPolicy(blas_threads=threads, numba_threads=min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 _policy: ThreadPolicy | None = None

@@ -96,8 +96,7 @@ def dies_once(fn, log: Path, doomed: int):
     return run
 
 
-def test_a_worker_killed_mid_shard_costs_only_that_shard_and_the_result_is_identical(client, tmp_path, student,
-                                                                                   one_thread):
+def test_a_worker_killed_mid_shard_is_redone_and_the_result_is_identical(client, tmp_path, student, one_thread):
     model, run_config = load_model(student)
     cfg = SampleConfig(n=12, steps=2, seed=3, batch_size=2)
     expected = draw_images(model, run_config, cfg, progress=False)            # [12, 1, 32, 32]
@@ -113,7 +112,9 @@ def test_a_worker_killed_mid_shard_costs_only_that_shard_and_the_result_is_ident
     images, before = draw_sharded(SamplingModel(model, run_config, None), cfg, folder, dying_map)
     assert (log / "killed").exists() and before == 0
     attempts = [int(re.match(r"(\d+)-", p.name).group(1)) for p in log.iterdir() if p.name != "killed"]
-    assert sorted(attempts) == sorted([*range(6), 2])                        # shard 2 twice, every other once
+    # shard 2 again after its worker died; another shard runs twice only if it had finished on the killed worker
+    # before the client fetched it (Dask keeps a result on its worker until then), which load can make happen
+    assert set(attempts) == set(range(6)) and attempts.count(2) >= 2
     assert images.tobytes() == expected.tobytes()
 
 

@@ -10,23 +10,31 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from bidm_ref import runtime
-from bidm_ref.runtime import ThreadPolicy, configure, current_policy, default_policy, prepare_environment
+from bidm_ref.runtime import ThreadPolicy, configure, current_policy, default_policy, free_cores, prepare_environment
 
 
 def blas_thread_counts() -> set[int]:
     return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
 
 
-def test_configure_sets_blas_and_numba_threads_and_the_default_uses_every_core():
+def test_configure_sets_blas_and_numba_threads_and_the_default_uses_every_free_core():
     try:
         assert configure(ThreadPolicy(blas_threads=1, numba_threads=1)) == current_policy()
         assert blas_thread_counts() == {1} and numba.get_num_threads() == 1
-        policy = configure()
         cores = os.cpu_count() or 1
-        assert policy == default_policy() == ThreadPolicy(cores, min(cores, numba.config.NUMBA_NUM_THREADS))
+        with mock.patch("os.getloadavg", return_value=(0.2, 0.0, 0.0)):              # an idle machine
+            policy = configure()
+        assert policy == ThreadPolicy(cores, min(cores, numba.config.NUMBA_NUM_THREADS))
         assert blas_thread_counts() == {cores} and numba.get_num_threads() == policy.numba_threads
+        with mock.patch("os.getloadavg", return_value=(cores + 0.7, 0.0, 0.0)):      # every core held elsewhere
+            assert default_policy() == ThreadPolicy(1, 1)
     finally:
         configure()
+
+
+def test_free_cores_subtracts_the_rounded_load_and_keeps_one():
+    assert [free_cores(2, load) for load in (0.0, 0.49, 0.5, 1.2, 1.6, 7.0)] == [2, 2, 1, 1, 1, 1]
+    assert [free_cores(8, load) for load in (0.3, 2.6, 8.0)] == [8, 5, 1]
 
 
 def test_bad_thread_counts_are_refused_with_the_fix():
