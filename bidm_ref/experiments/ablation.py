@@ -67,17 +67,22 @@ class Row:
 def ablation_rows(decoder_units: int) -> list[Row]:
     """The rows in table order; `decoder_units` is the 'all' TBS setting."""
     return [
+        # the paper's comparison: full precision, XNOR-Net with BiDM's scaled FP shortcut (its Vanilla) ...
         Row("FP", "fp", 0, "none"),
         Row("XNOR (Vanilla)", "xnor", 0, "none"),
+        # ... and the other binarization baselines
         Row("XNOR++", "xnorpp", 0, "none"),
         Row("DoReFa", "dorefa", 0, "none"),
         Row("ReActNet", "reactnet", 0, "none"),
         Row("ReSTE", "reste", 0, "none"),
+        # plain XNOR-Net, without the FP shortcut (docs/METHOD.md §11)
         Row("XNOR-Net, no FP shortcut", "xnor", 0, "none", fp_shortcut=False),
+        # the ablation: Vanilla plus each part of BiDM, then all of it
         Row("Vanilla + learnable k", "xnor_k", 0, "none"),
         Row("+TBS", "bidm", 2, "none"),
         Row("+SPD", "xnor", 0, "spd"),
         Row("BiDM", "bidm", 2, "spd"),
+        # BiDM's variants: the distillation loss and the number of TBS connections
         Row("BiDM, L2 instead of SPD", "bidm", 2, "l2"),
         Row("BiDM, TBS 0", "bidm", 0, "spd"),
         Row("BiDM, TBS 1", "bidm", 1, "spd"),
