@@ -31,9 +31,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet,
               "train": bench_train}
-    what = args.what or (None if args.table else "all")
+    what = args.what or ([] if args.table else ["all"])
     results, ratios = [], {}
-    for name in list(suites) if what == "all" else [what] if what else []:
+    for name in list(suites) if "all" in what else dict.fromkeys(what):
         rows, more = suites[name](args.repeats)
         results += rows
         ratios.update(more)
@@ -572,9 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_golden)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
-    p.add_argument("--what", default=None, choices=["conv", "kernels", "unet", "train", "all"],
-                   help="which timings: float conv, popcount kernels, UNet sampling step, training step and "
-                   "sampling forward vs PyTorch (default all, none when only --table is given)")
+    p.add_argument("--what", default=None, nargs="+", choices=["conv", "kernels", "unet", "train", "all"],
+                   help="which timings, one or more: float conv, popcount kernels, UNet sampling step, training step "
+                   "and sampling forward vs PyTorch (default all, none when only --table is given)")
     p.add_argument("--table", default=None, choices=["efficiency"],
                    help="also print the efficiency table (bits, MB, BOPs, FLOPs, OPs; FP, XNOR, BiDM; tiny, cifar10)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after one warm-up)")
