@@ -47,10 +47,12 @@ from ..train.trainer import TrainConfig
 
 @dataclass(frozen=True)
 class Row:
+    """One row: its label, the binarization method, TBS connections and distillation (a baseline: 0, "none")."""
+
     name: str
     method: str
-    tbs_connections: int
-    distill: str
+    tbs_connections: int = 0
+    distill: str = "none"
     fp_shortcut: bool = LayerVariant.fp_shortcut
 
     @property
@@ -67,26 +69,18 @@ class Row:
 def ablation_rows(decoder_units: int) -> list[Row]:
     """The rows in table order; `decoder_units` is the 'all' TBS setting."""
     return [
-        # the paper's comparison: full precision, XNOR-Net with BiDM's scaled FP shortcut (its Vanilla) ...
-        Row("FP", "fp", 0, "none"),
-        Row("XNOR (Vanilla)", "xnor", 0, "none"),
-        # ... and the other binarization baselines
-        Row("XNOR++", "xnorpp", 0, "none"),
-        Row("DoReFa", "dorefa", 0, "none"),
-        Row("ReActNet", "reactnet", 0, "none"),
-        Row("ReSTE", "reste", 0, "none"),
+        # the paper's comparison: full precision, XNOR-Net with BiDM's scaled FP shortcut (its Vanilla), the
+        # other binarization baselines
+        Row("FP", "fp"), Row("XNOR (Vanilla)", "xnor"), Row("XNOR++", "xnorpp"), Row("DoReFa", "dorefa"),
+        Row("ReActNet", "reactnet"), Row("ReSTE", "reste"),
         # plain XNOR-Net, without the FP shortcut (docs/METHOD.md §11)
-        Row("XNOR-Net, no FP shortcut", "xnor", 0, "none", fp_shortcut=False),
+        Row("XNOR-Net, no FP shortcut", "xnor", fp_shortcut=False),
         # the ablation: Vanilla plus each part of BiDM, then all of it
-        Row("Vanilla + learnable k", "xnor_k", 0, "none"),
-        Row("+TBS", "bidm", 2, "none"),
-        Row("+SPD", "xnor", 0, "spd"),
+        Row("Vanilla + learnable k", "xnor_k"), Row("+TBS", "bidm", tbs_connections=2), Row("+SPD", "xnor", distill="spd"),
         Row("BiDM", "bidm", 2, "spd"),
         # BiDM's variants: the distillation loss and the number of TBS connections
-        Row("BiDM, L2 instead of SPD", "bidm", 2, "l2"),
-        Row("BiDM, TBS 0", "bidm", 0, "spd"),
-        Row("BiDM, TBS 1", "bidm", 1, "spd"),
-        Row(f"BiDM, TBS all ({decoder_units})", "bidm", decoder_units, "spd"),
+        Row("BiDM, L2 instead of SPD", "bidm", 2, "l2"), Row("BiDM, TBS 0", "bidm", 0, "spd"),
+        Row("BiDM, TBS 1", "bidm", 1, "spd"), Row(f"BiDM, TBS all ({decoder_units})", "bidm", decoder_units, "spd"),
     ]
 
 
