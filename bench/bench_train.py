@@ -26,7 +26,6 @@ import numpy as np
 
 from bidm_ref.bidm.config import BiDMConfig
 from bidm_ref.bidm.objective import BiDMObjective
-from bidm_ref.bidm.tbs import attach_tbs
 from bidm_ref.data.batches import BatchSampler
 from bidm_ref.diffusion.objective import DenoisingObjective
 from bidm_ref.diffusion.schedule import Schedule
@@ -162,9 +161,8 @@ def bench_bidm_step(repeats: int, case: TrainCase = BIDM_CASE) -> list[dict]:
     cfg = preset(case.preset)
     rng = np.random.default_rng(0)
     teacher = UNet(cfg, rng=rng)
-    student = build_student(cfg, "bidm", teacher.state_dict(), rng)
     bidm = BiDMConfig()
-    attach_tbs(student, bidm.tbs_connections, TIMESTEPS)
+    student = build_student(cfg, "bidm", teacher.state_dict(), rng, bidm.tbs_connections, TIMESTEPS)
     trainer = bench_trainer(student, BiDMObjective(student, teacher, Schedule(), bidm), case.preset, case.train_batch)
     return rows("bidm_student_step", case.label(case.train_batch), time_interleaved({PROJECT: trainer.train_step},
                                                                                     repeats))

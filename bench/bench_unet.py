@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidm_ref.bidm.tbs import attach_tbs, sampling_eps_fn
+from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.models.config import preset
 from bidm_ref.loading.packed import packed_twin
 from bidm_ref.bidm.student import build_student
@@ -57,8 +57,7 @@ def step_models(preset_name: str) -> dict[str, UNet]:
     cfg = preset(preset_name)
     rng = np.random.default_rng(0)
     teacher = UNet(cfg, rng=rng)
-    student = build_student(cfg, "bidm", teacher.state_dict(), rng)
-    attach_tbs(student, TBS_CONNECTIONS, TIMESTEPS)
+    student = build_student(cfg, "bidm", teacher.state_dict(), rng, TBS_CONNECTIONS, TIMESTEPS)
     return {FP: teacher, PACKED: packed_twin(student, "bidm", TIMESTEPS), SIMULATED: student}
 
 

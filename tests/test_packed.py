@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cli
-from bidm_ref.bidm.tbs import attach_tbs
 from bidm_ref.binary.bidm_layers import BinaryConv2d, BinaryLinear
 from bidm_ref.binary.packed_layers import (
     PACKABLE,
@@ -146,8 +145,7 @@ def write_student(path, method: str, connections: int, seed: int = 0) -> None:
     """A float student checkpoint with non-trivial binarizer params, raw params and a different EMA."""
     rng = np.random.default_rng(seed)
     teacher = UNet(MICRO, rng=rng)
-    student = build_student(MICRO, method, teacher.state_dict(), rng)
-    attach_tbs(student, connections, 1000)
+    student = build_student(MICRO, method, teacher.state_dict(), rng, connections, 1000)
     for name, p in student.named_parameters():
         if name.endswith(("tau", "k_bias", "shortcut_scale")):
             p[...] = 0.2 * rng.standard_normal(p.shape)
