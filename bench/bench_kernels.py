@@ -39,8 +39,8 @@ import numpy as np
 
 from numba import njit, prange
 
-from bidm_ref.binary.bitpack import pack_conv_weight
-from bidm_ref.binary.kernels import _accumulate_row, conv_scaled, output_shape, pack_input
+from bidm_ref.binary.bitpack import pack_activations, pack_conv_weight
+from bidm_ref.binary.kernels import _accumulate_row, conv_scaled, output_shape
 from bidm_ref.binary.layer_kernels import packed_conv_layer
 from bidm_ref.binary.popcount import popcount64
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
@@ -94,11 +94,11 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
     out_shape = output_shape(x.shape, packed_weight, shape.stride, shape.padding)  # [N, O, Ho, Wo]
     k_rows = rng.uniform(0.5, 1.5, (N, *out_shape[2:])).astype(np.float32)         # [N, Ho, Wo]
     k_weight = np.full((3, 3), 1 / 9, dtype=np.float32)                           # XNOR's K filter
-    packed = pack_input(x, tau, C)                                                # [N, H, W, Wd]
+    packed = pack_activations(x, tau)                                             # [N, H, W, Wd]
     pad = as_padding(shape.padding)
     runs = {
         "float32 im2col+BLAS": lambda: conv2d(x, weight, None, shape.stride, shape.padding),
-        "pack activations": lambda: pack_input(x, tau, C),
+        "pack activations": lambda: pack_activations(x, tau),
         "popcount conv prepacked": lambda: conv_scaled(
             packed, packed_weight.words_t, C, shape.stride, pad, packed_weight.alpha, k_rows
         ),

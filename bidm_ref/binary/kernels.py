@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..nn.padding import Padding, as_padding, conv_output_size
-from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations
+from .bitpack import PackedConvWeight, PackedLinearWeight
 from .popcount import popcount64
 
 
@@ -140,24 +140,6 @@ def conv_scaled_ref(
 ) -> np.ndarray:
     """NumPy twin of conv_scaled on the canonical words [O, kh, kw, Wd]."""
     return scale_ref(conv_acc_ref(packed, words, channels, stride, padding), alpha, k_map)
-
-
-def _threshold(tau: np.ndarray | None, channels: int, dtype: np.dtype) -> np.ndarray:
-    """tau [C] in the activations' dtype (the float path adds tau in that dtype too); None -> zeros."""
-    if tau is None:
-        return np.zeros(channels, dtype=dtype)                                    # [C]
-    if tau.shape != (channels,):
-        raise ValueError(f"tau must be [C] = [{channels}], got {list(tau.shape)}")
-    return np.ascontiguousarray(tau, dtype=dtype)                                 # [C]
-
-
-def pack_input(x: np.ndarray, tau: np.ndarray | None, channels: int) -> np.ndarray:
-    """x [N, C, H, W] float32/float64, tau [C] or None -> packed sign(x + tau) [N, H, W, Wd] (Numba)."""
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(f"binary conv: input {list(x.shape)} is not NCHW [N, {channels}, H, W]")
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"binary conv: input dtype {x.dtype} is not float32 or float64: cast it")
-    return pack_activations(np.ascontiguousarray(x), _threshold(tau, channels, x.dtype))  # [N, H, W, Wd]
 
 
 def output_shape(x_shape: tuple[int, ...], weight: PackedConvWeight, stride: int, padding: Padding) -> tuple[int, ...]:

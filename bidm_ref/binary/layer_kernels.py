@@ -110,16 +110,17 @@ def packed_conv_layer(
     """
     _check_layer_inputs(x, tau, k_weight, weight.words.shape[1:3], weight.channels)
     out_shape = output_shape(x.shape, weight, stride, padding)
-    if sc is None:
-        sc = np.empty((0, 0, 0, 0), dtype=np.float32)                             # the kernel's "no shortcut"
-    elif sc.shape != out_shape:
+    if sc is not None and sc.shape != out_shape:
         raise ValueError(f"packed conv layer: shortcut {list(sc.shape)} is not the output's {list(out_shape)}")
     return _run_layer(x, tau, weight.words_t, weight.channels, weight.alpha, out_shape, stride, as_padding(padding),
                       k_weight, k_bias, s, sc)
 
 
 def _run_layer(x, tau, words_t, channels, alpha, out_shape, stride, padding, k_weight, k_bias, s, sc) -> np.ndarray:
-    """Allocate the buffers and run the serial or the parallel compilation (by the popcount work)."""
+    """Allocate the buffers and run the serial or the parallel compilation (by the popcount work); sc None: no
+    shortcut term (the kernel reads an empty array as that)."""
+    if sc is None:
+        sc = np.empty((0, 0, 0, 0), dtype=np.float32)
     N, _, H, W = x.shape
     packed = np.empty((N, H, W, words_t.shape[1] // k_weight.shape[1]), dtype=np.uint64)  # [N, H, W, Wd]
     a_map = np.empty((N, H, W), dtype=np.float32)                                 # [N, H, W]
@@ -147,9 +148,8 @@ def packed_linear_layer(x: np.ndarray, tau: np.ndarray, weight: PackedLinearWeig
     image = x.reshape(N, I, 1, 1)                                                 # [N, I, 1, 1]
     _check_layer_inputs(image, tau, LINEAR_K_WEIGHT, (1, 1), I)
     out_shape = (N, weight.words.shape[0], 1, 1)
-    no_shortcut = np.empty((0, 0, 0, 0), dtype=np.float32)
     return _run_layer(image, tau, weight.words_t, I, weight.alpha, out_shape, 1, (0, 0, 0, 0), LINEAR_K_WEIGHT,
-                      1.0, 0.0, no_shortcut)[:, :, 0, 0]                          # [N, O]
+                      1.0, 0.0, None)[:, :, 0, 0]                                 # [N, O]
 
 
 def k_map_ref(x: np.ndarray, k_weight: np.ndarray, k_bias: float, stride: int, padding: Padding,

@@ -33,7 +33,6 @@ import numpy as np
 
 from ..nn.conv import Padding, as_padding
 from ..nn.module import Module
-from ..nn.resample import avg_pool2x
 from .bidm_layers import BIDM, XNOR, XNOR_LEARN_K, BinaryConv2d, BinaryLinear, ScaledBinaryOptions
 from .bitpack import (
     PackedConvWeight,
@@ -130,7 +129,7 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.dtype != np.float32:
             raise ValueError(f"PackedConv2d: input {x.dtype} {list(x.shape)} is not NCHW [N, {self.in_channels}, H, W] "
                              "float32: cast it (packed inference runs in float32)")
-        tau = self.params.get("tau", np.zeros(self.in_channels, dtype=np.float32))  # [C]
+        tau = self.params["tau"] if "tau" in self.params else np.zeros(self.in_channels, dtype=np.float32)  # [C]
         k_weight, k_bias = self.k_filter(np.float32)                             # [1, 1, kh, kw], [1] or None
         k_bias = 0.0 if k_bias is None else k_bias[0]
         y = packed_conv_layer(x, tau, packed, self.stride, self.padding, k_weight[0, 0], k_bias,
@@ -140,7 +139,7 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
     def raw_shortcut(self, x: np.ndarray) -> np.ndarray:
         """shortcut(x) before its scale (shortcut.py), the 1x1 conv as one batched matmul: [N, O, Ho, Wo]."""
         if self.shortcut is None:
-            return avg_pool2x(x) if self.stride == 2 else x                       # [N, C, Ho, Wo]
+            return self.parameter_free_shortcut(x)                                # [N, C, Ho, Wo]
         x = x[:, :, :: self.stride, :: self.stride]                               # [N, C, Ho, Wo]
         N, C, Ho, Wo = x.shape
         weight, bias = self.shortcut.params["weight"][:, :, 0, 0], self.shortcut.params.get("bias")  # [O, C], [O]
@@ -168,7 +167,7 @@ class PackedLinear(InferenceOnly, Module):
         self.packed = PackedLinearWeight(words, self.in_features, alpha)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
-        tau = self.params.get("tau", np.zeros(self.in_features, dtype=np.float32))  # [I]
+        tau = self.params["tau"] if "tau" in self.params else np.zeros(self.in_features, dtype=np.float32)  # [I]
         return packed_linear_layer(x, tau, self.packed_weight()), None            # [N, O]
 
 

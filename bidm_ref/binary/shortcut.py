@@ -32,15 +32,17 @@ class ScaledShortcut:
         if in_channels != out_channels:
             self.shortcut = self.add_child("shortcut", Conv2d(in_channels, out_channels, 1, stride, 0, rng=rng))
 
+    def parameter_free_shortcut(self, x: np.ndarray) -> np.ndarray:
+        """shortcut(x) when C == O: the 2x2 average pool for stride 2 [N, C, H/2, W/2], else x itself."""
+        return avg_pool2x(x) if self.stride == 2 else x
+
     def shortcut_forward(self, x: np.ndarray, out_shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
         """s * shortcut(x) [N, O, Ho, Wo]; `out_shape` is the binary conv's output shape it is added to."""
         c_conv = None
         if self.shortcut is not None:
             sc, c_conv = self.shortcut.forward(x)                                 # [N, O, Ho, Wo]
-        elif self.stride == 2:
-            sc = avg_pool2x(x)                                                    # [N, C, H/2, W/2]
         else:
-            sc = x                                                                # [N, C, H, W]
+            sc = self.parameter_free_shortcut(x)                                  # [N, C, Ho, Wo]
         if sc.shape != tuple(out_shape):
             raise ValueError(
                 f"{type(self).__name__}: shortcut gives {sc.shape} but the conv gives {tuple(out_shape)}; the FP "

@@ -13,8 +13,9 @@ Backward (per group, with g = dy * gamma):
 Forward and backward are Numba kernels that make one pass per statistic over each group (prange
 over the N*G groups; a group is summed by one thread in a fixed order, so results do not depend on
 the thread count). Inputs below SERIAL_ELEMENTS run the forward's serial compilation: waking the
-sleeping workers for a parallel loop costs more than such a small group norm (sampling at batch 1). Their sums run in float64 whatever the data's dtype. `group_norm_ref` and
-`group_norm_backward_ref` are the plain NumPy twins the tests compare them with.
+sleeping workers for a parallel loop costs more than such a small group norm (sampling at batch 1).
+Their sums run in float64 whatever the data's dtype. `group_norm_ref` and `group_norm_backward_ref`
+are the plain NumPy twins the tests compare them with.
 """
 
 from __future__ import annotations
@@ -52,20 +53,21 @@ def _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, n, g):  # pragma: no
             y[n, g, c, p] = xh * scale + shift
 
 
-@numba.njit(cache=True, parallel=True)
-def group_norm_kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
-    """x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
-    N, G = inv_std.shape
-    for ng in numba.prange(N * G):
-        _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
+def _group_norm_kernel(parallel: bool):
+    """The forward over the N*G groups: prange (`parallel`), or the same groups in order on the calling thread.
+    x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
+    groups = numba.prange if parallel else range
+
+    def kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
+        N, G = inv_std.shape
+        for ng in groups(N * G):
+            _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
+
+    return numba.njit(cache=True, parallel=parallel)(kernel)  # the closure's `groups` keeps the cache entries apart
 
 
-@numba.njit(cache=True)
-def group_norm_kernel_serial(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
-    """group_norm_kernel on the calling thread (the same groups, in order): for small inputs (module docstring)."""
-    N, G = inv_std.shape
-    for ng in range(N * G):
-        _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
+group_norm_kernel = _group_norm_kernel(True)
+group_norm_kernel_serial = _group_norm_kernel(False)
 
 
 @numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
