@@ -11,6 +11,11 @@ Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
    free at start-up (cores minus the 1-minute load average): on an idle machine every core (measured fastest),
    on a machine whose cores other jobs hold one thread, because a BLAS call split over two threads waits for
    the descheduled one (measured 8x slower sampling steps than one thread; docs/ENGINE.md, "Threads").
+3. `configure` also keeps freed memory in the process (`keep_freed_memory`): glibc's malloc otherwise gives
+   every array above its mmap threshold back to the kernel when it is freed, so the next array of that size
+   takes a page fault per 4 KiB page on first touch. The engine allocates and frees its activations, columns
+   and gradients at every layer, so these faults cost as much as the matmuls on small convs (a tiny-preset
+   3x3 conv at batch 64: 9.5 ms with them, 5.6 ms without; docs/ENGINE.md, "Memory").
 The BLAS kernels are OpenBLAS's own choice (or OPENBLAS_CORETYPE's, when the environment sets it).
 
 Determinism: the same seed gives the same bytes for the same policy on the same machine; another thread
@@ -20,6 +25,7 @@ follows the load, so a run that must be byte-reproducible passes `--threads N`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -55,12 +61,33 @@ def default_policy() -> ThreadPolicy:
     return ThreadPolicy(blas_threads=threads, numba_threads=min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's largest mmap threshold on 64-bit: smaller blocks come from the heap
+TRIM_THRESHOLD = 1 << 30  # the heap's free top is given back only above 1 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Serve blocks below MMAP_THRESHOLD from malloc's heap and keep its freed memory (module docstring, 3).
+
+    Returns whether the C library took both settings (glibc does; macOS's and musl's malloc have no such
+    parameters, and the process keeps their behaviour). Values and bytes of every result are unchanged.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 _policy: ThreadPolicy | None = None
+_freed_memory_kept = False
 
 
 def configure(policy: ThreadPolicy | None = None) -> ThreadPolicy:
-    """Apply `policy` (default: `default_policy()`) to BLAS and Numba for the rest of the process."""
-    global _policy
+    """Apply `policy` (default: `default_policy()`) to BLAS and Numba, and keep_freed_memory, for the rest of the
+    process."""
+    global _policy, _freed_memory_kept
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -71,7 +98,13 @@ def configure(policy: ThreadPolicy | None = None) -> ThreadPolicy:
     threadpool_limits(limits=policy.blas_threads, user_api="blas")
     numba.set_num_threads(policy.numba_threads)
     _policy = policy
+    _freed_memory_kept = _freed_memory_kept or keep_freed_memory()
     return policy
+
+
+def freed_memory_kept() -> bool:
+    """Whether `configure` could make malloc keep freed memory (keep_freed_memory) in this process."""
+    return _freed_memory_kept
 
 
 def current_policy() -> ThreadPolicy:

@@ -92,6 +92,10 @@ def test_quantizer_pseudo_gradients_match_their_surrogates():
         numeric = (q.surrogate(u + h) - q.surrogate(u - h)) / (2 * h)
         np.testing.assert_allclose(q.grad(u, np.ones_like(u)), numeric, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(ApproxSign().grad(u, np.ones_like(u)), [0, 0.5, 1.5, 1.5, 0.5, 0])
+    edges = np.array([-1.0, -0.0, 0.0, 1.0, 1 - 2**-24], dtype=np.float32)      # the kinks and the last float below 1
+    slope = ApproxSign().grad(edges, np.ones_like(edges))
+    assert slope.dtype == np.float32 and not np.signbit(slope).any()            # outside |u| < 1 an exact +0
+    np.testing.assert_array_equal(slope, [0, 2, 2, 0, 2**-23])
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
+import resource
+import subprocess
+import sys
 from unittest import mock
 
 import numba
@@ -88,3 +92,37 @@ def test_numba_kernels_give_the_same_bytes_on_one_thread_and_on_every_core():
         configure()
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes()
+
+
+FAULTS_OF_A_REUSED_ARRAY = """
+import resource, sys
+import numpy as np
+from bidm_ref import runtime
+if sys.argv[1] == "keep":
+    assert runtime.keep_freed_memory()
+np.ones(1 << 20, dtype=np.float32)                    # 4 MiB allocated, touched, freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(1 << 20, dtype=np.float32)                    # the same size again
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's parameters are glibc's")
+def test_keep_freed_memory_lets_a_freed_array_be_reused_without_page_faults():
+    # MALLOC_TRIM_THRESHOLD_ as Dask's nannies set it: glibc's mmap threshold then stays at 128 KiB instead of
+    # following what the imports happened to free, so the baseline is the same in every process
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_REUSED_ARRAY, mode], capture_output=True, text=True,
+                             check=True, env=env)
+        return int(out.stdout)
+
+    pages = (4 << 20) // resource.getpagesize()
+    assert faults("default") > pages // 4       # glibc unmaps the freed block: the second array faults again
+    assert faults("keep") < pages // 16         # kept on the heap: its pages are already mapped
+    configure(ThreadPolicy(1, 1))
+    try:
+        assert runtime.freed_memory_kept()
+    finally:
+        configure()

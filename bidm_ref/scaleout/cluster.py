@@ -14,8 +14,8 @@ No arrays here (no dimension legend needed).
 - Memory: distributed's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
   dynamic mmap threshold, so every large NumPy temporary is a fresh mmap and its zeroed pages: a shard of the
   tiny packed student took 3.9 s in a worker (1.9 s of it in the kernel) against 1.9 s in one process
-  (2026-12-01, 64 images x 10 steps). LOCAL_WORKER_CONFIG unsets it for the LocalCluster; workers of an
-  existing cluster need the same in their Dask config (README, "Sampling and evaluation on a Dask cluster").
+  (2026-12-01, 64 images x 10 steps). The `configure` of every task sets glibc's thresholds itself
+  (runtime.keep_freed_memory), which overrides that variable, so workers need no Dask configuration.
 - `DaskMap(client)` has the signature of metrics.evaluate.serial_map (a ShardMap): fn(item, *shared) for each
   item, results in item order whatever the order tasks finish in. The `shared` objects (model weights,
   Inception weights) are scattered once with broadcast=True, so they reach every worker once and not with
@@ -36,7 +36,6 @@ from ..runtime import ThreadPolicy, configure
 
 CONNECT_TIMEOUT = "10s"
 WORKER_POLICY = ThreadPolicy(blas_threads=1, numba_threads=1)
-LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}  # docstring, "Memory"
 INSTALL_HINT = "pip install -e '.[dist]' (or pip install 'dask[distributed]')"
 
 
@@ -54,15 +53,13 @@ def check_cluster_flags(workers: int | None, scheduler: str | None) -> bool:
 def dask_client(workers: int | None, scheduler: str | None) -> Iterator:
     """A distributed.Client of a new LocalCluster (K processes x 1 thread) or of the scheduler at `scheduler`."""
     try:
-        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise ValueError(f"--workers / --scheduler need Dask's distributed scheduler, which is not installed: "
                          f"{INSTALL_HINT}") from None
     if scheduler is None:
-        with dask.config.set(LOCAL_WORKER_CONFIG), LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
         return
     try:
