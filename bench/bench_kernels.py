@@ -21,8 +21,8 @@ median; `_excl_packing` uses the prepacked kernel; `_min` uses minima (less sens
 taking the CPU, which inflate medians of the longer float runs most).
 Popcount throughput: each row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
 MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's inner loop (xor, popcount, add
-into [O] int32 counters; vpopcntq on zmm where the CPU has AVX512_VPOPCNTDQ) on L1-resident words, one thread
-per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
+into [PIXELS, O] int32 counters, one weight word load for PIXELS pixels; vpopcntq on zmm where the CPU has
+AVX512_VPOPCNTDQ) on L1-resident words, one thread per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
 kernel's share of it (geometric mean over the shapes: `_geomean`). `kernel_emits_vpopcntq` says whether LLVM
 put vpopcntq into the compiled kernel (its assembly, compiled afresh without the cache).
 """
@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from bidm_ref.binary.bitpack import pack_activations, pack_conv_weight
-from bidm_ref.binary.kernels import _accumulate_row, conv_scaled, output_shape
+from bidm_ref.binary.kernels import PIXELS, _accumulate_row, conv_scaled, output_shape
 from bidm_ref.binary.layer_kernels import packed_conv_layer
 from bidm_ref.binary.popcount import popcount64
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
@@ -115,17 +115,19 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
 
 @njit(parallel=True, cache=True)
 def _popcount_peak_loop(words, x_words, rounds):
-    """The kernel's inner loop on L1-resident words: per thread `rounds` passes of acc[o] += popcount(x[q] ^ w[q, o])."""
-    threads, Q = x_words.shape
+    """The kernel's inner loop (kernels._accumulate_block) on L1-resident words: per thread `rounds` passes of
+    acc[p, o] += popcount(x[q, p] ^ w[q, o]) for the PIXELS pixels p that share each weight word."""
+    threads, Q, _ = x_words.shape
     O = words.shape[1]
     total = np.zeros(threads, dtype=np.int64)
     for t in prange(threads):
-        acc = np.zeros(O, dtype=np.int32)                                         # [O]
+        acc = np.zeros((PIXELS, O), dtype=np.int32)                               # [PIXELS, O]
         for _ in range(rounds):
             for q in range(Q):
-                x_word = x_words[t, q]
                 for o in range(O):
-                    acc[o] += np.int32(popcount64(x_word ^ words[q, o]))
+                    w_word = words[q, o]
+                    for p in range(PIXELS):
+                        acc[p, o] += np.int32(popcount64(x_words[t, q, p] ^ w_word))
         total[t] = acc.sum()
     return total
 
@@ -134,12 +136,12 @@ def popcount_peak(repeats: int = 5) -> float:
     """Binary MACs per second of _popcount_peak_loop with one task per Numba thread (median of `repeats`)."""
     import numba
 
-    threads, Q, O, rounds = numba.get_num_threads(), 16, 256, 2000               # words [Q, O]: 32 KiB, in L1
+    threads, Q, O, rounds = numba.get_num_threads(), 16, 256, 500                # words [Q, O]: 32 KiB, in L1
     rng = np.random.default_rng(0)
     words = rng.integers(0, 2**63, (Q, O), dtype=np.uint64)                       # [Q, O]
-    x_words = rng.integers(0, 2**63, (threads, Q), dtype=np.uint64)               # [threads, Q]
+    x_words = rng.integers(0, 2**63, (threads, Q, PIXELS), dtype=np.uint64)       # [threads, Q, PIXELS]
     timing = time_interleaved({"peak": lambda: _popcount_peak_loop(words, x_words, rounds)}, repeats)["peak"]
-    return threads * rounds * Q * O * 64 / timing["median_s"]
+    return threads * rounds * Q * O * PIXELS * 64 / timing["median_s"]
 
 
 def kernel_emits_vpopcntq() -> bool:

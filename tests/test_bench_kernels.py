@@ -7,6 +7,7 @@ import numpy as np
 
 from bench.bench_kernels import ConvShape, _popcount_peak_loop, bench_kernels, kernel_emits_vpopcntq
 from bench.timing import format_ratio
+from bidm_ref.binary.kernels import PIXELS
 from bidm_ref.binary.popcount import popcount64_swar
 
 
@@ -25,8 +26,9 @@ def test_bench_kernels_times_every_implementation_and_reports_the_throughput_ent
 def test_popcount_peak_loop_counts_the_differing_bits_of_every_round():
     rng = np.random.default_rng(0)
     words = rng.integers(0, 2**63, (3, 5), dtype=np.uint64)                       # [Q, O]
-    x_words = rng.integers(0, 2**63, (numba.get_num_threads(), 3), dtype=np.uint64)  # [threads, Q]
-    expected = [sum(int(popcount64_swar(x ^ w)) for q, x in enumerate(row) for w in words[q]) for row in x_words]
+    x_words = rng.integers(0, 2**63, (numba.get_num_threads(), 3, PIXELS), dtype=np.uint64)  # [threads, Q, PIXELS]
+    expected = [sum(int(popcount64_swar(x ^ w)) for q, pixels in enumerate(task) for x in pixels for w in words[q])
+                for task in x_words]
     assert _popcount_peak_loop(words, x_words, 4).tolist() == [4 * e for e in expected]
 
 

@@ -4,7 +4,7 @@ Dimensions: N batch, C input channels, O output channels, H, W input and Ho, Wo 
 kernel, Wd = ceil(C / 64) packed words; the packed layouts are bitpack.py's, the accumulator kernels.py's.
 
 PackedConv2d's binary-mode output (packed_layers.py; docs/METHOD.md §3), for each (n, o, ho, wo):
-    bits[n, h, w]  = sign(x[n, :, h, w] + tau) packed           pass 1, one (n, h) row per task
+    bits[n, h, w]  = sign(x[n, :, h, w] + tau) packed           pass 1, one image n per task
     A[n, h, w]     = float32(sum_c |x[n, c, h, w]|) / C         pass 1, summed over c in order (NumPy's mean)
     K[n, ho, wo]   = sum over valid taps (i, j), in (i, j) order, of A[n, h0 + i, w0 + j] * k_weight[i, j]
                      + k_bias                                    pass 2, h0 = ho*stride - top, w0 = wo*stride - left
@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..nn.padding import Padding, as_padding
-from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_row
+from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_image
 from .kernels import _accumulate_row, conv_scaled_ref, output_shape
 
 SERIAL_WORK = 1 << 18  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
@@ -63,15 +63,15 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
 
 
 def _layer_kernel(parallel: bool):
-    """Both passes of the module docstring as one compiled call: prange over the N*H input rows, then the N*Ho
-    output rows (`parallel`), or the same tasks in row order on the calling thread."""
+    """Both passes of the module docstring as one compiled call: prange over the N input images, then the N*Ho
+    output rows (`parallel`), or the same tasks in order on the calling thread."""
     rows = prange if parallel else range
 
     def layer(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
-        N, _, H, _ = x.shape
+        N = x.shape[0]
         Ho = out.shape[2]
-        for row in rows(N * H):
-            pack_row(x, tau, row // H, row % H, packed, a_map)
+        for n in rows(N):
+            pack_image(x, tau, n, packed, a_map)
         for row in rows(N * Ho):
             _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
                         row // Ho, row % Ho, out)
