@@ -202,3 +202,44 @@ def test_bad_cluster_flags_are_one_line_errors(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "x.png").exists()
+
+
+class FakeFuture:
+    def __init__(self, fn, args, lost):
+        self.fn, self.args, self.lost = fn, args, lost
+
+    def result(self):
+        if self.lost:
+            raise cluster.CancelledError("already forgotten")  # as distributed's FutureCancelledError
+        return self.fn(*self.args)
+
+
+class LosingClient:
+    """A client whose scattered data is lost (its futures cancelled) for the items in `lose[attempt]`."""
+
+    def __init__(self, lose: list[set[int]]):
+        self.lose, self.scatters, self.submitted = lose, 0, []
+
+    def scatter(self, obj, broadcast, hash):
+        self.scatters += 1
+        return obj
+
+    def submit(self, wrapper, fn, item, *shared, pure):
+        self.submitted.append(item)
+        attempt = self.scatters - 1
+        return FakeFuture(fn, (item, *shared), attempt < len(self.lose) and item in self.lose[attempt])
+
+
+def test_lost_shared_data_is_scattered_again_and_only_the_unfinished_shards_rerun(monkeypatch):
+    import distributed
+
+    monkeypatch.setattr(distributed, "as_completed", lambda futures: iter(futures))  # completion order: submission
+    fake = LosingClient([{2}])
+    done = []
+    results = DaskMap(fake)(lambda b, base: base + b, [0, 1, 2, 3], shared=(10,),
+                            on_done=lambda k, r: done.append(k))
+    assert results == [10, 11, 12, 13] and fake.scatters == 2
+    assert fake.submitted == [0, 1, 2, 3, 2, 3] and sorted(done) == [0, 1, 2, 3]   # 0, 1 finished: never rerun
+    always = LosingClient([{0}] * cluster.SCATTER_ATTEMPTS)
+    with pytest.raises(OSError, match="lost the shared data 3 times"):
+        DaskMap(always)(lambda b, base: b, [0, 1], shared=(0,))
