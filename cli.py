@@ -255,9 +255,12 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.metrics.classifier import ClassifierConfig, fit_classifier
 
-    cfg = ClassifierConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    accuracy = fit_classifier(DataConfig(name=args.dataset, data_dir=args.data_dir), cfg, args.out, args.test_images)
-    print(f"wrote {args.out}: test accuracy {accuracy:.4f}")
+    cfg = ClassifierConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           outlier_weight=args.outlier_weight)
+    v = fit_classifier(DataConfig(name=args.dataset, data_dir=args.data_dir), cfg, args.out, args.test_images)
+    outliers = ", ".join(f"{kind} {share:.1%}" for kind, share in v["outlier_confident"].items())
+    print(f"wrote {args.out}: test accuracy {v['test_accuracy']:.4f}; confident (p > 0.9) on {v['test_confident']:.1%} "
+          f"of the test images and on held-out noise: {outliers}")
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
@@ -378,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bidm_ref.binary.variant import LayerVariant
     from bidm_ref.diffusion.generate import SampleConfig
     from bidm_ref.experiments.config import ScoreConfig
+    from bidm_ref.metrics.classifier import ClassifierConfig
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--threads", type=int, default=None,
@@ -521,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
+    p.add_argument("--outlier-weight", type=float, default=ClassifierConfig.outlier_weight,
+                   help="lambda of Outlier Exposure on synthetic noise (metrics/outliers.py); 0: real images alone")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")
     p.add_argument("--test-images", type=int, default=None, help="test images for the accuracy (default: all)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bidm_ref.metrics.classifier import (ClassifierConfig, FeatureClassifier, accuracy, classifier_score,
-                                         confident_share, cross_entropy, fd_clf, load_classifier, save_classifier,
-                                         train_classifier)
+from bidm_ref.metrics.classifier import (ClassifierConfig, FeatureClassifier, accuracy, classifier_outputs,
+                                         classifier_score, confident_share, cross_entropy, fd_clf, load_classifier,
+                                         outlier_shares, save_classifier, train_classifier, uniform_cross_entropy)
+from bidm_ref.metrics.outliers import BLOB_SIZES, KINDS, outlier_images, synthetic_outliers
 from fdcheck import assert_close, check_module, directional_fd
 
 
@@ -25,6 +26,49 @@ def test_cross_entropy_value_and_gradient():
     assert loss == pytest.approx(-np.mean(np.log(p[np.arange(4), labels])))
     v = rng.standard_normal(logits.shape)
     assert_close(directional_fd(lambda: cross_entropy(logits, labels)[0], logits, v, 1e-6), float((grad * v).sum()), "ce")
+
+
+def test_uniform_cross_entropy_value_and_gradient():
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((5, 4))
+    loss, grad = uniform_cross_entropy(logits)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss == pytest.approx(-log_p.mean())
+    assert uniform_cross_entropy(np.zeros((3, 4)))[0] == pytest.approx(np.log(4))     # flat softmax: its minimum
+    v = rng.standard_normal(logits.shape)
+    assert_close(directional_fd(lambda: uniform_cross_entropy(logits)[0], logits, v, 1e-6), float((grad * v).sum()),
+                 "uniform ce")
+
+
+def test_synthetic_outliers_kinds_shares_blobs_and_determinism():
+    x = synthetic_outliers(np.random.default_rng(0), 23, 2, 32)
+    assert x.shape == (23, 2, 32, 32) and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(x, synthetic_outliers(np.random.default_rng(0), 23, 2, 32))
+    binary = outlier_images(np.random.default_rng(1), "binary", 4, 1, 32)
+    assert set(np.unique(binary)) == {-1.0, 1.0}
+    blobs = outlier_images(np.random.default_rng(2), "uniform blobs", 30, 1, 32)
+    for image in blobs[:, 0]:                                                     # constant b x b blocks, b in 2, 4, 8
+        sizes = [b for b in BLOB_SIZES if np.all(image == image[::b, ::b].repeat(b, 0).repeat(b, 1))]
+        assert sizes and len(np.unique(image)) == (32 // max(sizes)) ** 2
+    with pytest.raises(ValueError, match="divisible by 8"):
+        synthetic_outliers(np.random.default_rng(0), 2, 1, 28)
+    with pytest.raises(ValueError, match="unknown outlier kind"):
+        outlier_images(np.random.default_rng(0), "pink", 2, 1, 32)
+    assert len(KINDS) == 5
+
+
+def test_outlier_exposure_makes_noise_unconfident_and_keeps_the_accuracy():
+    images, labels = two_class_fixture(64, np.random.default_rng(2))
+    test_images, test_labels = two_class_fixture(400, np.random.default_rng(3))
+    noise = synthetic_outliers(np.random.default_rng(9), 200, 1, 32)
+    top = {}
+    for weight in (0.0, 0.5):
+        cfg = ClassifierConfig(steps=60, batch_size=16, lr=3e-3, outlier_weight=weight)
+        model, _ = train_classifier(images, labels, cfg, progress=False)
+        assert accuracy(model, test_images, test_labels) > 0.9
+        top[weight] = classifier_outputs(model, noise)[1].max(axis=1).mean()      # 0.5 is a flat softmax (K = 2)
+    assert top[0.0] > 0.8 and top[0.5] < 0.6, top                                 # measured: 0.96 and 0.53
+    assert set(outlier_shares(model, 1, 32, n=50)) == set(KINDS)
 
 
 def two_class_fixture(n, rng):

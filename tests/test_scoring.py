@@ -50,9 +50,9 @@ def test_cells_table_and_resume(setting):
     assert all(cell["fd_clf"] >= 0 and 0 <= cell["confident"] <= 1 and cell["s_per_image"] > 0 for cell in cells)
     assert "| real test images | - |" in table
     stamp = os.path.getmtime(out / "FP" / "seed-0.json")
-    untouched = AssertionError("a finished run loads no model, classifier or reference")
+    untouched = AssertionError("a finished run loads no model or reference images (only the classifier's weights)")
     with mock.patch.object(scoring, "load_model", side_effect=untouched), \
-            mock.patch.object(scoring, "load_classifier", side_effect=untouched):
+            mock.patch.object(scoring, "load_images", side_effect=untouched):
         assert score_models({"FP": teacher}, cfg, data, str(out), progress=False) == table   # nothing recomputed
     assert os.path.getmtime(out / "FP" / "seed-0.json") == stamp
 
@@ -88,3 +88,25 @@ def test_cli_score_refuses_a_model_without_a_label(capsys):
     assert cli.main(["score", "runs/bidm/ckpt.h5", "--classifier", "c.h5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "LABEL=CHECKPOINT" in err[0]
+
+
+def test_other_classifier_weights_recompute_the_classifier_columns_from_the_saved_samples(setting, tmp_path):
+    data, cfg, teacher, out = setting
+    score_models({"FP": teacher}, cfg, data, str(out), progress=False)
+    before = json.loads((out / "FP" / "seed-0.json").read_text())
+    other = tmp_path / "other.h5"
+    save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(7)), str(other), "fashion-mnist", 0.1)
+    other_cfg = ScoreConfig(**{**cfg.__dict__, "classifier": str(other)})
+    untouched = AssertionError("only the classifier columns are recomputed: no model is loaded, nothing is sampled")
+    with mock.patch.object(scoring, "load_model", side_effect=untouched):
+        score_models({"FP": teacher}, other_cfg, data, str(out), progress=False)
+    after = json.loads((out / "FP" / "seed-0.json").read_text())
+    assert after["classifier_sha256"] != before["classifier_sha256"] and after["fd_clf"] != before["fd_clf"]
+    assert {k: v for k, v in after.items() if k not in scoring.CLASSIFIER_KEYS} == \
+        {k: v for k, v in before.items() if k not in scoring.CLASSIFIER_KEYS}
+    fresh = tmp_path / "fresh"                                                    # the same numbers as a new cell
+    score_models({"FP": teacher}, other_cfg, data, str(fresh), progress=False)
+    assert json.loads((fresh / "FP" / "seed-0.json").read_text())["fd_clf"] == after["fd_clf"]
+    (out / "FP" / "samples-seed-1.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="delete the json"):
+        score_models({"FP": teacher}, cfg, data, str(out), progress=False)

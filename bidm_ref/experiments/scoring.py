@@ -10,7 +10,11 @@ OUT/cache), and FD-clf, the classifier score and the confident share with the in
 classifier (metrics/classifier.py). A cell (model, seed) writes OUT/<label>/seed-<s>.json and
 samples-seed-<s>.npz and is skipped when its json exists (after a check that it was made from the
 same weights under the same protocol), so an interrupted run continues; a model and the classifier
-are loaded only when one of their cells is still to be made.
+are loaded only when one of their cells is still to be made (a finished run reads the classifier's
+weights alone, to compare their digest with the cells'). Every metric reads the saved uint8 pixels
+(what the npz and an image file hold), so a finished cell scored with other classifier weights (the
+json's classifier_sha256, a digest of the weights) gets its classifier columns recomputed from its npz,
+without sampling again.
 OUT/table.md is rewritten after every cell: per model the mean over its seeds and the range
 (min-max), so a reader sees which differences exceed the seed spread, and the sampling time.
 Nothing is chosen from these numbers inside this module: the models and the protocol come in.
@@ -25,38 +29,72 @@ import time
 import numpy as np
 
 from ..data.datasets import DataConfig, load_images
-from ..data.images import save_npz_batch, to_uint8
+from ..data.images import from_uint8, load_npz_batch, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
 from ..loading.load import load_model
 from ..loading.sampling import draw_images
-from ..metrics.classifier import FeatureClassifier, classifier_score, confident_share, fd_clf, load_classifier
+from ..metrics.classifier import classifier_score, confident_share, fd_clf, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
 from ..models.unet import UNet
 from ..storage.atomic import atomic_write
+from ..storage.hashing import arrays_sha256
 from .config import ScoreConfig
 
+CLASSIFIER_KEYS = ("fd_clf", "clf_score", "confident", "confident_reference", "classifier_sha256")
 COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("fd_clf", "FD-clf", 3), ("confident", "confident", 3), ("s_per_image", "s/image", 3))
 
 
+class ClassifierSide:
+    """What the classifier columns are computed with: the classifier, its weights' digest, the reference images
+    [M, C, H, W] and their confident share."""
+
+    def __init__(self, path: str, data: DataConfig, reference_images: int) -> None:
+        self.model = load_classifier(path)
+        self.sha256 = arrays_sha256(self.model.state_dict())
+        self.reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
+                                                limit=reference_images))          # [M, C, H, W]
+        self.reference_share = confident_share(self.model, self.reference)
+
+    def columns(self, pixels: np.ndarray) -> dict:
+        """FD-clf, classifier score and confident share of samples as uint8 pixels [N, H, W, C], with the digest."""
+        images = from_uint8(pixels.transpose(0, 3, 1, 2))                         # [N, C, H, W]
+        return {"fd_clf": fd_clf(self.model, self.reference, images), "clf_score": classifier_score(self.model, images),
+                "confident": confident_share(self.model, images), "confident_reference": self.reference_share,
+                "classifier_sha256": self.sha256}
+
+
 def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: ScoreConfig, data: DataConfig,
-               classifier: FeatureClassifier, reference: np.ndarray, folder: str, progress: bool) -> dict:
+               classifier: ClassifierSide, folder: str, progress: bool) -> dict:
     """Sample `model` (loaded from `weights`) with `seed` and score the images; writes the npz and returns the
     json-ready result."""
     sample_cfg = SampleConfig(n=cfg.n, steps=cfg.sample_steps, seed=seed, batch_size=min(cfg.batch_size, cfg.n))
     start = time.perf_counter()
     samples = np.clip(draw_images(model, run_config, sample_cfg, progress), -1, 1)  # [N, C, H, W]
     seconds = time.perf_counter() - start
+    pixels = to_uint8(samples)                                                    # [N, H, W, C]
     save_npz_batch(samples, os.path.join(folder, f"samples-seed-{seed}.npz"))
     fid_reference = dataset_reference(f"{data.name}-test", data.data_dir, cfg.reference_images)
     result = {"weights": weights, "seed": seed, "n": cfg.n, "sample_steps": cfg.sample_steps,
               "s_per_image": seconds / cfg.n}
-    result.update(compute_metrics(to_uint8(samples), fid_reference, ("fid", "sfid", "pr"), cfg.inception,
+    result.update(compute_metrics(pixels, fid_reference, ("fid", "sfid", "pr"), cfg.inception,
                                   cache_dir=os.path.join(os.path.dirname(folder), "cache"), progress=progress))
-    result.update(fd_clf=fd_clf(classifier, reference, samples), clf_score=classifier_score(classifier, samples),
-                  confident=confident_share(classifier, samples))
+    result.update(classifier.columns(pixels))
     return result
+
+
+def rescore_classifier_columns(path: str, classifier: ClassifierSide) -> None:
+    """Recompute a finished cell's classifier columns from its saved samples (its other columns stay)."""
+    samples = os.path.join(os.path.dirname(path), os.path.basename(path).replace(".json", ".npz").replace(
+        "seed-", "samples-seed-"))
+    if not os.path.isfile(samples):
+        raise FileNotFoundError(f"{path} was scored with other classifier weights and its samples {samples} are "
+                                "gone: delete the json to sample and score the cell again")
+    cell = json.load(open(path))
+    cell.update(classifier.columns(load_npz_batch(samples)))
+    with atomic_write(path, "w") as f:
+        json.dump(cell, f, indent=2)
 
 
 def cell_path(out: str, label: str, seed: int) -> str:
@@ -115,25 +153,29 @@ def score_models(models: dict[str, str], cfg: ScoreConfig, data: DataConfig, out
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights} (model {label!r}) not found: pass checkpoints of `train` or `export`")
     pending: dict[str, list[int]] = {}                                         # label -> seeds still to score
+    done: list[str] = []                                                         # finished cells' json paths
     for label, weights in models.items():
         for seed in cfg.seeds:
             path = cell_path(out, label, seed)
             if os.path.exists(path):
                 check_same_protocol(path, weights, cfg)
+                done.append(path)
             else:
                 pending.setdefault(label, []).append(seed)
-    if pending:
-        classifier = load_classifier(cfg.classifier)
-        reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
-                                           limit=cfg.reference_images))           # [M, C, H, W]
-        reference_share = confident_share(classifier, reference)
+    classifier = None
+    if pending or done:
+        digest = arrays_sha256(load_classifier(cfg.classifier).state_dict())
+        stale = [path for path in done if json.load(open(path)).get("classifier_sha256") != digest]
+        if pending or stale:
+            classifier = ClassifierSide(cfg.classifier, data, cfg.reference_images)
+        for path in stale:
+            rescore_classifier_columns(path, classifier)
     for label, seeds in pending.items():
         model, run_config = load_model(models[label])
         for seed in seeds:
             path = cell_path(out, label, seed)
-            result = score_cell(model, run_config, models[label], seed, cfg, data, classifier, reference,
-                                os.path.dirname(path), progress)
-            result["confident_reference"] = reference_share
+            result = score_cell(model, run_config, models[label], seed, cfg, data, classifier, os.path.dirname(path),
+                                progress)
             with atomic_write(path, "w") as f:
                 json.dump(result, f, indent=2)
             write_score_table(out, list(models), cfg)

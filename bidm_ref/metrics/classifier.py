@@ -4,12 +4,17 @@ Dimensions: N batch, C image channels, 32x32 images, F = 64 feature size, K = 10
 
     x [N, C, 32, 32] -> conv3x3(C->32) GN SiLU avgpool2 -> conv3x3(32->64) GN SiLU avgpool2
       -> conv3x3(64->64) GN SiLU -> global mean over H, W = features [N, F] -> linear -> logits [N, K]
-    loss = mean_N cross-entropy(softmax(logits), label);  d logits = (softmax - onehot) / N
+    loss = mean_N cross-entropy(softmax(logits), label)                       d logits = (softmax - onehot) / N
+         + lambda * mean_M cross-entropy(uniform, softmax(logits of outliers)) d logits = lambda (softmax - 1/K) / M
+    (Outlier Exposure, Hendrycks et al. 2019, eq. 1; M = N synthetic noise images per batch, metrics/outliers.py,
+    lambda = ClassifierConfig.outlier_weight: a noise image then gets a flat softmax, not a confident class)
 
 FD-clf is the Frechet distance between the features of two image sets; the "classifier score"
 is exp(E_x KL(p(y|x) || p(y))) with this classifier's softmax (Inception Score's formula on an
 in-domain classifier); the "confident share" is the fraction of images with max_k p(k|x) > 0.9
-(read it beside the real images' share and with FD-clf: a classifier can be confident on noise).
+(read it beside the real images' share). Trained on the real images alone, this classifier was confident
+on most noise (96% of +-1 noise), so it is trained with Outlier Exposure on synthetic noise (above):
+`fit_classifier` records the confident share on held-out noise of each kind next to the test accuracy.
 None of them is FID or IS: they are only comparable with each other, for the same classifier
 weights (whose sha256 is reported with them).
 """
@@ -34,6 +39,7 @@ from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..train.adam import Adam, AdamConfig
 from .frechet import frechet_distance
 from .inception_score import inception_score
+from .outliers import KINDS, outlier_images, synthetic_outliers
 
 FEATURES = 64
 
@@ -96,12 +102,22 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     return loss, (p / n).astype(logits.dtype)                                     # [N, K]
 
 
+def uniform_cross_entropy(logits: np.ndarray) -> tuple[float, np.ndarray]:
+    """mean_M cross-entropy of softmax(logits) [M, K] against the uniform distribution, -mean_M mean_k log p_k,
+    and d/d logits = (softmax - 1/K) / M."""
+    p = softmax(logits.astype(np.float64), axis=1)                                # [M, K]
+    m, k = logits.shape
+    loss = float(-np.mean(np.log(p + 1e-300)))
+    return loss, ((p - 1.0 / k) / m).astype(logits.dtype)                         # [M, K]
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
+    outlier_weight: float = 0.5  # lambda of Outlier Exposure (the paper's 0.5); 0: the real images alone
 
 
 def train_classifier(
@@ -110,18 +126,34 @@ def train_classifier(
     """Train on images [N, C, 32, 32] in [-1, 1] with int labels [N]; returns the model and the loss curve."""
     model = FeatureClassifier(images.shape[1], int(labels.max()) + 1, rng=np.random.default_rng([cfg.seed, 0]))
     sampler = BatchSampler(images, cfg.batch_size, cfg.seed)
+    outlier_rng = np.random.default_rng([cfg.seed, 1])
     adam = Adam(AdamConfig(lr=cfg.lr))
     params, grads = dict(model.named_parameters()), dict(model.named_grads())
     losses = []
     for step in tqdm(range(cfg.steps), disable=not progress, unit="step"):
         idx = sampler.indices(step)                                               # [B]
+        batch = images[idx]                                                       # [B, C, S, S]
+        if cfg.outlier_weight:
+            outliers = synthetic_outliers(outlier_rng, len(idx), images.shape[1], images.shape[2])  # [B, C, S, S]
+            batch = np.concatenate([batch, outliers])                             # [2B, C, S, S]
         model.zero_grad()
-        logits, cache = model.forward(images[idx])                                # [B, K]
-        loss, dlogits = cross_entropy(logits, labels[idx])
+        logits, cache = model.forward(batch)                                      # [B or 2B, K]
+        loss, dlogits = cross_entropy(logits[: len(idx)], labels[idx])            # [B, K]
+        if cfg.outlier_weight:
+            loss_out, dlogits_out = uniform_cross_entropy(logits[len(idx):])      # [B, K]
+            loss += cfg.outlier_weight * loss_out
+            dlogits = np.concatenate([dlogits, cfg.outlier_weight * dlogits_out])  # [2B, K]
         model.backward(dlogits, cache)
         adam.step(params, grads)
         losses.append(loss)
     return model, losses
+
+
+def outlier_shares(model: FeatureClassifier, channels: int, size: int, n: int = 1000, seed: int = 12345) -> dict:
+    """The confident share on n held-out outliers of each kind (a seed training never uses): the validation of
+    Outlier Exposure, {kind: share}."""
+    rng = np.random.default_rng([seed, 2])
+    return {kind: confident_share(model, outlier_images(rng, kind, n, channels, size)) for kind in KINDS}
 
 
 def classifier_outputs(model: FeatureClassifier, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -166,27 +198,32 @@ def classifier_score(model: FeatureClassifier, images: np.ndarray, splits: int =
     return inception_score(probs, splits)[0]
 
 
-def save_classifier(model: FeatureClassifier, path: str, dataset: str, accuracy_test: float) -> None:
-    """Write the classifier as a bidm-ckpt file (config names the dataset and test accuracy)."""
+def save_classifier(model: FeatureClassifier, path: str, dataset: str, accuracy_test: float,
+                    validation: dict | None = None) -> None:
+    """Write the classifier as a bidm-ckpt file (config names the dataset, test accuracy and `validation`)."""
     in_channels = model.convs[0].params["weight"].shape[1]
     num_classes = model.head.params["weight"].shape[0]
     config = {"classifier": {"in_channels": in_channels, "num_classes": num_classes, "dataset": dataset,
-                             "test_accuracy": accuracy_test}}
+                             "test_accuracy": accuracy_test, **(validation or {})}}
     save_checkpoint(path, params=model.state_dict(), config=config)
 
 
 def fit_classifier(data: DataConfig, cfg: ClassifierConfig, path: str, test_images: int | None = None,
-                   progress: bool = True) -> float:
-    """Train on `data`'s labelled training split, measure the accuracy on the first `test_images` of its test
-    split (all with None), save the classifier to `path`; returns that accuracy."""
+                   progress: bool = True) -> dict:
+    """Train on `data`'s labelled training split, validate on the first `test_images` of its test split (all
+    with None) and on held-out outliers, save the classifier to `path`; returns the validation: test_accuracy,
+    test_confident (the real images' confident share), outlier_confident {kind: share}, outlier_weight."""
     images, labels = load_labeled(data)
     if labels is None:
         raise ValueError(f"dataset {data.name} has no labels: the FD-clf classifier needs a labelled dataset")
     model, _ = train_classifier(images, labels, cfg, progress)
     test, test_labels = load_labeled(DataConfig(name=data.name, data_dir=data.data_dir, split="test", limit=test_images))
+    validation = {"test_confident": confident_share(model, test),
+                  "outlier_confident": outlier_shares(model, images.shape[1], images.shape[2]),
+                  "outlier_weight": cfg.outlier_weight}
     accuracy_test = accuracy(model, test, test_labels)
-    save_classifier(model, path, data.name, accuracy_test)
-    return accuracy_test
+    save_classifier(model, path, data.name, accuracy_test, validation)
+    return {"test_accuracy": accuracy_test, **validation}
 
 
 def load_classifier(path: str) -> FeatureClassifier:
