@@ -72,6 +72,14 @@ def test_a_cell_of_another_protocol_is_refused(setting):
         score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "n": 4}), data, str(out), progress=False)
 
 
+def test_scoring_one_model_keeps_the_rows_of_models_scored_before(setting):
+    data, cfg, teacher, out = setting
+    score_models({"FP": teacher}, cfg, data, str(out), progress=False)
+    table = score_models({"FP again": teacher}, cfg, data, str(out), progress=False)
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    assert rows == ["| model", "| FP again", "| FP", "| real test images"]
+
+
 def test_pending_rows_and_bad_input(setting):
     data, cfg, teacher, out = setting
     text = scoring.write_score_table(str(out), ["FP"], cfg)

@@ -118,8 +118,19 @@ def spread(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def scored_labels(out: str, seeds: tuple[int, ...]) -> list[str]:
+    """The labels with at least one cell of `seeds` in OUT (sorted)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(label for label in os.listdir(out)
+                  if any(os.path.exists(cell_path(out, label, seed)) for seed in seeds))
+
+
 def write_score_table(out: str, labels: list[str], cfg: ScoreConfig) -> str:
-    """OUT/table.md from the cells' json files (missing cells: the row says how many seeds are done)."""
+    """OUT/table.md from the cells' json files (missing cells: the row says how many seeds are done): the rows of
+    `labels` in their order, then those of other labels already scored in OUT, so that scoring one model does not
+    drop the others from the table."""
+    labels = labels + [label for label in scored_labels(out, cfg.seeds) if label not in labels]
     lines = [
         f"{cfg.n} samples per seed, seeds {', '.join(map(str, cfg.seeds))} (DDIM {cfg.sample_steps}, x0 clipped); "
         f"FID, sFID, precision, recall (FID Inception) and FD-clf against the first {cfg.reference_images} test "
