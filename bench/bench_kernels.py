@@ -19,7 +19,7 @@ load during the run hits all of them alike):
 Ratios (same run): popcount_vs_float_conv = geometric mean over the shapes of float median / (+packing)
 median; `_excl_packing` uses the prepacked kernel; `_min` uses minima (less sensitive to other processes
 taking the CPU, which inflate medians of the longer float runs most).
-Popcount throughput: each row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
+Popcount throughput: each popcount row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
 MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's inner loop (xor, popcount, add
 into [PIXELS, O] int32 counters, one weight word load for PIXELS pixels; vpopcntq on zmm where the CPU has
 AVX512_VPOPCNTDQ) on L1-resident words, one thread per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
@@ -84,8 +84,12 @@ def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dic
     return {impl: {"median_s": statistics.median(t), "min_s": min(t), "repeats": repeats} for impl, t in times.items()}
 
 
+POPCOUNT_IMPLS = ("popcount conv prepacked", "popcount conv +packing")  # the rows that run the conv's MACs
+
+
 def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> list[dict]:
-    """The four rows of one shape; extra keys: macs (multiply-accumulates of the conv), load_1min."""
+    """The four rows of one shape; extra keys: macs (multiply-accumulates of the conv), load_1min, and
+    binary_macs_per_s on the popcount rows."""
     N, C, S = shape.batch, shape.channels, shape.size
     x = rng.standard_normal((N, C, S, S)).astype(np.float32)                     # [N, C, H, W]
     tau = (0.1 * rng.standard_normal(C)).astype(np.float32)                       # [C]
@@ -109,8 +113,9 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
     macs = int(np.prod(out_shape)) * C * 9
     extra = {"macs": macs, "load_1min": os.getloadavg()[0]}
     timings = time_interleaved(runs, repeats)
-    return [{"name": shape.name, "shape": shape.label(), "impl": impl, **timings[impl], **extra,
-             "binary_macs_per_s": macs / timings[impl]["median_s"]} for impl in runs]
+    rate = {impl: {"binary_macs_per_s": macs / timings[impl]["median_s"]} for impl in POPCOUNT_IMPLS}
+    return [{"name": shape.name, "shape": shape.label(), "impl": impl, **timings[impl], **extra, **rate.get(impl, {})}
+            for impl in runs]
 
 
 @njit(parallel=True, cache=True)
