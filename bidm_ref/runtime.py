@@ -81,13 +81,12 @@ def keep_freed_memory() -> bool:
 
 
 _policy: ThreadPolicy | None = None
-_freed_memory_kept = False
 
 
 def configure(policy: ThreadPolicy | None = None) -> ThreadPolicy:
     """Apply `policy` (default: `default_policy()`) to BLAS and Numba, and keep_freed_memory, for the rest of the
     process."""
-    global _policy, _freed_memory_kept
+    global _policy
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -98,13 +97,8 @@ def configure(policy: ThreadPolicy | None = None) -> ThreadPolicy:
     threadpool_limits(limits=policy.blas_threads, user_api="blas")
     numba.set_num_threads(policy.numba_threads)
     _policy = policy
-    _freed_memory_kept = _freed_memory_kept or keep_freed_memory()
+    keep_freed_memory()
     return policy
-
-
-def freed_memory_kept() -> bool:
-    """Whether `configure` could make malloc keep freed memory (keep_freed_memory) in this process."""
-    return _freed_memory_kept
 
 
 def current_policy() -> ThreadPolicy:

@@ -33,7 +33,7 @@ from ..data.images import from_uint8, load_npz_batch, save_npz_batch, to_uint8
 from ..diffusion.generate import SampleConfig
 from ..loading.load import load_model
 from ..loading.sampling import draw_images
-from ..metrics.classifier import classifier_score, confident_share, fd_clf, load_classifier
+from ..metrics.classifier import FeatureClassifier, classifier_score, confident_share, fd_clf, load_classifier
 from ..metrics.evaluate import compute_metrics
 from ..metrics.run_eval import dataset_reference
 from ..models.unet import UNet
@@ -50,9 +50,8 @@ class ClassifierSide:
     """What the classifier columns are computed with: the classifier, its weights' digest, the reference images
     [M, C, H, W] and their confident share."""
 
-    def __init__(self, path: str, data: DataConfig, reference_images: int) -> None:
-        self.model = load_classifier(path)
-        self.sha256 = arrays_sha256(self.model.state_dict())
+    def __init__(self, model: FeatureClassifier, sha256: str, data: DataConfig, reference_images: int) -> None:
+        self.model, self.sha256 = model, sha256
         self.reference = load_images(DataConfig(name=data.name, data_dir=data.data_dir, split="test",
                                                 limit=reference_images))          # [M, C, H, W]
         self.reference_share = confident_share(self.model, self.reference)
@@ -74,7 +73,7 @@ def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: Scor
     samples = np.clip(draw_images(model, run_config, sample_cfg, progress), -1, 1)  # [N, C, H, W]
     seconds = time.perf_counter() - start
     pixels = to_uint8(samples)                                                    # [N, H, W, C]
-    save_npz_batch(samples, os.path.join(folder, f"samples-seed-{seed}.npz"))
+    save_npz_batch(samples, samples_path(folder, seed))
     fid_reference = dataset_reference(f"{data.name}-test", data.data_dir, cfg.reference_images)
     result = {"weights": weights, "seed": seed, "n": cfg.n, "sample_steps": cfg.sample_steps,
               "s_per_image": seconds / cfg.n}
@@ -84,14 +83,13 @@ def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: Scor
     return result
 
 
-def rescore_classifier_columns(path: str, classifier: ClassifierSide) -> None:
-    """Recompute a finished cell's classifier columns from its saved samples (its other columns stay)."""
-    samples = os.path.join(os.path.dirname(path), os.path.basename(path).replace(".json", ".npz").replace(
-        "seed-", "samples-seed-"))
+def rescore_classifier_columns(path: str, cell: dict, classifier: ClassifierSide) -> None:
+    """Recompute the classifier columns of the finished cell `cell` (its json at `path`) from its saved samples;
+    its other columns stay."""
+    samples = samples_path(os.path.dirname(path), cell["seed"])
     if not os.path.isfile(samples):
         raise FileNotFoundError(f"{path} was scored with other classifier weights and its samples {samples} are "
                                 "gone: delete the json to sample and score the cell again")
-    cell = json.load(open(path))
     cell.update(classifier.columns(load_npz_batch(samples)))
     with atomic_write(path, "w") as f:
         json.dump(cell, f, indent=2)
@@ -101,14 +99,21 @@ def cell_path(out: str, label: str, seed: int) -> str:
     return os.path.join(out, label, f"seed-{seed}.json")
 
 
-def check_same_protocol(path: str, weights: str, cfg: ScoreConfig) -> None:
-    """Refuse a finished cell made from other weights or with another protocol (it would be mixed into the table)."""
+def samples_path(folder: str, seed: int) -> str:
+    """The samples of a cell, beside its json in its label's folder."""
+    return os.path.join(folder, f"samples-seed-{seed}.npz")
+
+
+def check_same_protocol(path: str, weights: str, cfg: ScoreConfig) -> dict:
+    """Refuse a finished cell made from other weights or with another protocol (it would be mixed into the table);
+    returns the cell."""
     done = json.load(open(path))
     made = {"weights": done["weights"], "n": done["n"], "sample_steps": done["sample_steps"],
             "n_reference": done["n_reference"]}
     asked = {"weights": weights, "n": cfg.n, "sample_steps": cfg.sample_steps, "n_reference": cfg.reference_images}
     if made != asked:
         raise ValueError(f"{path} was made with {made}, not {asked}: pass another --out, or delete it to redo it")
+    return done
 
 
 def spread(values: list[float], digits: int) -> str:
@@ -164,23 +169,20 @@ def score_models(models: dict[str, str], cfg: ScoreConfig, data: DataConfig, out
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights} (model {label!r}) not found: pass checkpoints of `train` or `export`")
     pending: dict[str, list[int]] = {}                                         # label -> seeds still to score
-    done: list[str] = []                                                         # finished cells' json paths
+    done: dict[str, dict] = {}                                                   # finished cells by json path
     for label, weights in models.items():
         for seed in cfg.seeds:
             path = cell_path(out, label, seed)
             if os.path.exists(path):
-                check_same_protocol(path, weights, cfg)
-                done.append(path)
+                done[path] = check_same_protocol(path, weights, cfg)
             else:
                 pending.setdefault(label, []).append(seed)
-    classifier = None
-    if pending or done:
-        digest = arrays_sha256(load_classifier(cfg.classifier).state_dict())
-        stale = [path for path in done if json.load(open(path)).get("classifier_sha256") != digest]
-        if pending or stale:
-            classifier = ClassifierSide(cfg.classifier, data, cfg.reference_images)
-        for path in stale:
-            rescore_classifier_columns(path, classifier)
+    classifier_model = load_classifier(cfg.classifier)
+    digest = arrays_sha256(classifier_model.state_dict())
+    stale = {path: cell for path, cell in done.items() if cell.get("classifier_sha256") != digest}
+    classifier = ClassifierSide(classifier_model, digest, data, cfg.reference_images) if pending or stale else None
+    for path, cell in stale.items():
+        rescore_classifier_columns(path, cell, classifier)
     for label, seeds in pending.items():
         model, run_config = load_model(models[label])
         for seed in seeds:

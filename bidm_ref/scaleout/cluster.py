@@ -114,15 +114,13 @@ class DaskMap:
 
         shared_futures = [self.client.scatter(obj, broadcast=True, hash=False) for obj in shared]
         index = {self.client.submit(with_worker_policy, fn, items[k], *shared_futures, pure=False): k for k in todo}
-        left = set(todo)
-        for future in as_completed(list(index)):
+        for future in as_completed(list(index)):                                 # index: the unfinished items
             try:
                 result = future.result()
             except CancelledError:
-                return sorted(left)
+                return sorted(index.values())
             k = index.pop(future)
             results[k] = result
-            left.discard(k)
             if on_done is not None:
                 on_done(k, result)
             bar.update(1)
