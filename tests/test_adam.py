@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from bidm_ref.train.adam import Adam, AdamConfig
+from bidm_ref.train.adam import PARALLEL_MIN, Adam, AdamConfig, AdamScalars, adam_update, adam_update_ref
 from bidm_ref.train.clip import clip_grad_norm
-from bidm_ref.train.ema import EMA
+from bidm_ref.train.ema import EMA, ema_update, ema_update_ref
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -97,6 +97,35 @@ def test_adam_weight_decay_is_l2_not_decoupled():
     np.testing.assert_allclose(p, [1.9, -2.9], rtol=1e-14)
 
 
+@pytest.mark.parametrize("size", [7, PARALLEL_MIN + 3])                  # the serial and the threaded kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_adam_kernel_gives_the_numpy_twins_bytes(size, dtype, weight_decay):
+    rng = np.random.default_rng(size)
+    cfg = AdamConfig(lr=3e-3, weight_decay=weight_decay)
+    ours = [rng.normal(size=size).astype(dtype), np.zeros(size, dtype), np.zeros(size, dtype)]  # p, m, v
+    twin = [a.copy() for a in ours]
+    for t in range(1, 6):
+        grad = (rng.normal(size=size) * 10.0 ** rng.integers(-6, 3, size)).astype(dtype)  # magnitudes over 9 decades
+        adam_update(*ours[:1], grad, *ours[1:], AdamScalars.at_step(cfg, t))
+        adam_update_ref(*twin[:1], grad, *twin[1:], AdamScalars.at_step(cfg, t))
+        for a, b in zip(ours, twin):
+            assert a.dtype == dtype and a.tobytes() == b.tobytes()
+
+
+def test_adam_takes_a_strided_gradient_and_refuses_a_strided_parameter():
+    rng = np.random.default_rng(0)
+    grad = rng.normal(size=(6, 4)).astype(np.float32).T                      # [4, 6], not C-contiguous
+    p, m, v = rng.normal(size=(4, 6)).astype(np.float32), np.zeros((4, 6), np.float32), np.zeros((4, 6), np.float32)
+    p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
+    scalars = AdamScalars.at_step(AdamConfig(), 1)
+    adam_update(p, grad, m, v, scalars)
+    adam_update_ref(p_ref, grad, m_ref, v_ref, scalars)
+    assert p.tobytes() == p_ref.tobytes() and m.tobytes() == m_ref.tobytes()
+    with pytest.raises(ValueError, match="parameter \\[6, 4\\] is not C-contiguous"):
+        adam_update(p.T, grad.T, m.T, v.T, scalars)
+
+
 def test_adam_refuses_mismatched_grads():
     opt = Adam()
     with pytest.raises(ValueError, match="missing \\['b'\\]"):
@@ -170,6 +199,19 @@ def test_ema_weighted_sum_of_history(seed, k, decay):
         ema.update({"w": history[j]})
     expected = decay**k * history[0] + (1 - decay) * sum(decay ** (k - j) * history[j] for j in range(1, k + 1))
     np.testing.assert_allclose(ema.shadow["w"], expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("size", [5, PARALLEL_MIN + 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ema_kernel_gives_the_numpy_twins_bytes(size, dtype):
+    rng = np.random.default_rng(size)
+    ours = rng.normal(size=size).astype(dtype)
+    twin = ours.copy()
+    for decay in (0.9999, 0.5, 0.0, 1.0):
+        p = rng.normal(size=size).astype(dtype)
+        ema_update(ours, p, decay)
+        ema_update_ref(twin, p, decay)
+        assert ours.tobytes() == twin.tobytes()
 
 
 def test_ema_register_copies_and_keeps_dtype():

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from bidm_ref.nn import im2col
 from bidm_ref.nn.conv import conv2d, conv2d_backward
-from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, from_columns,
-                                im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
+from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, fold_grid_chunk,
+                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, im2col_rows,
+                                im2col_rows_ref, to_columns, unfold_grid)
 from reference_ops import conv_nested_loops
 
 shapes = st.tuples(
@@ -48,6 +49,25 @@ def test_rows_kernels_equal_their_numpy_twins(case, stride):
     dx = col2im_rows(dcols, geo)
     np.testing.assert_array_equal(dx, col2im_rows_ref(dcols, geo))
     assert dx.shape == x.shape and dx.dtype == dtype
+
+
+@given(shapes, st.integers(1, 2000))
+def test_grid_chunk_kernels_equal_their_numpy_twins(case, width):
+    N, C, H, W, k, pad, dtype, seed = case
+    assume(fits(H, W, k, pad))
+    rng = np.random.default_rng(seed)
+    geo = replace(conv_geometry((N, C, H, W), k, k, 1, pad), grid=True)
+    xp = grid_source(rng.standard_normal((N, C, H, W)).astype(dtype), geo)       # [C, L]
+    start = int(rng.integers(0, geo.columns))
+    stop = min(geo.columns, start + width)                                        # a chunk anywhere, up to the last column
+    buffer = np.full(C * k * k * (stop - start) + 3, np.nan, dtype=dtype)
+    np.testing.assert_array_equal(grid_chunk(xp, geo, start, stop, buffer), grid_chunk_ref(xp, geo, start, stop))
+    dcols = rng.standard_normal((C * k * k, stop - start)).astype(dtype)
+    dxp = rng.standard_normal(xp.shape).astype(dtype)                             # a fold adds to what is there
+    dxp_ref = dxp.copy()
+    fold_grid_chunk(dcols, geo, start, dxp)
+    fold_grid_chunk_ref(dcols, geo, start, dxp_ref)
+    assert dxp.tobytes() == dxp_ref.tobytes()
 
 
 @given(shapes)

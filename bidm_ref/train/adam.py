@@ -21,6 +21,13 @@ denom = sqrt(v) / sqrt(bc2) + eps; p += (-step_size * m) / denom (`addcdiv_`). S
 rounded to the parameter dtype before use, as torch does. Agreement with torch is to
 rounding, not bitwise: torch's vectorized CPU kernels fuse some multiply-adds, NumPy does not.
 
+Each parameter is updated by one Numba pass (`adam_update_kernel`: g, m, v and p per element, no fused
+multiply-adds) instead of a dozen NumPy passes with temporaries: on the cifar10 preset's 35.7M parameters
+67 ms -> 23 ms per step with two threads (docs/ENGINE.md, "Optimizer"). Arrays of PARALLEL_MIN elements
+and more run on every Numba thread, smaller ones on the calling thread (a parallel launch costs more than
+a bias's update). The update is elementwise, so the bytes do not depend on the thread count, and they
+equal the NumPy twin's (`adam_update_ref`, the same operations in the same order; tests/test_adam.py).
+
 Defaults are ermongroup/ddim's CIFAR-10 config (lr 2e-4, eps 1e-8, weight_decay 0,
 amsgrad false); its grad_clip 1.0 belongs to the trainer (see clip.py).
 """
@@ -31,9 +38,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..storage.checkpoint import AdamState, check_same_arrays
+
+PARALLEL_MIN = 1 << 15  # elements from which an update runs on every Numba thread (module docstring)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,75 @@ class AdamConfig:
             raise ValueError(f"Adam eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}")
 
 
+@dataclass(frozen=True)
+class AdamScalars:
+    """The scalars of step t (module docstring), rounded to the parameter dtype in `for_dtype`."""
+
+    weight_decay: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    neg_step_size: float                                              # -lr / bc1
+    bias_correction2_sqrt: float                                      # sqrt(bc2)
+    eps: float
+
+    @staticmethod
+    def at_step(cfg: AdamConfig, t: int) -> AdamScalars:
+        return AdamScalars(cfg.weight_decay, 1 - cfg.beta1, cfg.beta2, 1 - cfg.beta2, -(cfg.lr / (1 - cfg.beta1**t)),
+                           math.sqrt(1 - cfg.beta2**t), cfg.eps)
+
+    def for_dtype(self, dtype: np.dtype) -> tuple:
+        cast = np.dtype(dtype).type
+        return tuple(cast(getattr(self, name)) for name in self.__dataclass_fields__)
+
+
+def _adam_kernel(parallel: bool):
+    """adam_update_kernel compiled for every Numba thread (`parallel`) or for the calling thread."""
+    elements = numba.prange if parallel else range
+
+    def adam_update_kernel(p, grad, m, v, weight_decay, one_minus_beta1, beta2, one_minus_beta2, neg_step_size,
+                           bias_correction2_sqrt, eps):  # pragma: no cover - compiled
+        """One Adam step of flat p, m, v [P] in place from grad [P]; scalars in p's dtype (AdamScalars)."""
+        for i in elements(p.size):
+            g = grad[i] + weight_decay * p[i] if weight_decay != 0 else grad[i]
+            m[i] = m[i] + one_minus_beta1 * (g - m[i])
+            v[i] = v[i] * beta2 + (one_minus_beta2 * g) * g
+            p[i] = p[i] + (neg_step_size * m[i]) / (np.sqrt(v[i]) / bias_correction2_sqrt + eps)
+
+    return numba.njit(parallel=parallel, cache=True)(adam_update_kernel)  # `elements` keeps the cache entries apart
+
+
+_adam_parallel = _adam_kernel(True)
+_adam_serial = _adam_kernel(False)
+
+
+def flat_view(a: np.ndarray, what: str) -> np.ndarray:
+    """The 1-D view of a C-contiguous array the update writes through; a one-line error for any other."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what} {list(a.shape)} is not C-contiguous, so an in-place update would not reach it: "
+                         "store parameters, moments and shadows as contiguous arrays (np.ascontiguousarray)")
+    return a.reshape(-1)
+
+
+def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, scalars: AdamScalars) -> None:
+    """One Adam step of p, m, v in place (adam_update_kernel; grad may be any layout of p's shape and dtype)."""
+    kernel = _adam_parallel if p.size >= PARALLEL_MIN else _adam_serial
+    kernel(flat_view(p, "parameter"), np.ascontiguousarray(grad, dtype=p.dtype).reshape(-1),
+           flat_view(m, "first moment"), flat_view(v, "second moment"), *scalars.for_dtype(p.dtype))
+
+
+def adam_update_ref(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, scalars: AdamScalars) -> None:
+    """NumPy twin of adam_update: the module docstring's operations as whole-array passes, in place."""
+    s = scalars
+    if s.weight_decay != 0:
+        grad = grad + s.weight_decay * p                              # [P]
+    m += s.one_minus_beta1 * (grad - m)
+    v *= s.beta2
+    v += (s.one_minus_beta2 * grad) * grad
+    denom = np.sqrt(v) / s.bias_correction2_sqrt + s.eps              # [P]
+    p += (s.neg_step_size * m) / denom
+
+
 class Adam:
     """Adam over a dict of parameter arrays; state: step count `t`, moments `m`, `v` (same dtype as params)."""
 
@@ -73,22 +152,10 @@ class Adam:
             self.v = {name: np.zeros_like(p) for name, p in params.items()}  # [P] each
         check_same_arrays(params, self.m, "Adam first moments")
         check_same_arrays(params, self.v, "Adam second moments")
-        cfg = self.config
         self.t += 1
-        bias_correction1 = 1 - cfg.beta1**self.t
-        bias_correction2 = 1 - cfg.beta2**self.t
-        step_size = cfg.lr / bias_correction1
-        bias_correction2_sqrt = math.sqrt(bias_correction2)
+        scalars = AdamScalars.at_step(self.config, self.t)
         for name, p in params.items():
-            grad = grads[name]                                        # [P]
-            if cfg.weight_decay != 0:
-                grad = grad + cfg.weight_decay * p                    # [P]
-            m, v = self.m[name], self.v[name]                         # [P], [P]
-            m += (1 - cfg.beta1) * (grad - m)
-            v *= cfg.beta2
-            v += ((1 - cfg.beta2) * grad) * grad
-            denom = np.sqrt(v) / bias_correction2_sqrt + cfg.eps      # [P]
-            p += (-step_size * m) / denom
+            adam_update(p, grads[name], self.m[name], self.v[name], scalars)
 
     def state_dict(self) -> AdamState:
         """The optimizer state (the moment arrays themselves, not copies)."""

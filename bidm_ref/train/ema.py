@@ -11,6 +11,9 @@ order is ddim's: `(1 - mu) * p + mu * shadow`, scalars rounded to the parameter 
 Evaluation uses the shadow weights: `copy_to(params)` overwrites the parameters (ddim's
 `ema(module)`), `with ema.swapped_into(params):` does so only inside the block and restores
 the trained weights afterwards, also on error.
+
+`update` runs one Numba pass per parameter (`ema_update_kernel`, the same two products and sum per
+element as the NumPy twin `ema_update_ref`, so the same bytes), threaded from adam.PARALLEL_MIN elements.
 """
 
 from __future__ import annotations
@@ -18,9 +21,39 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 
 from ..storage.checkpoint import check_same_arrays
+from .adam import PARALLEL_MIN, flat_view
+
+
+def _ema_kernel(parallel: bool):
+    """ema_update_kernel compiled for every Numba thread (`parallel`) or for the calling thread."""
+    elements = numba.prange if parallel else range
+
+    def ema_update_kernel(shadow, p, one_minus_decay, decay):  # pragma: no cover - compiled
+        """shadow = (1 - decay) * p + decay * shadow, flat [P], in place; scalars in p's dtype."""
+        for i in elements(p.size):
+            shadow[i] = one_minus_decay * p[i] + decay * shadow[i]
+
+    return numba.njit(parallel=parallel, cache=True)(ema_update_kernel)  # `elements` keeps the cache entries apart
+
+
+_ema_parallel = _ema_kernel(True)
+_ema_serial = _ema_kernel(False)
+
+
+def ema_update(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
+    """shadow = (1 - decay) * p + decay * shadow in place (ema_update_kernel)."""
+    cast = p.dtype.type
+    kernel = _ema_parallel if p.size >= PARALLEL_MIN else _ema_serial
+    kernel(flat_view(shadow, "EMA shadow"), np.ascontiguousarray(p).reshape(-1), cast(1.0 - decay), cast(decay))
+
+
+def ema_update_ref(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
+    """NumPy twin of ema_update."""
+    shadow[...] = (1.0 - decay) * p + decay * shadow
 
 
 class EMA:
@@ -40,8 +73,7 @@ class EMA:
         """shadow = (1 - decay) * p + decay * shadow, in place, for every parameter."""
         self._check(params)
         for name, p in params.items():
-            shadow = self.shadow[name]                                   # [P]
-            shadow[...] = (1.0 - self.decay) * p + self.decay * shadow
+            ema_update(self.shadow[name], p, self.decay)
 
     def copy_to(self, params: Mapping[str, np.ndarray]) -> None:
         """Overwrite the parameter arrays in place with the shadow values."""
