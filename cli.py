@@ -266,7 +266,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 def cmd_curve(args: argparse.Namespace) -> None:
     import os
 
-    from bidm_ref.experiments.curves import CurveConfig, curve, plot_curves
+    from bidm_ref.experiments.curves import CurveConfig, curve, plot_curves, reference_confident
     from bidm_ref.data.datasets import DataConfig
     from bidm_ref.diffusion.generate import SampleConfig
 
@@ -276,7 +276,8 @@ def cmd_curve(args: argparse.Namespace) -> None:
     cfg = CurveConfig(SampleConfig(n=args.n, steps=args.sample_steps, seed=args.seed, batch_size=min(args.n, 64)),
                       DataConfig(name=args.dataset, data_dir=args.data_dir, split="test", limit=args.reference_images))
     curves = {label: curve(run, args.classifier, cfg) for label, run in zip(labels, args.runs)}
-    plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps}, vs {args.reference_images} test images")
+    plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps}, vs {args.reference_images} test images",
+                reference_confident(args.classifier, cfg))
     print(f"wrote {args.out}: {', '.join(f'{label} ({len(points)} points)' for label, points in curves.items())}")
 
 
@@ -532,8 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None, help="test images for the accuracy (default: all)")
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("curve", help="learning curves: FD-clf of each run's snapshots (train --snapshot-every) "
-                       "against the training step, one line per run in a PNG; points cached in RUN/curve.tsv")
+    p = sub.add_parser("curve", help="learning curves: FD-clf and the confident share of each run's snapshots (train "
+                       "--snapshot-every) against the training step, one line per run in a PNG; points cached in "
+                       "RUN/curve.tsv")
     p.add_argument("runs", nargs="+", help="run folders (with snapshots/step-N.h5)")
     p.add_argument("--classifier", required=True, help="the FD-clf classifier (OUT/classifier.h5 of `cli.py ablate`)")
     p.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: the folder names)")

@@ -10,10 +10,10 @@ import pytest
 
 import cli
 from bidm_ref.experiments import curves
-from bidm_ref.experiments.curves import CurveConfig, curve, snapshots
-from bidm_ref.data.datasets import DataConfig
+from bidm_ref.experiments.curves import COLUMNS, CurveConfig, CurvePoint, curve, snapshots
+from bidm_ref.data.datasets import DataConfig, load_images
 from bidm_ref.diffusion.generate import SampleConfig
-from bidm_ref.metrics.classifier import FeatureClassifier, save_classifier
+from bidm_ref.metrics.classifier import FeatureClassifier, confident_share, fd_clf, load_classifier, save_classifier
 from bidm_ref.loading.load import load_model
 from bidm_ref.storage.checkpoint import load_checkpoint
 from test_trainer import make_trainer, write_idx_dataset
@@ -58,11 +58,28 @@ def test_curve_measures_each_snapshot_once_and_plots(tmp_path):
     save_classifier(FeatureClassifier(1, 10, rng=np.random.default_rng(0)), str(classifier), "fixture", 0.1)
     cfg = CurveConfig(SampleConfig(n=6, steps=2, seed=0, batch_size=6),
                       DataConfig(name="fashion-mnist", data_dir=str(tmp_path), split="test", limit=12))
-    points = curve(str(tmp_path / "run"), str(classifier), cfg, progress=False)
-    assert [step for step, _ in points] == [2, 4] and all(np.isfinite(v) and v >= 0 for _, v in points)
+    drawn_images = []
+    real_draw = curves.draw_images
+
+    def draw_and_keep(*args):
+        drawn_images.append(np.clip(real_draw(*args), -1, 1))
+        return drawn_images[-1]
+
+    with mock.patch.object(curves, "draw_images", side_effect=draw_and_keep):
+        points = curve(str(tmp_path / "run"), str(classifier), cfg, progress=False)
+    assert [p.step for p in points] == [2, 4]
+    model, reference = load_classifier(str(classifier)), load_images(cfg.reference)
+    for point, images in zip(points, drawn_images):                           # each point measures its own samples
+        assert point.fd_clf == pytest.approx(fd_clf(model, images, reference), rel=1e-6)
+        assert point.confident == confident_share(model, images)
     with mock.patch.object(curves, "draw_images", side_effect=AssertionError("cached points are not redrawn")):
         again = curve(str(tmp_path / "run"), str(classifier), cfg, progress=False)
-    assert again == [(s, round(v, 6)) for s, v in points]
+    assert again == [CurvePoint(p.step, round(p.fd_clf, 6), round(p.confident, 6)) for p in points]
+    tsv = tmp_path / "run" / "curve.tsv"
+    settings, columns, *rows = tsv.read_text().splitlines()
+    assert columns == COLUMNS
+    tsv.write_text("\n".join([settings, "step\tfd_clf", *(row.rsplit("\t", 1)[0] for row in rows)]) + "\n")
+    assert curves.read_curve(str(tsv), settings[2:]) == {}                    # the older two-column layout: measured again
     other = CurveConfig(SampleConfig(n=6, steps=3, seed=0, batch_size=6), cfg.reference)
     assert curves.read_curve(str(tmp_path / "run" / "curve.tsv"), "other settings") == {}
     assert len(curve(str(tmp_path / "run"), str(classifier), other, progress=False)) == 2  # new settings: remeasured

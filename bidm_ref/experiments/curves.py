@@ -1,14 +1,16 @@
-"""Learning curves: FD-clf of a run's snapshots against its training step, and their plot.
+"""Learning curves: FD-clf and the confident share of a run's snapshots against its training step, and their plot.
 
 Dimensions: S snapshots, N samples, M reference images, C, H, W image.
 
 A run trained with `--snapshot-every k` leaves OUT/snapshots/step-<s>.h5 (its EMA weights) every k
 steps (train/trainer.py). For each snapshot, `curve` draws N samples with the same SampleConfig (so
-every point sees the same noise), clips them to [-1, 1] as a saved image would be, and measures
-FD-clf against M reference images with the in-domain classifier (metrics/classifier.py). The points go
-to OUT/curve.tsv, whose first line records the settings (CurveConfig and the classifier file's sha256, as
-JSON): a later call with the same settings reuses the steps already there and computes only new snapshots;
-other settings (another classifier included) start the file over. `plot_curves` draws several runs in one PNG.
+every point sees the same noise), clips them to [-1, 1] as a saved image would be, and measures with the
+in-domain classifier (metrics/classifier.py, one pass over the samples) FD-clf against M reference images
+and the confident share (top softmax probability > 0.9; the reference images' own share is the line to
+read it against). The points go to OUT/curve.tsv, whose first line records the settings (CurveConfig and the
+classifier file's sha256, as JSON) and second the columns: a later call with the same settings and columns
+reuses the steps already there and computes only new snapshots; anything else (another classifier, a file
+of an older layout) starts the file over. `plot_curves` draws several runs in one PNG, a panel per measure.
 """
 
 from __future__ import annotations
@@ -24,11 +26,21 @@ from ..data.datasets import DataConfig, load_images
 from ..diffusion.generate import SampleConfig
 from ..loading.load import load_model
 from ..loading.sampling import draw_images
-from ..metrics.classifier import fd_clf, load_classifier
+from ..metrics.classifier import classifier_outputs, features_frechet, load_classifier, share_above
 from ..storage.atomic import atomic_path, atomic_write
 from ..storage.hashing import file_sha256
 
 SNAPSHOT = re.compile(r"step-(\d+)\.h5$")
+COLUMNS = "step\tfd_clf\tconfident"  # curve.tsv's second line
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """What one snapshot's samples measure."""
+
+    step: int
+    fd_clf: float
+    confident: float  # share of samples with top classifier probability > 0.9
 
 
 @dataclass(frozen=True)
@@ -49,54 +61,69 @@ def snapshots(run: str) -> list[tuple[int, str]]:
     return found
 
 
-def read_curve(path: str, settings: str) -> dict[int, float]:
-    """The points of a curve.tsv written with the same `settings` (an empty dict for another or no file)."""
+def read_curve(path: str, settings: str) -> dict[int, CurvePoint]:
+    """The points of a curve.tsv written with the same `settings` and COLUMNS (empty for another or no file)."""
     if not os.path.exists(path):
         return {}
     lines = open(path).read().splitlines()
-    if not lines or lines[0] != f"# {settings}":
+    if lines[:2] != [f"# {settings}", COLUMNS]:
         return {}
-    return {int(step): float(value) for step, value in (line.split("\t") for line in lines[2:])}
+    points = (CurvePoint(int(step), float(fd), float(confident))
+              for step, fd, confident in (line.split("\t") for line in lines[2:]))
+    return {point.step: point for point in points}
 
 
-def curve(run: str, classifier_path: str, cfg: CurveConfig, progress: bool = True) -> list[tuple[int, float]]:
-    """[(step, FD-clf)] of every snapshot of `run` against cfg's reference images; written to run/curve.tsv."""
+def curve(run: str, classifier_path: str, cfg: CurveConfig, progress: bool = True) -> list[CurvePoint]:
+    """The CurvePoint of every snapshot of `run` against cfg's reference images; written to run/curve.tsv."""
     settings = json.dumps({**asdict(cfg), "classifier_sha256": file_sha256(classifier_path)}, sort_keys=True)
-    classifier = None
     tsv = os.path.join(run, "curve.tsv")
     known = read_curve(tsv, settings)
-    reference = None
+    classifier = reference_features = None
     for step, path in snapshots(run):
         if step not in known:
-            reference = load_images(cfg.reference) if reference is None else reference  # [M, C, H, W]
-            classifier = load_classifier(classifier_path) if classifier is None else classifier
+            if classifier is None:
+                classifier = load_classifier(classifier_path)
+                reference_features = classifier_outputs(classifier, load_images(cfg.reference))[0]  # [M, F]
             model, run_config = load_model(path)
             images = np.clip(draw_images(model, run_config, cfg.samples, progress), -1, 1)  # [N, C, H, W]
-            known[step] = fd_clf(classifier, images, reference)
+            features, probs = classifier_outputs(classifier, images)              # [N, F], [N, K]
+            known[step] = CurvePoint(step, features_frechet(features, reference_features), share_above(probs))
             if progress:
-                print(f"{run} step {step}: FD-clf {known[step]:.3f}")
-    points = sorted(known.items())
+                print(f"{run} step {step}: FD-clf {known[step].fd_clf:.3f}, confident {known[step].confident:.1%}")
+    points = [known[step] for step in sorted(known)]
     with atomic_write(tsv, "w") as f:
-        f.write(f"# {settings}\nstep\tfd_clf\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in points))
+        f.write(f"# {settings}\n{COLUMNS}\n"
+                + "".join(f"{p.step}\t{p.fd_clf:.6f}\t{p.confident:.6f}\n" for p in points))
     return points
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
-    """One line per run (label -> points) of FD-clf against the training step, as a PNG written atomically."""
+def reference_confident(classifier_path: str, cfg: CurveConfig) -> float:
+    """The confident share of cfg's reference images: the level a run's samples are read against."""
+    return share_above(classifier_outputs(load_classifier(classifier_path), load_images(cfg.reference))[1])
+
+
+def plot_curves(curves: dict[str, list[CurvePoint]], path: str, title: str, real_confident: float) -> None:
+    """One line per run (label -> points): FD-clf (left) and the confident share (right, with the reference
+    images' share `real_confident` dashed) against the training step, as a PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, (ax_fd, ax_conf) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for label, points in curves.items():
-        steps, values = zip(*points)
-        ax.plot(steps, values, marker="o", label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FD-clf (lower is better)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        steps = [p.step for p in points]
+        ax_fd.plot(steps, [p.fd_clf for p in points], marker="o", label=label)
+        ax_conf.plot(steps, [100 * p.confident for p in points], marker="o", label=label)
+    ax_conf.axhline(100 * real_confident, color="gray", linestyle="--", label="real test images")
+    ax_fd.set_ylabel("FD-clf (lower is better)")
+    ax_conf.set_ylabel("confident samples, % (p > 0.9)")
+    ax_conf.set_ylim(0, 100)
+    for ax in (ax_fd, ax_conf):
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as temp:
         fig.savefig(temp, format="png")
