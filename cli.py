@@ -181,9 +181,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.weights and args.method:
         raise ValueError("pass either --weights (your checkpoint) or --method (a shipped one), not both")
     weights = args.weights or shipped_weights(args.method or "bidm")
-    clip = {} if args.clip_x0 is None else {"clip_x0": args.clip_x0}
     cfg = SampleConfig(n=args.n, steps=args.steps, eta=args.eta, sampler=args.sampler, seed=args.seed,
-                       batch_size=args.batch_size, **clip)
+                       batch_size=args.batch_size, clip_x0=args.clip_x0)
     check_writable_file(args.out, "--out")
     if args.npz:
         check_writable_file(args.npz, "--npz")
@@ -380,7 +379,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from bidm_ref.bidm.config import DISTILL_POSITIONS, TBS_LAYOUTS, BiDMConfig
     from bidm_ref.binary.variant import LayerVariant
-    from bidm_ref.diffusion.generate import SampleConfig
+    from bidm_ref.diffusion.generate import SAMPLE_COMMAND
     from bidm_ref.experiments.config import ScoreConfig
     from bidm_ref.metrics.classifier import ClassifierConfig
 
@@ -452,17 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=["bidm", "xnor", "fp"],
                    help="a shipped checkpoint from weights/ instead of --weights (default bidm: the packed BiDM "
                    "student; xnor: the packed XNOR student; fp: the FP teacher)")
-    p.add_argument("--n", type=int, default=SampleConfig.n, help="images to draw")
-    p.add_argument("--steps", type=int, default=SampleConfig.steps, help="DDIM (or DDPM) steps: model evaluations per image; a "
+    p.add_argument("--n", type=int, default=SAMPLE_COMMAND.n, help="images to draw")
+    p.add_argument("--steps", type=int, default=SAMPLE_COMMAND.steps, help="DDIM (or DDPM) steps: model evaluations per image; a "
                    "divisor of the schedule's T (1000), as ddim's uniform skip runs other counts inexactly")
-    p.add_argument("--eta", type=float, default=SampleConfig.eta, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--sampler", default=SampleConfig.sampler, choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--eta", type=float, default=SAMPLE_COMMAND.eta, help="DDIM noise: 0 deterministic (the "
+                   "tables' protocol, with 50 steps), 1 DDPM-like (with 200 steps measured better for pictures: "
+                   "results/README.md, Sampler)")
+    p.add_argument("--sampler", default=SAMPLE_COMMAND.sampler, choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=SAMPLE_COMMAND.clip_x0,
                    help="clip the x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped DDIM; "
-                   "default: SampleConfig's, on, measured in results/README.md)")
-    p.add_argument("--seed", type=int, default=SampleConfig.seed, help="seed of every random draw (same seed, same "
+                   "measured in results/README.md)")
+    p.add_argument("--seed", type=int, default=SAMPLE_COMMAND.seed, help="seed of every random draw (same seed, same "
                    "bytes)")
-    p.add_argument("--batch-size", type=int, default=SampleConfig.batch_size, help="images per batch")
+    p.add_argument("--batch-size", type=int, default=SAMPLE_COMMAND.batch_size, help="images per batch")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples.png", help="the grid PNG to write")
     p.add_argument("--npz", default=None, help="also write an ADM-style uint8 NHWC batch here")
