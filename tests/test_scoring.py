@@ -70,6 +70,13 @@ def test_a_cell_of_another_protocol_is_refused(setting):
     score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "seeds": (0,)}), data, str(out), progress=False)
     with pytest.raises(ValueError, match="seed-0.json was made with"):
         score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "n": 4}), data, str(out), progress=False)
+    cell_path = out / "FP" / "seed-0.json"
+    cell = json.loads(cell_path.read_text())
+    assert (cell["sampler"], cell["eta"], cell["clip_x0"]) == ("ddim", 0.0, True)  # SampleConfig's defaults, recorded
+    for key, other in (("eta", 1.0), ("clip_x0", False), ("sampler", "ddpm")):
+        cell_path.write_text(json.dumps({**cell, key: other}))                  # a cell of another sampler
+        with pytest.raises(ValueError, match="seed-0.json was made with"):
+            score_models({"FP": teacher}, ScoreConfig(**{**cfg.__dict__, "seeds": (0,)}), data, str(out), progress=False)
 
 
 def test_scoring_one_model_keeps_the_rows_of_models_scored_before(setting):

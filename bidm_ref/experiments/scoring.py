@@ -3,13 +3,14 @@
 Dimensions: N samples per seed, M reference images, C, H, W image.
 
 For each model (a `train` or `export` checkpoint: FP, float student or packed) and each sampling
-seed s: draw N images (DDIM with SampleConfig's defaults, x0 clipped, seed s), timed, and score
+seed s: draw N images (`protocol_sampler`: DDIM with SampleConfig's defaults, eta 0, x0 clipped, seed s), timed,
+and score
 them against the first `reference_images` of the dataset's test split (all 10,000 by default):
 FID, sFID, precision and recall with the FID Inception (reference statistics cached in
 OUT/cache), and FD-clf, the classifier score and the confident share with the in-domain
 classifier (metrics/classifier.py). A cell (model, seed) writes OUT/<label>/seed-<s>.json and
 samples-seed-<s>.npz and is skipped when its json exists (after a check that it was made from the
-same weights under the same protocol), so an interrupted run continues; a model and the classifier
+same weights under the same protocol, the sampler's settings included), so an interrupted run continues; a model and the classifier
 are loaded only when one of their cells is still to be made (a finished run reads the classifier's
 weights alone, to compare their digest with the cells'). Every metric reads the saved uint8 pixels
 (what the npz and an image file hold), so a finished cell scored with other classifier weights (the
@@ -41,6 +42,7 @@ from ..storage.atomic import atomic_write
 from ..storage.hashing import arrays_sha256
 from .config import ScoreConfig
 
+SAMPLER_KEYS = ("sampler", "eta", "clip_x0")  # the SampleConfig fields a cell records beside n and sample_steps
 CLASSIFIER_KEYS = ("fd_clf", "clf_score", "confident", "confident_reference", "classifier_sha256")
 COLUMNS = (("fid", "FID", 2), ("sfid", "sFID", 2), ("precision", "precision", 3), ("recall", "recall", 3),
            ("fd_clf", "FD-clf", 3), ("confident", "confident", 3), ("s_per_image", "s/image", 3))
@@ -64,11 +66,16 @@ class ClassifierSide:
                 "classifier_sha256": self.sha256}
 
 
+def protocol_sampler(cfg: ScoreConfig, seed: int) -> SampleConfig:
+    """The sampler of the cell of `seed`: SampleConfig's defaults with the protocol's n and steps."""
+    return SampleConfig(n=cfg.n, steps=cfg.sample_steps, seed=seed, batch_size=min(cfg.batch_size, cfg.n))
+
+
 def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: ScoreConfig, data: DataConfig,
                classifier: ClassifierSide, folder: str, progress: bool) -> dict:
     """Sample `model` (loaded from `weights`) with `seed` and score the images; writes the npz and returns the
     json-ready result."""
-    sample_cfg = SampleConfig(n=cfg.n, steps=cfg.sample_steps, seed=seed, batch_size=min(cfg.batch_size, cfg.n))
+    sample_cfg = protocol_sampler(cfg, seed)
     start = time.perf_counter()
     samples = np.clip(draw_images(model, run_config, sample_cfg, progress), -1, 1)  # [N, C, H, W]
     seconds = time.perf_counter() - start
@@ -76,7 +83,7 @@ def score_cell(model: UNet, run_config: dict, weights: str, seed: int, cfg: Scor
     save_npz_batch(samples, samples_path(folder, seed))
     fid_reference = dataset_reference(f"{data.name}-test", data.data_dir, cfg.reference_images)
     result = {"weights": weights, "seed": seed, "n": cfg.n, "sample_steps": cfg.sample_steps,
-              "s_per_image": seconds / cfg.n}
+              **{key: getattr(sample_cfg, key) for key in SAMPLER_KEYS}, "s_per_image": seconds / cfg.n}
     result.update(compute_metrics(pixels, fid_reference, ("fid", "sfid", "pr"), cfg.inception,
                                   cache_dir=os.path.join(os.path.dirname(folder), "cache"), progress=progress))
     result.update(classifier.columns(pixels))
@@ -108,9 +115,11 @@ def check_same_protocol(path: str, weights: str, cfg: ScoreConfig) -> dict:
     """Refuse a finished cell made from other weights or with another protocol (it would be mixed into the table);
     returns the cell."""
     done = json.load(open(path))
+    sampler = protocol_sampler(cfg, done["seed"])
     made = {"weights": done["weights"], "n": done["n"], "sample_steps": done["sample_steps"],
-            "n_reference": done["n_reference"]}
-    asked = {"weights": weights, "n": cfg.n, "sample_steps": cfg.sample_steps, "n_reference": cfg.reference_images}
+            "n_reference": done["n_reference"], **{key: done.get(key) for key in SAMPLER_KEYS}}
+    asked = {"weights": weights, "n": cfg.n, "sample_steps": cfg.sample_steps, "n_reference": cfg.reference_images,
+             **{key: getattr(sampler, key) for key in SAMPLER_KEYS}}
     if made != asked:
         raise ValueError(f"{path} was made with {made}, not {asked}: pass another --out, or delete it to redo it")
     return done
