@@ -113,6 +113,19 @@ def test_adam_kernel_gives_the_numpy_twins_bytes(size, dtype, weight_decay):
             assert a.dtype == dtype and a.tobytes() == b.tobytes()
 
 
+def test_adam_kernel_divides_by_zero_as_numpy_does():
+    # eps 0 and a zero gradient: 0 / 0 in the update, NaN in NumPy (no exception), and the same bytes in the kernel
+    scalars = AdamScalars.at_step(AdamConfig(eps=0.0), 1)
+    ours = [np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)]
+    twin = [a.copy() for a in ours]
+    grad = np.array([0.0, 1.0, 0.0, -2.0], np.float32)
+    adam_update(ours[0], grad, ours[1], ours[2], scalars)
+    with np.errstate(invalid="ignore"):
+        adam_update_ref(twin[0], grad, twin[1], twin[2], scalars)
+    assert np.isnan(ours[0][[0, 2]]).all() and np.isfinite(ours[0][[1, 3]]).all()
+    assert ours[0].tobytes() == twin[0].tobytes()
+
+
 def test_adam_takes_a_strided_gradient_and_refuses_a_strided_parameter():
     rng = np.random.default_rng(0)
     grad = rng.normal(size=(6, 4)).astype(np.float32).T                      # [4, 6], not C-contiguous
