@@ -22,7 +22,7 @@ rounded to the parameter dtype before use, as torch does. Agreement with torch i
 rounding, not bitwise: torch's vectorized CPU kernels fuse some multiply-adds, NumPy does not.
 
 Each parameter is updated by one Numba pass (`adam_update_kernel`: g, m, v and p per element, no fused
-multiply-adds) instead of a dozen NumPy passes with temporaries: inside a cifar10 training step 65 ms -> 20 ms
+multiply-adds) instead of a dozen NumPy passes with temporaries: inside a cifar10 training step 87 ms -> 20 ms
 with two threads (docs/ENGINE.md, "Optimizer"). Arrays of PARALLEL_MIN elements
 and more run on every Numba thread, smaller ones on the calling thread (a parallel launch costs more than
 a bias's update). The update is elementwise, so the bytes do not depend on the thread count, and they
