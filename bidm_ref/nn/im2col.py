@@ -13,9 +13,9 @@ grid layout (stride 1, maps of at least GRID_MIN_OUTPUTS outputs, and every 1x1 
   cell + 1). A 3x3 conv's columns are 9x its input, so conv.py never holds them whole: it builds them
   chunk by chunk (`grid_chunk`, about CHUNK_BYTES, cache-resident between the copy and the matmul)
   from the cached xp, in the forward and again in the backward (`fold_grid_chunk`). Both are Numba loops
-  over one channel's contiguous runs (the fold threaded over channels, taps added in order): on the cifar10
-  preset's 32x32 convs 1.8x (copy) and 4.4x (fold, two threads) faster than NumPy's 2-D slice passes
-  (docs/ENGINE.md, "Convolution"); `grid_chunk_ref` / `fold_grid_chunk_ref` are their NumPy twins.
+  over one channel's contiguous runs (the fold threaded over channels, taps added in order): in a cifar10
+  training step copies 103 -> 74 ms and folds 111 -> 35 ms against NumPy's 2-D slice passes, about even when
+  timed alone (docs/ENGINE.md, "Convolution"); `grid_chunk_ref` / `fold_grid_chunk_ref` are their NumPy twins.
 rows layout (every other conv: small maps, where the grid's padding cells would waste a large share
   of the matmul, and Downsample's stride 2): channels last, as the NHWC im2col of most frameworks.
   cols[(n, ho, wo), (i, j, c)] = x[n, c, ho*stride + i - top, wo*stride + j - left] (0 in the
