@@ -39,10 +39,11 @@ class SampleConfig:
                              "(DDPM-like)")
 
 
-# `cli.py sample`'s defaults. SampleConfig's own (DDIM 50 steps, eta 0: deterministic, as ddim) are the protocol
-# of the tables (`score`, `ablate`, `curve`); for drawing pictures DDIM 200 steps with eta 1 was better on a
-# validation seed (7; the tables and `sample` use seed 0), 256 samples, FD-clf / confident share:
-# teacher 1.01 / 43% -> 0.35 / 58%, BiDM student 11.0 / 9.8% -> 3.2 / 17.6% (results/README.md, "Sampler").
+# `cli.py sample`'s defaults. SampleConfig's own sampler (DDIM, eta 0: deterministic, as ddim; 50 steps) is the
+# protocol of the tables (`score` with 50 steps, `ablate` and `curve` with their own step counts); for drawing
+# pictures DDIM 200 steps with eta 1 was better on a validation seed (7; the tables and `sample` use seed 0),
+# 256 samples, FD-clf / confident share: teacher 1.01 / 43% -> 0.35 / 58%, BiDM student 11.0 / 9.8% -> 3.2 / 17.6%
+# (results/README.md, "Sampler").
 SAMPLE_COMMAND = SampleConfig(steps=200, eta=1.0)
 
 

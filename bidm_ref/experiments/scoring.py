@@ -3,19 +3,18 @@
 Dimensions: N samples per seed, M reference images, C, H, W image.
 
 For each model (a `train` or `export` checkpoint: FP, float student or packed) and each sampling
-seed s: draw N images (`protocol_sampler`: DDIM with SampleConfig's defaults, eta 0, x0 clipped, seed s), timed,
-and score
-them against the first `reference_images` of the dataset's test split (all 10,000 by default):
-FID, sFID, precision and recall with the FID Inception (reference statistics cached in
+seed s: draw N images (`protocol_sampler`: DDIM with SampleConfig's defaults, eta 0, x0 clipped, seed s),
+timed, and score them against the first `reference_images` of the dataset's test split (all 10,000 by
+default): FID, sFID, precision and recall with the FID Inception (reference statistics cached in
 OUT/cache), and FD-clf, the classifier score and the confident share with the in-domain
 classifier (metrics/classifier.py). A cell (model, seed) writes OUT/<label>/seed-<s>.json and
 samples-seed-<s>.npz and is skipped when its json exists (after a check that it was made from the
-same weights under the same protocol, the sampler's settings included), so an interrupted run continues; a model and the classifier
-are loaded only when one of their cells is still to be made (a finished run reads the classifier's
-weights alone, to compare their digest with the cells'). Every metric reads the saved uint8 pixels
-(what the npz and an image file hold), so a finished cell scored with other classifier weights (the
-json's classifier_sha256, a digest of the weights) gets its classifier columns recomputed from its npz,
-without sampling again.
+same weights under the same protocol, the sampler's settings included), so an interrupted run
+continues; a model and the reference images are loaded only when one of their cells is still to be made
+(a finished run reads the classifier's weights alone, to compare their digest with the cells'). Every
+metric reads the saved uint8 pixels (what the npz and an image file hold), so a finished cell scored with
+other classifier weights (the json's classifier_sha256, a digest of the weights) gets its classifier
+columns recomputed from its npz, without sampling again.
 OUT/table.md is rewritten after every cell: per model the mean over its seeds and the range
 (min-max), so a reader sees which differences exceed the seed spread, and the sampling time.
 Nothing is chosen from these numbers inside this module: the models and the protocol come in.
