@@ -54,7 +54,7 @@ def training_configs(args: argparse.Namespace):
     data = DataConfig(name=args.dataset, data_dir=args.data_dir, hflip=args.hflip, limit=args.limit)
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, grad_clip=args.grad_clip,
                             ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, ckpt_every=args.ckpt_every,
-                            out_dir=args.out, snapshot_every=args.snapshot_every)
+                            out_dir=args.out, snapshot_every=args.snapshot_every, lr_decay_from=args.lr_decay_from)
     return data, train_cfg
 
 
@@ -92,9 +92,11 @@ def resume_flags(args: argparse.Namespace, preset_of, preset_key: str) -> dict:
 
 
 def resumed_changes(args: argparse.Namespace) -> dict:
-    """What a resumed run may change: the dataset's folder and the TrainConfig fields of Trainer.resumable_config."""
+    """What a resumed run may change: the dataset's folder and the TrainConfig fields of Trainer.resumable_config
+    (the lr decay start only when given: a resume without the flag keeps the run's)."""
+    decay = {"lr_decay_from": args.lr_decay_from} if "lr_decay_from" in args.explicit else {}
     return dict(data_dir=args.data_dir, steps=args.steps, ckpt_every=args.ckpt_every,
-                snapshot_every=args.snapshot_every)
+                snapshot_every=args.snapshot_every, **decay)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -343,6 +345,9 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
     p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--lr-decay-from", type=int, default=None, metavar="STEP", help="decay the learning rate "
+                   "linearly from this step to zero at --steps (ReActNet's schedule; default: constant; a resume may "
+                   "set or move it)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     p.add_argument("--ema-decay", type=float, default=ema_decay, help="EMA decay of the sampled weights (warmed up unless --no-ema-warmup)")
     p.add_argument("--no-ema-warmup", action="store_true", help="ddim's fixed EMA decay from step 0")
@@ -352,7 +357,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float, ema
     p.add_argument("--out", default=out, help="output folder (ckpt.h5, loss.tsv); a new run refuses a folder that "
                    "holds one")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT up to --steps, with every setting "
-                   "from OUT/ckpt.h5 (only --steps, --ckpt-every, --snapshot-every and --data-dir may change)")
+                   "from OUT/ckpt.h5 (only --steps, --lr-decay-from, --ckpt-every, --snapshot-every and --data-dir may "
+                   "change)")
     p.add_argument("--force", action="store_true", help="delete the run in OUT (ckpt.h5, loss.tsv, snapshots/) and "
                    "start over")
 

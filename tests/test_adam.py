@@ -107,15 +107,15 @@ def test_adam_kernel_gives_the_numpy_twins_bytes(size, dtype, weight_decay):
     twin = [a.copy() for a in ours]
     for t in range(1, 6):
         grad = (rng.normal(size=size) * 10.0 ** rng.integers(-6, 3, size)).astype(dtype)  # magnitudes over 9 decades
-        adam_update(*ours[:1], grad, *ours[1:], AdamScalars.at_step(cfg, t))
-        adam_update_ref(*twin[:1], grad, *twin[1:], AdamScalars.at_step(cfg, t))
+        adam_update(*ours[:1], grad, *ours[1:], AdamScalars.at_step(cfg, t, cfg.lr))
+        adam_update_ref(*twin[:1], grad, *twin[1:], AdamScalars.at_step(cfg, t, cfg.lr))
         for a, b in zip(ours, twin):
             assert a.dtype == dtype and a.tobytes() == b.tobytes()
 
 
 def test_adam_kernel_divides_by_zero_as_numpy_does():
     # eps 0 and a zero gradient: 0 / 0 in the update, NaN in NumPy (no exception), and the same bytes in the kernel
-    scalars = AdamScalars.at_step(AdamConfig(eps=0.0), 1)
+    scalars = AdamScalars.at_step(AdamConfig(eps=0.0), 1, 2e-4)
     ours = [np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)]
     twin = [a.copy() for a in ours]
     grad = np.array([0.0, 1.0, 0.0, -2.0], np.float32)
@@ -131,12 +131,24 @@ def test_adam_takes_a_strided_gradient_and_refuses_a_strided_parameter():
     grad = rng.normal(size=(6, 4)).astype(np.float32).T                      # [4, 6], not C-contiguous
     p, m, v = rng.normal(size=(4, 6)).astype(np.float32), np.zeros((4, 6), np.float32), np.zeros((4, 6), np.float32)
     p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
-    scalars = AdamScalars.at_step(AdamConfig(), 1)
+    scalars = AdamScalars.at_step(AdamConfig(), 1, 2e-4)
     adam_update(p, grad, m, v, scalars)
     adam_update_ref(p_ref, grad, m_ref, v_ref, scalars)
     assert p.tobytes() == p_ref.tobytes() and m.tobytes() == m_ref.tobytes()
     with pytest.raises(ValueError, match="parameter \\[6, 4\\] is not C-contiguous"):
         adam_update(p.T, grad.T, m.T, v.T, scalars)
+
+
+def test_adam_step_at_a_scheduled_lr_equals_a_config_of_that_lr():
+    rng = np.random.default_rng(4)
+    grads = [{"w": rng.standard_normal((3, 5)).astype(np.float32)} for _ in range(3)]
+    configured, scheduled = {"w": np.ones((3, 5), np.float32)}, {"w": np.ones((3, 5), np.float32)}
+    by_config, by_step = Adam(AdamConfig(lr=3e-3)), Adam(AdamConfig(lr=1.0))
+    for g in grads:
+        by_config.step(configured, g)
+        by_step.step(scheduled, g, lr=3e-3)
+    np.testing.assert_array_equal(scheduled["w"], configured["w"])
+    assert not np.array_equal(configured["w"], np.ones((3, 5), np.float32))
 
 
 def test_adam_refuses_mismatched_grads():

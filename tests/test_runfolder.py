@@ -143,6 +143,19 @@ def test_resume_takes_the_settings_from_the_checkpoint(data_dir, tmp_path, capsy
     assert code == 2 and "--method" in err[0] and "student.method = absent" in err[0]
 
 
+def test_a_resume_may_start_the_lr_decay_and_a_later_resume_keeps_it(data_dir, tmp_path, capsys):
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    assert cli.main(train_argv(data_dir, straight, 6, "--lr-decay-from", "2")) == 0
+    assert cli.main(train_argv(data_dir, pieces, 2)) == 0                        # constant lr so far
+    assert cli.main(["--threads", "1", "train", "--steps", "6", "--out", str(pieces), "--resume",
+                     "--lr-decay-from", "2"]) == 0
+    assert_same_run(straight, pieces)
+    assert cli.main(["--threads", "1", "train", "--steps", "7", "--out", str(pieces), "--resume"]) == 0
+    assert load_checkpoint(pieces / "ckpt.h5").config["train"]["lr_decay_from"] == 2
+    code, err = run_cli(["train", "--steps", "6", "--out", str(tmp_path / "new"), "--lr-decay-from", "6"], capsys)
+    assert code == 2 and len(err) == 1 and "--lr-decay-from below --steps" in err[0]
+
+
 def test_resume_below_the_saved_step_and_without_a_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(train_argv(data_dir, out, 3)) == 0

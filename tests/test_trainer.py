@@ -22,7 +22,7 @@ from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.storage.checkpoint import load_checkpoint
 from bidm_ref.train.run import StudentConfig, resumed_arguments, train
-from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, run_config_dict
+from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, lr_at, run_config_dict
 
 MICRO = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1,
                    in_channels=1, out_ch=1, resolution=32, groups=2)
@@ -52,11 +52,12 @@ def micro_teacher(folder, train_images=24, test_images=12):
     return data, str(folder / "t" / "ckpt.h5")
 
 
-def make_trainer(out_dir, steps):
+def make_trainer(out_dir, steps, lr_decay_from=None):
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (10, 1, 32, 32)).astype(np.float32)
     model = UNet(MICRO, rng=np.random.default_rng(2))
-    cfg = TrainConfig(steps=steps, batch_size=4, seed=3, ckpt_every=2, out_dir=str(out_dir))
+    cfg = TrainConfig(steps=steps, batch_size=4, seed=3, ckpt_every=2, out_dir=str(out_dir),
+                      lr_decay_from=lr_decay_from)
     adam = AdamConfig(lr=1e-3)
     run_config = run_config_dict(model=MICRO, schedule=ScheduleConfig(), adam=adam, train=cfg)
     return Trainer(model, DenoisingObjective(model, Schedule()), BatchSampler(images, 4, 3), cfg, adam, run_config)
@@ -96,6 +97,23 @@ def test_ema_warmup_schedule():
     assert ema_decay_at(cfg, 90) == pytest.approx(0.91)
     assert ema_decay_at(cfg, 10**6) == 0.9999
     assert ema_decay_at(TrainConfig(ema_warmup=False), 0) == 0.9999
+
+
+def test_lr_decay_schedule():
+    assert [lr_at(TrainConfig(steps=4), 1e-3, s) for s in range(4)] == [1e-3] * 4
+    decayed = [lr_at(TrainConfig(steps=10, lr_decay_from=6), 8.0, s) for s in range(10)]
+    assert decayed == [8.0] * 7 + [6.0, 4.0, 2.0]                              # s = 6 is the last full-rate step
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match="--lr-decay-from below --steps"):
+            TrainConfig(steps=10, lr_decay_from=bad)
+
+
+def test_lr_decay_changes_only_the_steps_after_its_start(tmp_path):
+    def losses(out, decay_from):
+        return [row["loss"] for row in make_trainer(out, 4, decay_from).run(progress=False)]
+
+    constant, decayed = losses(tmp_path / "a", None), losses(tmp_path / "b", 1)
+    assert decayed[:3] == constant[:3] and decayed[3] != constant[3]          # step 2's update is the first below lr
 
 
 def test_train_teacher_from_idx_files_and_sample_loader(tmp_path):

@@ -79,8 +79,8 @@ class AdamScalars:
     eps: float
 
     @staticmethod
-    def at_step(cfg: AdamConfig, t: int) -> AdamScalars:
-        return AdamScalars(cfg.weight_decay, 1 - cfg.beta1, cfg.beta2, 1 - cfg.beta2, -(cfg.lr / (1 - cfg.beta1**t)),
+    def at_step(cfg: AdamConfig, t: int, lr: float) -> AdamScalars:
+        return AdamScalars(cfg.weight_decay, 1 - cfg.beta1, cfg.beta2, 1 - cfg.beta2, -(lr / (1 - cfg.beta1**t)),
                            math.sqrt(1 - cfg.beta2**t), cfg.eps)
 
     def for_dtype(self, dtype: np.dtype) -> tuple:
@@ -146,8 +146,9 @@ class Adam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
-        """One Adam update of every parameter, in place (formula in the module docstring)."""
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
+        """One Adam update of every parameter, in place (formula in the module docstring), at `lr` (a schedule's
+        rate of this step; default: the config's)."""
         check_same_arrays(params, grads, "gradients")
         if self.t == 0 and not self.m:
             self.m = {name: np.zeros_like(p) for name, p in params.items()}  # [P] each
@@ -155,7 +156,7 @@ class Adam:
         check_same_arrays(params, self.m, "Adam first moments")
         check_same_arrays(params, self.v, "Adam second moments")
         self.t += 1
-        scalars = AdamScalars.at_step(self.config, self.t)
+        scalars = AdamScalars.at_step(self.config, self.t, self.config.lr if lr is None else lr)
         for name, p in params.items():
             adam_update(p, grads[name], self.m[name], self.v[name], scalars)
 

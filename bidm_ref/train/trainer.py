@@ -7,7 +7,7 @@ One step s:
     step_rng  = default_rng([seed, s, 2])               # timesteps, noise, dropout of this step
     set_progress(model, s / steps)                      # annealed binarizers (ReSTE) follow the step
     loss      = objective.step(x0, step_rng)            # forward + backward into the model's grads
-    clip the global gradient norm, Adam step, EMA update
+    clip the global gradient norm, Adam step at lr_at(s), EMA update
 
 Nothing random is carried between steps, so a run resumed from the checkpoint of step k
 continues bit-identically to an uninterrupted run. The checkpoint `out_dir/ckpt.h5` is
@@ -18,6 +18,14 @@ checkpoint; `resume` drops them (and a torn last line), and the resumed run writ
 with the same values, so the curve has no gaps or repeats. With `snapshot_every`
 = k > 0, every k-th step also leaves `out_dir/snapshots/step-<step>.h5`: the EMA weights as a
 samplable checkpoint (no optimizer state), the points of a learning curve (experiments/curves.py).
+
+Learning rate: constant (ddim), or with `lr_decay_from` = d a linear decay to zero over the last
+steps, ReActNet's schedule for binary networks (Liu et al., ECCV 2020, §4.1):
+    lr_s = lr                                  for s < d
+    lr_s = lr * (steps - s) / (steps - d)      for d <= s < steps
+d belongs to the run's budget like steps: a resumed run may set or move it (decay the tail of a
+constant-lr run from its checkpoint), and a resume to a larger --steps stretches what is left of the
+decay. The checkpoint's config holds the latest values, so only a straight run's schedule is on record.
 
 EMA: ddim averages with a fixed decay 0.9999, which barely moves in a short CPU run. We use
 decay_s = min(decay, (1 + s) / (10 + s)) (TensorFlow's ExponentialMovingAverage with
@@ -59,10 +67,14 @@ class TrainConfig:
     ckpt_every: int = 500
     out_dir: str = "run"
     snapshot_every: int = 0
+    lr_decay_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}: pass --steps 1 or more")
+        if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
+            raise ValueError(f"lr_decay_from {self.lr_decay_from} is outside [0, steps = {self.steps}): pass "
+                             "--lr-decay-from below --steps")
         if self.batch_size < 1 or self.ckpt_every < 1 or self.snapshot_every < 0:
             raise ValueError(f"batch_size >= 1, ckpt_every >= 1 and snapshot_every >= 0 required, got {self}")
 
@@ -76,6 +88,13 @@ class Objective(Protocol):
 def ema_decay_at(cfg: TrainConfig, step: int) -> float:
     """The EMA decay used after optimizer step `step` (0-based); see the module docstring."""
     return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+
+
+def lr_at(cfg: TrainConfig, lr: float, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) for the base rate `lr`; see the module docstring."""
+    if cfg.lr_decay_from is None or step < cfg.lr_decay_from:
+        return lr
+    return lr * (cfg.steps - step) / (cfg.steps - cfg.lr_decay_from)
 
 
 class Trainer:
@@ -122,8 +141,8 @@ class Trainer:
 
     @staticmethod
     def resumable_config(run_config: dict[str, Any]) -> dict[str, Any]:
-        """The part of a run config a resumed run must share (the step budget and out_dir may change)."""
-        changeable = ("steps", "out_dir", "ckpt_every", "snapshot_every")
+        """The part of a run config a resumed run must share (the step budget, lr decay start and out_dir may change)."""
+        changeable = ("steps", "out_dir", "ckpt_every", "snapshot_every", "lr_decay_from")
         train = {k: v for k, v in run_config["train"].items() if k not in changeable}
         return {**run_config, "train": train}
 
@@ -160,7 +179,7 @@ class Trainer:
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step}: training diverged, lower --lr")
         metrics["grad_norm"] = clip_grad_norm(self.grads, self.cfg.grad_clip)
-        self.adam.step(self.params, self.grads)
+        self.adam.step(self.params, self.grads, lr=lr_at(self.cfg, self.adam.config.lr, self.step))
         self.ema.decay = ema_decay_at(self.cfg, self.step)
         self.ema.update(self.params)
         self.step += 1
