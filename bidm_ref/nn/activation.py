@@ -2,9 +2,11 @@
 
 SiLU (swish): y = x * sigmoid(x);  dy/dx = s + x * s * (1 - s) with s = sigmoid(x).
 
-sigmoid runs on NumPy's vectorised exp, in place (NumPy's SIMD exp is ~7x faster than scipy's expit and
-than the scalar exp a Numba kernel gets, docs/ENGINE.md); the backward is one fused Numba pass
-(`silu_backward_kernel`, twin `silu_backward_ref`). The cache is (x, s).
+Forward and backward are one fused Numba pass each (`silu_forward_kernel`, `silu_backward_kernel`; twins
+`silu_forward_ref`, `silu_backward_ref`). The forward's exp is fastexp.fast_exp, which vectorises: on 1M
+float32 values one pass writing s and y took 0.39 ms against 1.26 ms for the NumPy passes it replaces
+(negate, exp, add, reciprocal; then x * s), one thread each (docs/ENGINE.md, "GroupNorm, SiLU, attention").
+The cache is (x, s).
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .fastexp import fast_exp, fast_exp_ref
 from .module import Module
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) in x's dtype; exp overflows to inf for very negative x, which gives exactly 0."""
-    s = np.negative(x)                                                            # [...]
-    with np.errstate(over="ignore"):
-        np.exp(s, out=s)
-    s += 1
-    return np.reciprocal(s, out=s)
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def silu_forward_kernel(x, s, y, one):  # pragma: no cover - compiled
+    """s = 1 / (1 + exp(-x)), y = x s, all flat [M]; `one` is 1 in x's dtype (keeps float32 arithmetic float32)."""
+    for i in numba.prange(x.size):
+        s[i] = one / (one + fast_exp(-x[i]))
+        y[i] = x[i] * s[i]
+
+
+def silu_forward_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of silu_forward_kernel: (y, s)."""
+    s = np.reciprocal(1 + fast_exp_ref(-x)).astype(x.dtype)                      # [...]
+    return x * s, s
 
 
 @numba.njit(cache=True, parallel=True, fastmath={"contract"})
@@ -45,8 +53,10 @@ class SiLU(Module):
     """x * sigmoid(x), ddim's `nonlinearity`."""
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-        s = sigmoid(x)                                                            # [...]
-        return x * s, (x, s)
+        x = np.ascontiguousarray(x)                                               # [...]
+        s, y = np.empty_like(x), np.empty_like(x)                                 # [...] each
+        silu_forward_kernel(x.reshape(-1), s.reshape(-1), y.reshape(-1), x.dtype.type(1))
+        return y, (x, s)
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
         x, s = cache
