@@ -95,7 +95,7 @@ class FeatureClassifier(Module):
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """mean_N -log softmax(logits)[label] and d/d logits [N, K]."""
-    p = softmax(logits.astype(np.float64))                                # [N, K]
+    p = softmax(logits.astype(np.float64))                                        # [N, K]
     n = logits.shape[0]
     loss = float(-np.mean(np.log(p[np.arange(n), labels] + 1e-300)))
     p[np.arange(n), labels] -= 1.0
@@ -105,7 +105,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
 def uniform_cross_entropy(logits: np.ndarray) -> tuple[float, np.ndarray]:
     """mean_M cross-entropy of softmax(logits) [M, K] against the uniform distribution, -mean_M mean_k log p_k,
     and d/d logits = (softmax - 1/K) / M."""
-    p = softmax(logits.astype(np.float64))                                # [M, K]
+    p = softmax(logits.astype(np.float64))                                        # [M, K]
     m, k = logits.shape
     loss = float(-np.mean(np.log(p + 1e-300)))
     return loss, ((p - 1.0 / k) / m).astype(logits.dtype)                         # [M, K]

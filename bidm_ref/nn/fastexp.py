@@ -1,21 +1,22 @@
 """exp for Numba kernels, in a form LLVM vectorises (float32), so SiLU and softmax can be one fused pass.
 
 Numba compiles np.exp / math.exp to a call of the scalar libm function (this llvmlite has no SVML), and a
-call inside a loop stops LLVM from vectorising it: a SiLU kernel on libm's expf ran 4-8x slower than NumPy's
-SIMD exp (docs/ENGINE.md, "GroupNorm, SiLU, attention"). `fast_exp` on a float32 is straight-line float32 arithmetic
-and one bit cast, which LLVM turns into AVX-512 (or AVX2) code. The method is Cody and Waite's range
-reduction with the polynomial of Cephes' expf (S. L. Moshier, Cephes Math Library, 1984-2000):
+call inside a loop stops LLVM from vectorising it: a SiLU kernel on libm's expf ran several times slower
+than NumPy's SIMD exp (docs/ENGINE.md, "GroupNorm, SiLU, attention"). `fast_exp` on a float32 is
+straight-line float32 arithmetic and one bit cast, which LLVM vectorises (AVX-512 zmm code on the znver5
+development machine, no call left). The method is Cody and Waite's range reduction with the polynomial of
+Cephes' expf (S. L. Moshier, Cephes Math Library, 1984-2000):
 
     x      <- clamp(x, -86.5, 89)               below: 2^(n - 1) would be denormal; above: inf anyway
     n      = floor(x log2(e) + 1/2)             integer in [-125, 129], |r| <= ln(2) / 2 below
     r      = (x - n C1) - n C2                  C1 + C2 = ln 2, C1 = 0.693359375 has 9 significant bits,
-                                                so n C1 is exact for |n| <= 128
+                                                so n C1 is exact for every n above
     p(r)   = 1 + r + r^2 (P0 r^5 + P1 r^4 + ... + P5)        the Cephes coefficients below
     exp(x) = (p(r) 2^(n-1)) 2                   2^(n-1) as float32 bits, (n + 126) << 23 (n = 129: inf); the
                                                 last doubling overflows to inf exactly where exp does
 
 Accuracy, measured against float64 exp (tests/test_fastexp.py): within 1 ulp on [-86.5, 88.72]; inf from
-88.73 on, as IEEE overflow; below -86.5 the result stays at exp(-86.5) ~ 2.9e-38 instead of a smaller or
+88.73 on, as IEEE overflow; below -86.5 the result stays at exp(-86.5) ~ 2.7e-38 instead of a smaller or
 denormal number, which 1 + exp(-x) in a sigmoid and a softmax's sum of terms (one of them 1) cannot tell
 apart. NaN stays NaN.
 On float64 `fast_exp` is math.exp (libm, scalar): the float64 runs are the gradient checks, where speed does

@@ -20,7 +20,7 @@ with the same values, so the curve has no gaps or repeats. With `snapshot_every`
 samplable checkpoint (no optimizer state), the points of a learning curve (experiments/curves.py).
 
 Learning rate: constant (ddim), or with `lr_decay_from` = d a linear decay to zero over the last
-steps, ReActNet's schedule for binary networks (Liu et al., ECCV 2020, §4.1):
+steps, ReActNet's schedule for binary networks (Liu et al., ECCV 2020, training setup):
     lr_s = lr                                  for s < d
     lr_s = lr * (steps - s) / (steps - d)      for d <= s < steps
 d belongs to the run's budget like steps: a resumed run may set or move it (decay the tail of a
@@ -141,7 +141,7 @@ class Trainer:
 
     @staticmethod
     def resumable_config(run_config: dict[str, Any]) -> dict[str, Any]:
-        """The part of a run config a resumed run must share (the step budget, lr decay start and out_dir may change)."""
+        """The part of a run config a resumed run must share (step budget, lr decay start, out_dir may change)."""
         changeable = ("steps", "out_dir", "ckpt_every", "snapshot_every", "lr_decay_from")
         train = {k: v for k, v in run_config["train"].items() if k not in changeable}
         return {**run_config, "train": train}
