@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bidm_ref.nn.activation import SiLU, silu_forward_ref
 from bidm_ref.nn.attention import softmax, softmax_backward, softmax_backward_ref, softmax_ref
-from bidm_ref.nn.fastexp import fast_exp, fast_exp_ref
+from bidm_ref.nn.fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 
 
 @numba.njit(error_model="numpy")
@@ -58,10 +58,11 @@ def test_fast_exp_on_float64_is_libm():
     np.testing.assert_array_equal(fast_exp_ref(x), kernel_exp(x))
 
 
+@pytest.mark.parametrize("size", [10_007, SERIAL_ELEMENTS + 4])                   # the serial and the threaded kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_silu_forward_kernel_gives_the_twins_bytes(dtype):
-    x = np.concatenate([np.random.default_rng(0).standard_normal(10_007) * 30, [-100, 100, 0]]).astype(dtype)
-    y, (_, s) = SiLU().forward(x.reshape(7, -1))
+def test_silu_forward_kernel_gives_the_twins_bytes(dtype, size):
+    x = np.concatenate([np.random.default_rng(0).standard_normal(size) * 30, [-100, 100, 0]]).astype(dtype)
+    y, (_, s) = SiLU().forward(x.reshape(1, -1))
     y_ref, s_ref = silu_forward_ref(x)
     assert y.dtype == s.dtype == dtype
     np.testing.assert_array_equal(y.reshape(-1), y_ref)
@@ -94,6 +95,15 @@ def test_softmax_backward_kernel_gives_the_twins_bytes(rows, cols, dtype, seed):
     dy = rng.standard_normal((rows, cols)).astype(dtype)
     expected = softmax_backward_ref(dy, y)
     np.testing.assert_array_equal(softmax_backward(dy.copy(), y), expected)
+
+
+def test_threaded_softmax_kernels_give_the_twins_bytes():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((SERIAL_ELEMENTS // 250 + 1, 250)).astype(np.float32) * 4   # >= SERIAL_ELEMENTS
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y = softmax(x.copy())
+    np.testing.assert_array_equal(y, softmax_ref(x))
+    np.testing.assert_array_equal(softmax_backward(dy.copy(), y), softmax_backward_ref(dy, y))
 
 
 def test_softmax_backward_is_the_vector_jacobian_product_of_softmax():

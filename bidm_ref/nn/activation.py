@@ -14,16 +14,26 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .fastexp import fast_exp, fast_exp_ref
+from .fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 from .module import Module
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def silu_forward_kernel(x, s, y, one):  # pragma: no cover - compiled
-    """s = 1 / (1 + exp(-x)), y = x s, all flat [M]; `one` is 1 in x's dtype (keeps float32 arithmetic float32)."""
-    for i in numba.prange(x.size):
-        s[i] = one / (one + fast_exp(-x[i]))
-        y[i] = x[i] * s[i]
+def _silu_forward_kernel(parallel: bool):
+    """silu_forward_kernel on every Numba thread (`parallel`) or on the calling thread."""
+    elements = numba.prange if parallel else range
+
+    def silu_forward_kernel(x, s, y, one):  # pragma: no cover - compiled
+        """s = 1 / (1 + exp(-x)), y = x s, all flat [M]; `one` is 1 in x's dtype (keeps the arithmetic float32)."""
+        for i in elements(x.size):
+            s[i] = one / (one + fast_exp(-x[i]))
+            y[i] = x[i] * s[i]
+
+    # `elements` keeps the two cache entries apart
+    return numba.njit(cache=True, parallel=parallel, error_model="numpy")(silu_forward_kernel)
+
+
+silu_forward_kernel = _silu_forward_kernel(True)
+silu_forward_kernel_serial = _silu_forward_kernel(False)
 
 
 def silu_forward_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +65,8 @@ class SiLU(Module):
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         x = np.ascontiguousarray(x)                                               # [...]
         s, y = np.empty_like(x), np.empty_like(x)                                 # [...] each
-        silu_forward_kernel(x.reshape(-1), s.reshape(-1), y.reshape(-1), x.dtype.type(1))
+        kernel = silu_forward_kernel_serial if x.size < SERIAL_ELEMENTS else silu_forward_kernel
+        kernel(x.reshape(-1), s.reshape(-1), y.reshape(-1), x.dtype.type(1))
         return y, (x, s)
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:

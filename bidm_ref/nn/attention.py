@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from .factory import DENSE, LayerFactory
-from .fastexp import fast_exp, fast_exp_ref
+from .fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 from .groupnorm import GroupNorm
 from .module import Module
 
@@ -64,31 +64,46 @@ def row_dot_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return total
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def softmax_rows_kernel(x):  # pragma: no cover - compiled
-    """Softmax of every row of x [R, J] in place: max, exp(x - max) (fastexp.fast_exp), row_dot with ones, divide."""
-    R, J = x.shape
-    ones = np.ones(J, x.dtype)                                                # [J] (x * 1 is x exactly)
-    for r in numba.prange(R):
-        row = x[r]                                                            # [J]
-        m = row[0]
-        for j in range(1, J):
-            if row[j] > m:
-                m = row[j]
-        for j in range(J):
-            row[j] = fast_exp(row[j] - m)
-        total = row_dot(row, ones)
-        for j in range(J):
-            row[j] = row[j] / total
+def _row_kernels(parallel: bool):
+    """(softmax_rows_kernel, softmax_backward_rows_kernel) over the rows on every Numba thread (`parallel`) or on
+    the calling thread."""
+    rows = numba.prange if parallel else range
+
+    def softmax_rows_kernel(x):  # pragma: no cover - compiled
+        """Softmax of every row of x [R, J] in place: max, exp(x - max) (fastexp.fast_exp), row_dot with ones,
+        divide."""
+        R, J = x.shape
+        ones = np.ones(J, x.dtype)                                            # [J] (x * 1 is x exactly)
+        for r in rows(R):
+            row = x[r]                                                        # [J]
+            m = row[0]
+            for j in range(1, J):
+                if row[j] > m:
+                    m = row[j]
+            for j in range(J):
+                row[j] = fast_exp(row[j] - m)
+            total = row_dot(row, ones)
+            for j in range(J):
+                row[j] = row[j] / total
+
+    def softmax_backward_rows_kernel(dy, y):  # pragma: no cover - compiled
+        """dy <- y (dy - sum_j dy y) for every row of dy, y [R, J], in place."""
+        for r in rows(dy.shape[0]):
+            dot = row_dot(dy[r], y[r])
+            for j in range(dy.shape[1]):
+                dy[r, j] = (dy[r, j] - dot) * y[r, j]
+
+    # `rows` keeps the two cache entries of each apart
+    return (numba.njit(cache=True, parallel=parallel, error_model="numpy")(softmax_rows_kernel),
+            numba.njit(cache=True, parallel=parallel)(softmax_backward_rows_kernel))
 
 
-@numba.njit(cache=True, parallel=True)
-def softmax_backward_rows_kernel(dy, y):  # pragma: no cover - compiled
-    """dy <- y (dy - sum_j dy y) for every row of dy, y [R, J], in place."""
-    for r in numba.prange(dy.shape[0]):
-        dot = row_dot(dy[r], y[r])
-        for j in range(dy.shape[1]):
-            dy[r, j] = (dy[r, j] - dot) * y[r, j]
+ROW_KERNELS = {True: _row_kernels(True), False: _row_kernels(False)}  # parallel -> (forward, backward)
+
+
+def row_kernels(x: np.ndarray) -> tuple:
+    """The parallel pair for x of SERIAL_ELEMENTS elements or more, else the serial one (fastexp.py)."""
+    return ROW_KERNELS[x.size >= SERIAL_ELEMENTS]
 
 
 def rows_of(x: np.ndarray, what: str) -> np.ndarray:
@@ -102,7 +117,7 @@ def rows_of(x: np.ndarray, what: str) -> np.ndarray:
 def softmax(x: np.ndarray) -> np.ndarray:
     """Numerically stable softmax along the last axis; overwrites and returns x (the logits are not kept).
     One fused Numba pass per row (softmax_rows_kernel; twin softmax_ref)."""
-    softmax_rows_kernel(rows_of(x, "x"))
+    row_kernels(x)[0](rows_of(x, "x"))
     return x
 
 
@@ -118,7 +133,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     row, softmax_backward_rows_kernel; twin softmax_backward_ref)."""
     if y.shape != dy.shape or y.dtype != dy.dtype:
         raise ValueError(f"softmax_backward: dy {dy.dtype} {list(dy.shape)} and y {y.dtype} {list(y.shape)} differ")
-    softmax_backward_rows_kernel(rows_of(dy, "dy"), rows_of(y, "y"))
+    row_kernels(dy)[1](rows_of(dy, "dy"), rows_of(y, "y"))
     return dy
 
 

@@ -43,6 +43,10 @@ LN2_HI, LN2_LO = F32(0.693359375), F32(-2.12194440e-4)  # C1, C2: C1 + C2 = ln 2
 CEPHES_P = tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
                                   1.6666665459e-1, 5.0000001201e-1))
 P0, P1, P2, P3, P4, P5 = CEPHES_P
+# the fused passes on fast_exp (SiLU, softmax) run on one thread below this many elements: a parallel launch
+# costs ~50 us, more than the pass itself (SiLU serial 42 us vs parallel 72 us at 2^17 elements, even at 2^18;
+# docs/ENGINE.md, "GroupNorm, SiLU, attention")
+SERIAL_ELEMENTS = 1 << 18
 
 
 @intrinsic
