@@ -397,13 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="print a preset's config and parameter count")
-    p.add_argument("--preset", default="tiny", help="tiny | cifar10")
+    p.add_argument("--preset", default="tiny", help="tiny | small | cifar10")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help="train the FP UNet (teacher) or a binary student with the denoising loss")
     p.add_argument("--method", default="fp", help="fp (teacher) or a binarization method: " + ", ".join(method_names()))
     p.add_argument("--teacher", default=None, help="FP teacher checkpoint a binary student starts from")
-    p.add_argument("--preset", default=None, help="tiny | cifar10 | latent (FP only; a student takes its teacher's; "
+    p.add_argument("--preset", default=None, help="tiny | small | cifar10 | latent (FP only; a student takes its teacher's; "
                    "default tiny, latent with --latent)")
     p.add_argument("--latent", default=None, help="FP: train on the latents of this autoencoder (ckpt.h5 of "
                    "`train-ae`); a student of a latent teacher uses the teacher's autoencoder")

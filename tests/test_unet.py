@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -26,6 +28,15 @@ def test_cifar10_preset_matches_ddim_parameter_count_and_runs():
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     y, _ = model.forward(x, np.array([500]))
     assert y.shape == (1, 3, 32, 32) and y.dtype == np.float32 and np.isfinite(y).all()
+
+
+def test_small_preset_is_tiny_with_twice_the_channels_and_two_blocks_per_level():
+    assert preset("small") == replace(preset("tiny"), ch=32, num_res_blocks=2)   # the docstring's definition
+    model = UNet(preset("small"), rng=np.random.default_rng(0))
+    names = [n for n, _ in model.named_parameters()]
+    assert "down.2.block.1.conv2.weight" in names and "up.0.block.2.conv1.weight" in names
+    y, _ = model.forward(np.zeros((1, 1, 32, 32), np.float32), np.array([10]))
+    assert y.shape == (1, 1, 32, 32) and np.isfinite(y).all()
 
 
 def test_whole_unet_backward_fd_micro_config():

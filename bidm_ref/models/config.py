@@ -4,6 +4,9 @@
 type (down/up sampling, attention at 16x16, skip concatenation, channel-changing shortcuts)
 but is small enough to train on the embedded Fashion-MNIST on 2 CPU cores: 16 base channels,
 GroupNorm with 8 groups (ddim's 32 needs >= 32 channels) and no dropout (runs are short).
+`small` is `tiny` with twice the channels and two ResnetBlocks per level (1.6M parameters; about 3.3x the
+training step of `tiny`): the candidate for a teacher beyond `tiny`, whose samples stopped improving after 10,000
+steps (results/README.md, "Learning-rate decay" and "A larger teacher").
 `latent` is the UNet of latent diffusion on the `f4` autoencoder's 8x8x4 latents (loading/latent.py sets
 channels and resolution from the autoencoder actually used): two levels (8x8, 4x4, attention at 4x4),
 so the lowest feature map still splits into SPD's 4x4 patches.
@@ -41,6 +44,7 @@ class UNetConfig:
 PRESETS: dict[str, UNetConfig] = {
     "cifar10": UNetConfig(),
     "tiny": UNetConfig(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0, in_channels=1, out_ch=1, groups=8),
+    "small": UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, dropout=0.0, in_channels=1, out_ch=1, groups=8),
     "latent": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.0, in_channels=4,
                          out_ch=4, resolution=8, groups=8),
 }
