@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from bidm_ref.nn import im2col
 from bidm_ref.nn.conv import conv2d, conv2d_backward
 from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, fold_grid_chunk,
-                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, im2col_rows,
-                                im2col_rows_ref, to_columns, unfold_grid)
+                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, im2col_nhwc,
+                                im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
 from reference_ops import conv_nested_loops
 
 shapes = st.tuples(
@@ -49,6 +49,23 @@ def test_rows_kernels_equal_their_numpy_twins(case, stride):
     dx = col2im_rows(dcols, geo)
     np.testing.assert_array_equal(dx, col2im_rows_ref(dcols, geo))
     assert dx.shape == x.shape and dx.dtype == dtype
+
+
+@given(shapes, st.sampled_from([1, 2]))
+def test_rows_im2col_serial_and_parallel_compilations_write_the_same_bytes(case, stride):
+    N, C, H, W, k, pad, dtype, seed = case
+    assume(fits(H, W, k, pad))
+    x_nhwc = np.random.default_rng(seed).standard_normal((N, H, W, C)).astype(dtype)
+    geo = conv_geometry((N, C, H, W), k, k, stride, pad)
+    top, _, left, _ = geo.padding
+    outputs = []
+    for kernel in im2col.im2col_rows_kernel.compilations:
+        cols = np.full((N * geo.Ho * geo.Wo, k * k * C), np.nan, dtype=dtype)
+        kernel(x_nhwc, k, k, stride, top, left, geo.Ho, geo.Wo, cols)
+        outputs.append(cols)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], im2col_nhwc(x_nhwc, geo))
+    np.testing.assert_array_equal(outputs[0], im2col_rows_ref(x_nhwc.transpose(0, 3, 1, 2), geo))
 
 
 @given(shapes, st.integers(1, 2000))

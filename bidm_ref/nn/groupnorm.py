@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from .module import Module
+from .threaded import threaded_kernel
 
 SERIAL_ELEMENTS = 1 << 16  # inputs smaller than this run the forward kernel on one thread (docs/ENGINE.md)
 
@@ -53,21 +54,19 @@ def _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, n, g):  # pragma: no
             y[n, g, c, p] = xh * scale + shift
 
 
-def _group_norm_kernel(parallel: bool):
-    """The forward over the N*G groups: prange (`parallel`), or the same groups in order on the calling thread.
+def _group_norm_kernel(groups):
+    """The forward over the N*G groups, `groups` being prange or range (threaded.py).
     x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
-    groups = numba.prange if parallel else range
 
     def kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
         N, G = inv_std.shape
         for ng in groups(N * G):
             _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
 
-    return numba.njit(cache=True, parallel=parallel)(kernel)  # the closure's `groups` keeps the cache entries apart
+    return kernel
 
 
-group_norm_kernel = _group_norm_kernel(True)
-group_norm_kernel_serial = _group_norm_kernel(False)
+group_norm_kernel = threaded_kernel(_group_norm_kernel, SERIAL_ELEMENTS)  # threaded from SERIAL_ELEMENTS inputs
 
 
 @numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -150,7 +149,7 @@ class GroupNorm(Module):
         y = np.empty_like(x4)                                                     # [N, G, Cg, HW]
         xhat = np.empty_like(x4)                                                  # [N, G, Cg, HW]
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
-        kernel = group_norm_kernel_serial if x4.size < SERIAL_ELEMENTS else group_norm_kernel
+        kernel = group_norm_kernel.for_work(x4.size)
         kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, inv_std)
         return y.reshape(N, C, H, W), (xhat, inv_std)                             # [N, C, H, W]
 

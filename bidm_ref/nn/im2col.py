@@ -35,9 +35,11 @@ import numba
 import numpy as np
 
 from .padding import Padding, as_padding, conv_output_size
+from .threaded import threaded_kernel
 
 CHUNK_BYTES = 8 << 20  # bytes of one chunk of grid columns; 1, 2, 4, 8 MiB and unchunked measured in docs/ENGINE.md
 MIN_CHUNK_COLUMNS = 256  # narrower matmuls waste BLAS's time on call overhead
+ROWS_PARALLEL_MIN = 1 << 18  # cols elements from which the rows-layout im2col runs on every thread
 GRID_MIN_OUTPUTS = 1024  # smallest Ho*Wo of a padded conv in the grid layout (32x32; 16x16 ran faster in rows)
 
 
@@ -217,24 +219,31 @@ def fold_grid(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 # ---- rows layout -------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
-def im2col_rows_kernel(x_nhwc, kh, kw, stride, top, left, Ho, Wo, cols):  # pragma: no cover - compiled
-    N, H, W, C = x_nhwc.shape
-    for r in range(N * Ho):
-        n, i = r // Ho, r % Ho
-        for j in range(Wo):
-            row = (n * Ho + i) * Wo + j
-            for a in range(kh):
-                h = i * stride + a - top
-                for b in range(kw):
-                    w = j * stride + b - left
-                    base = (a * kw + b) * C
-                    if 0 <= h < H and 0 <= w < W:
-                        for c in range(C):
-                            cols[row, base + c] = x_nhwc[n, h, w, c]
-                    else:
-                        for c in range(C):
-                            cols[row, base + c] = 0
+def _im2col_rows_kernel(image_rows):
+    """im2col_rows_kernel with `image_rows` prange or range over the N*Ho output rows (threaded.py)."""
+
+    def im2col_rows_kernel(x_nhwc, kh, kw, stride, top, left, Ho, Wo, cols):  # pragma: no cover - compiled
+        N, H, W, C = x_nhwc.shape
+        for r in image_rows(N * Ho):
+            n, i = r // Ho, r % Ho
+            for j in range(Wo):
+                row = (n * Ho + i) * Wo + j
+                for a in range(kh):
+                    h = i * stride + a - top
+                    for b in range(kw):
+                        w = j * stride + b - left
+                        base = (a * kw + b) * C
+                        if 0 <= h < H and 0 <= w < W:
+                            for c in range(C):
+                                cols[row, base + c] = x_nhwc[n, h, w, c]
+                        else:
+                            for c in range(C):
+                                cols[row, base + c] = 0
+
+    return im2col_rows_kernel
+
+
+im2col_rows_kernel = threaded_kernel(_im2col_rows_kernel, ROWS_PARALLEL_MIN)  # threaded from ROWS_PARALLEL_MIN cols
 
 
 @numba.njit(cache=True)
@@ -262,14 +271,19 @@ def rows_weight(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
+def im2col_nhwc(x_nhwc: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """Channels-last x [N, H, W, C] -> cols [N*Ho*Wo, kh*kw*C] (Numba; geo of the NCHW shape). Threaded from
+    ROWS_PARALLEL_MIN column elements: below that a parallel launch costs more than the copy."""
+    top, _, left, _ = geo.padding
+    N, _, _, C = x_nhwc.shape
+    cols = np.empty((N * geo.Ho * geo.Wo, geo.kh * geo.kw * C), dtype=x_nhwc.dtype)  # [N*Ho*Wo, K]
+    im2col_rows_kernel.for_work(cols.size)(np.ascontiguousarray(x_nhwc), geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, cols)
+    return cols
+
+
 def im2col_rows(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     """x [N, C, H, W] -> cols [N*Ho*Wo, kh*kw*C] (Numba)."""
-    top, _, left, _ = geo.padding
-    N, C = x.shape[:2]
-    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))                       # [N, H, W, C]
-    cols = np.empty((N * geo.Ho * geo.Wo, geo.kh * geo.kw * C), dtype=x.dtype)    # [N*Ho*Wo, K]
-    im2col_rows_kernel(x_nhwc, geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, cols)
-    return cols
+    return im2col_nhwc(x.transpose(0, 2, 3, 1), geo)                              # x as [N, H, W, C]
 
 
 def col2im_rows(dcols: np.ndarray, geo: ConvGeometry) -> np.ndarray:

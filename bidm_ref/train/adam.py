@@ -38,9 +38,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from ..nn.threaded import threaded_kernel
 from ..storage.checkpoint import AdamState, check_same_arrays
 
 PARALLEL_MIN = 1 << 15  # elements from which an update runs on every Numba thread (module docstring)
@@ -88,9 +88,8 @@ class AdamScalars:
         return tuple(cast(getattr(self, name)) for name in self.__dataclass_fields__)
 
 
-def _adam_kernel(parallel: bool):
-    """adam_update_kernel compiled for every Numba thread (`parallel`) or for the calling thread."""
-    elements = numba.prange if parallel else range
+def _adam_kernel(elements):
+    """adam_update_kernel with `elements` prange or range (nn/threaded.py)."""
 
     def adam_update_kernel(p, grad, m, v, weight_decay, one_minus_beta1, beta2, one_minus_beta2, neg_step_size,
                            bias_correction2_sqrt, eps):  # pragma: no cover - compiled
@@ -101,13 +100,12 @@ def _adam_kernel(parallel: bool):
             v[i] = v[i] * beta2 + (one_minus_beta2 * g) * g
             p[i] = p[i] + (neg_step_size * m[i]) / (np.sqrt(v[i]) / bias_correction2_sqrt + eps)
 
-    # error_model="numpy": a zero denominator gives inf as in NumPy instead of raising, and without the check the
-    # serial loop vectorises (tiny preset 1.87 -> 0.91 ms per step); `elements` keeps the two cache entries apart
-    return numba.njit(parallel=parallel, cache=True, error_model="numpy")(adam_update_kernel)
+    return adam_update_kernel
 
 
-_adam_parallel = _adam_kernel(True)
-_adam_serial = _adam_kernel(False)
+# error_model="numpy": a zero denominator gives inf as in NumPy instead of raising, and without the check the
+# serial loop vectorises (tiny preset 1.87 -> 0.91 ms per step)
+adam_update_kernel = threaded_kernel(_adam_kernel, PARALLEL_MIN, error_model="numpy")
 
 
 def flat_view(a: np.ndarray, what: str) -> np.ndarray:
@@ -120,8 +118,7 @@ def flat_view(a: np.ndarray, what: str) -> np.ndarray:
 
 def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, scalars: AdamScalars) -> None:
     """One Adam step of p, m, v in place (adam_update_kernel; grad may be any layout of p's shape and dtype)."""
-    kernel = _adam_parallel if p.size >= PARALLEL_MIN else _adam_serial
-    kernel(flat_view(p, "parameter"), np.ascontiguousarray(grad, dtype=p.dtype).reshape(-1),
+    adam_update_kernel.for_work(p.size)(flat_view(p, "parameter"), np.ascontiguousarray(grad, dtype=p.dtype).reshape(-1),
            flat_view(m, "first moment"), flat_view(v, "second moment"), *scalars.for_dtype(p.dtype))
 
 

@@ -21,34 +21,31 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-import numba
 import numpy as np
 
+from ..nn.threaded import threaded_kernel
 from ..storage.checkpoint import check_same_arrays
 from .adam import PARALLEL_MIN, flat_view
 
 
-def _ema_kernel(parallel: bool):
-    """ema_update_kernel compiled for every Numba thread (`parallel`) or for the calling thread."""
-    elements = numba.prange if parallel else range
+def _ema_kernel(elements):
+    """ema_update_kernel with `elements` prange or range (nn/threaded.py)."""
 
     def ema_update_kernel(shadow, p, one_minus_decay, decay):  # pragma: no cover - compiled
         """shadow = (1 - decay) * p + decay * shadow, flat [P], in place; scalars in p's dtype."""
         for i in elements(p.size):
             shadow[i] = one_minus_decay * p[i] + decay * shadow[i]
 
-    return numba.njit(parallel=parallel, cache=True)(ema_update_kernel)  # `elements` keeps the cache entries apart
+    return ema_update_kernel
 
 
-_ema_parallel = _ema_kernel(True)
-_ema_serial = _ema_kernel(False)
+ema_update_kernel = threaded_kernel(_ema_kernel, PARALLEL_MIN)
 
 
 def ema_update(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
     """shadow = (1 - decay) * p + decay * shadow in place (ema_update_kernel)."""
     cast = p.dtype.type
-    kernel = _ema_parallel if p.size >= PARALLEL_MIN else _ema_serial
-    kernel(flat_view(shadow, "EMA shadow"), np.ascontiguousarray(p).reshape(-1), cast(1.0 - decay), cast(decay))
+    ema_update_kernel.for_work(p.size)(flat_view(shadow, "EMA shadow"), np.ascontiguousarray(p).reshape(-1), cast(1.0 - decay), cast(decay))
 
 
 def ema_update_ref(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
