@@ -47,7 +47,8 @@ def measured_on(report: dict) -> str:
     machine = report["machine"]
     blas = machine.get("blas_threads", machine.get("openblas_threads", "?"))
     cpu = f"{machine['cpu_model']} ({machine['llvm_cpu']}), " if "cpu_model" in machine else ""
-    kernels = f", OpenBLAS kernels {machine['openblas_coretype']}" if "openblas_coretype" in machine else ""
+    architectures = sorted({lib["architecture"] for lib in machine.get("blas", []) if lib.get("architecture")})
+    kernels = f", OpenBLAS kernels {'/'.join(architectures)}" if architectures else ""
     return (f"Measured with `{report.get('command', 'python cli.py bench')}` on {cpu}{machine['cpu_count']} cores "
             f"(numba {machine['numba']}, numpy {machine['numpy']}, Numba threads {machine.get('numba_threads', '?')}, "
             f"BLAS threads {blas}{kernels})")
