@@ -67,6 +67,7 @@ RESUME_CHECKED = {  # training flag -> the run-config key it sets; --resume refu
     "tbs_train_gap": "bidm.tbs_train_gap", "tbs_layout": "bidm.tbs_layout", "distill": "bidm.distill",
     "distill_lambda": "bidm.distill_lambda", "distill_positions": "bidm.distill_positions",
     "spd_patches": "bidm.spd_patches", "spd_variant": "bidm.spd_variant", "latent": "latent.autoencoder",
+    "init": "init.weights",
     "rec_loss": "loss.reconstruction", "kl_weight": "loss.kl_weight",
 }
 SHAPE_FIELDS = ("in_channels", "out_ch", "resolution")  # a preset's fields that follow the data, not the preset
@@ -106,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bidm_ref.loading.latent import unet_config_for
     from bidm_ref.train.adam import AdamConfig
     from bidm_ref.bidm.config import BiDMConfig
-    from bidm_ref.train.run import StudentConfig, resumed_arguments, train
+    from bidm_ref.train.run import StudentConfig, WarmStart, resumed_arguments, train
     from bidm_ref.train.runfolder import refuse_changed_settings
 
     if args.resume:
@@ -114,8 +115,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         train(**resumed_arguments(args.out, **resumed_changes(args)))
         return
     data, train_cfg = training_configs(args)
+    warm_start = WarmStart.of(args.init) if args.init else None
     if args.method == "fp" and args.latent:
         model, student, bidm = unet_config_for(preset(args.preset or "latent"), args.latent), None, None
+    elif args.method == "fp" and args.init and not args.preset:
+        model, student, bidm = None, None, None                                  # the model of the --init weights
     elif args.method == "fp":
         model, student, bidm = preset(args.preset or "tiny", channels_of(args.dataset)), None, None
     else:
@@ -129,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                      distill_positions=args.distill_positions, spd_patches=args.spd_patches,
                                      spd_variant=args.spd_variant)
     train(data, ScheduleConfig(), AdamConfig(lr=args.lr), train_cfg, model_cfg=model, student=student, bidm=bidm,
-          latent_ae=args.latent, force=args.force)
+          latent_ae=args.latent, force=args.force, warm_start=warm_start)
 
 
 def cmd_train_ae(args: argparse.Namespace) -> None:
@@ -407,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default tiny, latent with --latent)")
     p.add_argument("--latent", default=None, help="FP: train on the latents of this autoencoder (ckpt.h5 of "
                    "`train-ae`); a student of a latent teacher uses the teacher's autoencoder")
+    p.add_argument("--init", default=None, help="FP: start from the EMA weights of this checkpoint or export (its "
+                   "model; a fresh optimizer and EMA), e.g. to go on with a teacher whose ckpt.h5 is gone")
     p.add_argument("--tbs-connections", type=int, default=None,
                    help="TBS: last n decoder units mixed across timesteps (default 2 for bidm, 0 otherwise)")
     p.add_argument("--tbs-train-gap", type=int, default=BiDMConfig.tbs_train_gap, help="TBS training: cache pass at t + gap")

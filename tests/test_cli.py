@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 import cli
+from bidm_ref.storage.checkpoint import load_checkpoint
 from test_trainer import write_idx_dataset
 
 
@@ -58,3 +59,17 @@ def test_every_flag_has_help_and_shows_its_default():
             if shown and isinstance(action.default, (int, float, str)):
                 assert f"(default: {action.default})" in " ".join(text.split()) or "default" in action.help, \
                     f"cli.py {name} {action.option_strings[0]}: default {action.default} not shown"
+
+
+def test_train_init_takes_the_model_of_its_weights_and_refuses_another_preset(tmp_path, capsys):
+    write_idx_dataset(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    flags = ["--data-dir", str(tmp_path), "--steps", "1", "--batch-size", "4"]
+    assert cli.main(["train", "--preset", "tiny", *flags, "--out", str(first)]) == 0
+    assert cli.main(["train", "--init", str(first / "ckpt.h5"), *flags, "--out", str(second)]) == 0
+    config = load_checkpoint(second / "ckpt.h5").config
+    assert config["init"]["weights"] == str(first / "ckpt.h5") and config["model"]["ch"] == 16
+    capsys.readouterr()
+    assert cli.main(["train", "--init", str(first / "ckpt.h5"), "--preset", "small", *flags,
+                     "--out", str(tmp_path / "third")]) == 2
+    assert "drop --preset" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -21,7 +22,7 @@ from bidm_ref.models.config import UNetConfig
 from bidm_ref.models.unet import UNet
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.storage.checkpoint import load_checkpoint
-from bidm_ref.train.run import StudentConfig, resumed_arguments, train
+from bidm_ref.train.run import StudentConfig, WarmStart, build_objective, resumed_arguments, train
 from bidm_ref.train.trainer import TrainConfig, Trainer, ema_decay_at, lr_at, run_config_dict
 
 MICRO = UNetConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1,
@@ -165,3 +166,34 @@ def test_a_student_checkpoint_with_the_old_spd_lambda_key_loads_and_resumes_with
     for name, value in load_checkpoint(straight).params.items():
         np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
     assert resumed.config["bidm"]["distill_lambda"] == 0.25
+
+
+def test_warm_start_begins_at_the_init_weights_records_them_and_resumes(tmp_path):
+    data, ckpt = micro_teacher(tmp_path)
+    start = WarmStart.of(ckpt)
+    assert start.step == 1 and len(start.arrays_sha256) == 64
+    init_weights = load_model(ckpt)[0].state_dict()                               # the EMA weights
+    model, *_ = build_objective(None, ScheduleConfig(), None, None, seed=5, start=start)
+    assert model.cfg == MICRO
+    for name, value in init_weights.items():
+        np.testing.assert_array_equal(model.state_dict()[name], value, err_msg=name)
+    out = tmp_path / "warm"
+    trainer = train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=2, batch_size=4, out_dir=str(out)),
+                    warm_start=start, progress=False)
+    assert trainer.adam.t == 2                                                    # a fresh optimizer
+    assert load_checkpoint(out / "ckpt.h5").config["init"] == {"weights": ckpt, "arrays_sha256": start.arrays_sha256,
+                                                               "step": 1}
+    resumed = train(**resumed_arguments(str(out), steps=3), progress=False)      # the init file is not read again
+    assert resumed.step == 3
+
+
+def test_warm_start_refuses_another_preset_changed_weights_and_a_student(tmp_path):
+    data, ckpt = micro_teacher(tmp_path)
+    start = WarmStart.of(ckpt)
+    with pytest.raises(ValueError, match="drop --preset"):
+        build_objective(replace(MICRO, ch=8), ScheduleConfig(), None, None, seed=0, start=start)
+    with pytest.raises(ValueError, match="changed while the run started"):
+        build_objective(None, ScheduleConfig(), None, None, seed=0, start=replace(start, arrays_sha256="0" * 64))
+    with pytest.raises(ValueError, match="drop --init"):
+        train(data, ScheduleConfig(), AdamConfig(), TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "s")),
+              student=StudentConfig(method="xnor", teacher=ckpt), warm_start=start, progress=False)

@@ -201,6 +201,11 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return read_h5(path, read_config)
 
 
+def load_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint was saved at, alone (format checked, arrays not read)."""
+    return read_h5(path, read_step)
+
+
 def read_h5(path: str | os.PathLike, reader: Callable[[h5py.File, str], Any]) -> Any:
     """reader(open file, path) of an existing checkpoint; any h5py error becomes a one-line CheckpointError."""
     if not Path(path).is_file():
@@ -262,6 +267,12 @@ def read_config(h5: h5py.File, where: str) -> dict[str, Any]:
     """The config attr of an open checkpoint file, after its format check."""
     check_format(h5, where)
     return read_json_attr(h5, "config", where)
+
+
+def read_step(h5: h5py.File, where: str) -> int:
+    """The step attr of an open checkpoint file, after its format check."""
+    check_format(h5, where)
+    return int(read_attr(h5, "step", where))
 
 
 def check_format(h5: h5py.File, where: str) -> None:
