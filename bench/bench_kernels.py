@@ -21,7 +21,7 @@ median; `_excl_packing` uses the prepacked kernel; `_min` uses minima (less sens
 taking the CPU, which inflate medians of the longer float runs most).
 Popcount throughput: each popcount row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
 MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's inner loop (xor, popcount, add
-into [PIXELS, O] int32 counters, one weight word load for PIXELS pixels; vpopcntq on zmm where the CPU has
+into [PIXELS, O] uint64 sums, one weight word load for PIXELS pixels; vpopcntq on zmm where the CPU has
 AVX512_VPOPCNTDQ) on L1-resident words, one thread per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
 kernel's share of it (geometric mean over the shapes: `_geomean`). `kernel_emits_vpopcntq` says whether LLVM
 put vpopcntq into the compiled kernel (its assembly, compiled afresh without the cache).
@@ -126,13 +126,13 @@ def _popcount_peak_loop(words, x_words, rounds):
     O = words.shape[1]
     total = np.zeros(threads, dtype=np.int64)
     for t in prange(threads):
-        acc = np.zeros((PIXELS, O), dtype=np.int32)                               # [PIXELS, O]
+        acc = np.zeros((PIXELS, O), dtype=np.uint64)                              # [PIXELS, O]
         for _ in range(rounds):
             for q in range(Q):
                 for o in range(O):
                     w_word = words[q, o]
                     for p in range(PIXELS):
-                        acc[p, o] += np.int32(popcount64(x_words[t, q, p] ^ w_word))
+                        acc[p, o] += popcount64(x_words[t, q, p] ^ w_word)
         total[t] = acc.sum()
     return total
 

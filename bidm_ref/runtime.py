@@ -11,6 +11,11 @@ Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
    free at start-up (cores minus the 1-minute load average): on an idle machine every core (measured fastest),
    on a machine whose cores other jobs hold one thread, because a BLAS call split over two threads waits for
    the descheduled one (measured 8x slower sampling steps than one thread; docs/ENGINE.md, "Threads").
+   And NUMBA_CACHE_DIR, unless it is set, to a folder of the user's cache named by a digest of the package's
+   sources (`numba_cache_dir`). Numba invalidates a cached function when its own file changes, not when a
+   function it calls from another file does: after an edit of binary/kernels.py alone, layer_kernels.py's cached
+   layer went on running the old, inlined accumulator loop (seen 2026-12-07, a benchmark that measured no change).
+   With a folder per source digest, any edit of the package compiles afresh.
 3. `configure` also keeps freed memory in the process (`keep_freed_memory`): glibc's malloc otherwise gives
    every array above its mmap threshold back to the kernel when it is freed, so the next array of that size
    takes a page fault per 4 KiB page on first touch. The engine allocates and frees its activations, columns
@@ -26,13 +31,41 @@ follows the load, so a run that must be byte-reproducible passes `--threads N`.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 def prepare_environment() -> None:
-    """Set the environment default of step 1 of the module docstring (a no-op when it is already set)."""
+    """Set the environment defaults of step 1 of the module docstring (each a no-op when it is already set)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        folder = numba_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return                                                                # Numba's default (__pycache__) then
+        os.environ["NUMBA_CACHE_DIR"] = str(folder)
+        if "numba" in sys.modules:                                                # imported first: its config is read
+            sys.modules["numba"].config.CACHE_DIR = str(folder)
+
+
+def source_digest(package: Path = PACKAGE) -> str:
+    """sha256 (hex) over the relative paths and bytes of every .py file below `package`, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def numba_cache_dir(package: Path = PACKAGE) -> Path:
+    """<XDG_CACHE_HOME or ~/.cache>/bidm-ref/numba-<first 16 hex of source_digest>."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "bidm-ref" / f"numba-{source_digest(package)[:16]}"
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,37 @@ def test_cli_threads_flag_reaches_the_policy_and_a_bad_value_is_one_line(capsys)
 
 
 def test_prepare_environment_sets_the_passive_wait_policy_only_when_unset():
-    with mock.patch.dict(os.environ, {}, clear=True):
+    with mock.patch.dict(os.environ, {"NUMBA_CACHE_DIR": "kept"}, clear=True):
         prepare_environment()
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["NUMBA_CACHE_DIR"] == "kept"
     with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "ACTIVE"}):
         runtime.prepare_environment()
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_numba_cache_folder_follows_every_source_file(tmp_path):
+    """Numba tracks only a function's own file; the cache folder is named by all of the package's sources."""
+    import numba
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    (package / "notes.txt").write_text("not a source")
+    before = runtime.source_digest(package)
+    (package / "notes.txt").write_text("changed")
+    assert runtime.source_digest(package) == before
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert runtime.source_digest(package) != before
+    with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(tmp_path / "cache")}):
+        folder = runtime.numba_cache_dir(package)
+        assert folder == tmp_path / "cache" / "bidm-ref" / f"numba-{runtime.source_digest(package)[:16]}"
+        os.environ.pop("NUMBA_CACHE_DIR", None)
+        with mock.patch.object(numba.config, "CACHE_DIR", "before"):
+            prepare_environment()
+            expected = str(runtime.numba_cache_dir())                             # the package's own sources
+            assert os.environ["NUMBA_CACHE_DIR"] == numba.config.CACHE_DIR == expected
+            assert os.path.isdir(expected)
 
 
 def test_numba_kernels_give_the_same_bytes_on_one_thread_and_on_every_core():

@@ -20,7 +20,9 @@ per row an int32 buffer [Wo, O]. The valid taps j0..j1-1 of one kernel row are a
 NHWC-packed input, and so are the rows q = j*Wd + d of words_t[i] ([kh, kw*Wd, O]), so per output pixel
 and valid kernel row the loop is: for q in j0*Wd .. j1*Wd-1: for o in 0..O-1: buf[wo, o] += popcount(...);
 the loop over O is vectorised by LLVM (xor, popcount, add on whole registers: vpopcntq with AVX-512, a
-vpshufb nibble table with AVX2). Pixels whose taps all lie inside the image columns go PIXELS = 4 at a
+vpshufb nibble table with AVX2). The popcount sums are kept in uint64 (as popcount returns them) and turned
+into the int32 accumulator once per pixel: narrowing each popcount to int32 inside the loop costs a
+vpmovqd per vector, on the port vpopcntq needs on Intel cores (docs/ENGINE.md "Packed layers"). Pixels whose taps all lie inside the image columns go PIXELS = 4 at a
 time: one load of a weight word serves four accumulators (1.3-1.5x faster on the CIFAR-10 layers than one
 pixel at a time, docs/ENGINE.md "Packed layers"). Border pixels run alone with fewer taps (i0..i1, j0..j1
 clipped to the image), so no padded copy of the input is needed. No fastmath. Arguments: C-contiguous arrays,
@@ -43,26 +45,29 @@ PIXELS = 4  # output pixels of a row whose accumulators share each weight word (
 
 
 @njit(cache=True)
-def _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, counts):
-    """counts [O] of one output pixel whose taps start at (h0, w0); taps outside the image are skipped."""
+def _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, differ, counts):
+    """counts [O] of one output pixel whose taps start at (h0, w0); taps outside the image are skipped.
+    differ [PIXELS, O] uint64 is scratch for the popcount sums (module docstring: why not int32)."""
     j0 = max(0, -w0)
     j1 = min(kw, W - w0)
-    counts[:] = 0
+    sums = differ[0]
+    sums[:] = 0
     for i in range(i0, i1):
         for q in range(j0 * Wd, j1 * Wd):
             x_word = flat[n, h0 + i, w0 * Wd + q]
-            for o in range(counts.shape[0]):
-                counts[o] += np.int32(popcount64(x_word ^ words_t[i, q, o]))
+            for o in range(sums.shape[0]):
+                sums[o] += popcount64(x_word ^ words_t[i, q, o])
     valid = (i1 - i0) * (j1 - j0) * channels
     for o in range(counts.shape[0]):
-        counts[o] = valid - 2 * counts[o]
+        counts[o] = valid - 2 * np.int32(sums[o])
 
 
 @njit(cache=True)
-def _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words, block):
+def _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words, differ, block):
     """block [PIXELS, O] of PIXELS adjacent output pixels whose taps all lie inside the image columns: each
-    weight word is loaded once for all of them (x_words [PIXELS] holds their input words of one tap)."""
-    block[:] = 0
+    weight word is loaded once for all of them (x_words [PIXELS] holds their input words of one tap; differ
+    [PIXELS, O] uint64 is scratch for the popcount sums)."""
+    differ[:] = 0
     for i in range(i0, i1):
         for q in range(kw * Wd):
             for p in range(PIXELS):
@@ -70,11 +75,11 @@ def _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n
             for o in range(block.shape[1]):
                 w_word = words_t[i, q, o]
                 for p in range(PIXELS):
-                    block[p, o] += np.int32(popcount64(x_words[p] ^ w_word))
+                    differ[p, o] += popcount64(x_words[p] ^ w_word)
     valid = (i1 - i0) * kw * channels
     for p in range(PIXELS):
         for o in range(block.shape[1]):
-            block[p, o] = valid - 2 * block[p, o]
+            block[p, o] = valid - 2 * np.int32(differ[p, o])
 
 
 @njit(cache=True)
@@ -89,15 +94,16 @@ def _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc):
     i0 = max(0, -h0)
     i1 = min(kh, H - h0)
     x_words = np.empty(PIXELS, dtype=np.uint64)                                   # [PIXELS]
+    differ = np.empty((PIXELS, acc.shape[1]), dtype=np.uint64)                    # [PIXELS, O] popcount sums
     wo = 0
     while wo < acc.shape[0]:
         w0 = wo * stride - left
         if wo + PIXELS <= acc.shape[0] and w0 >= 0 and w0 + (PIXELS - 1) * stride + kw <= W:
-            _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words,
+            _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words, differ,
                               acc[wo : wo + PIXELS])
             wo += PIXELS
         else:
-            _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, acc[wo])
+            _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, differ, acc[wo])
             wo += 1
 
 
