@@ -63,7 +63,7 @@ class WarmStart:
 
     @classmethod
     def of(cls, path: str) -> WarmStart:
-        model, _ = load_fp_weights(path, "--init")
+        model, _ = load_fp_weights(path, "starting point (--init)")
         return cls(path, arrays_sha256(model.state_dict()), load_step(path))
 
 
@@ -71,13 +71,13 @@ def load_fp_weights(path: str, role: str) -> tuple[UNet, dict]:
     """The FP UNet (EMA weights) of a checkpoint or export and its run config (with "step"); refuses a student."""
     model, config = load_model(path, use_ema=True)
     if "student" in config:
-        raise ValueError(f"{path} is a binary student, not an FP model: pass an FP checkpoint as {role}")
+        raise ValueError(f"{path} is a binary student, not an FP {role}: pass an FP checkpoint or export")
     return model, config
 
 
 def warm_started(model_cfg: UNetConfig | None, start: WarmStart) -> UNet:
     """The UNet holding `start`'s weights; refuses another model config or weights that changed since WarmStart.of."""
-    model, _ = load_fp_weights(start.weights, "--init")
+    model, _ = load_fp_weights(start.weights, "starting point (--init)")
     if model_cfg is not None and model.cfg != model_cfg:
         raise ValueError(f"--init {start.weights} holds the model {model.cfg}, not the --preset's {model_cfg}: "
                          "drop --preset (the model comes from the --init weights) or pass that file's preset")
@@ -89,7 +89,7 @@ def warm_started(model_cfg: UNetConfig | None, start: WarmStart) -> UNet:
 
 def load_teacher(path: str) -> tuple[UNet, dict]:
     """The FP teacher (EMA weights) and its run config; refuses a student checkpoint."""
-    return load_fp_weights(path, "the teacher")
+    return load_fp_weights(path, "teacher")
 
 
 def build_objective(
