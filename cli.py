@@ -278,10 +278,12 @@ def cmd_curve(args: argparse.Namespace) -> None:
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
     if len(labels) != len(args.runs):
         raise ValueError(f"{len(labels)} --labels for {len(args.runs)} runs: give one label per run")
-    cfg = CurveConfig(SampleConfig(n=args.n, steps=args.sample_steps, seed=args.seed, batch_size=min(args.n, 64)),
+    cfg = CurveConfig(SampleConfig(n=args.n, steps=args.sample_steps, eta=args.eta, seed=args.seed,
+                                   batch_size=min(args.n, 64)),
                       DataConfig(name=args.dataset, data_dir=args.data_dir, split="test", limit=args.reference_images))
     curves = {label: curve(run, args.classifier, cfg) for label, run in zip(labels, args.runs)}
-    plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps}, vs {args.reference_images} test images",
+    plot_curves(curves, args.out, f"{args.n} samples, DDIM {args.sample_steps} eta {args.eta:g}, vs "
+                f"{args.reference_images} test images",
                 reference_confident(args.classifier, cfg))
     print(f"wrote {args.out}: {', '.join(f'{label} ({len(points)} points)' for label, points in curves.items())}")
 
@@ -555,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="curve.png", help="the PNG to write")
     p.add_argument("--n", type=int, default=256, help="samples per point")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sample")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: the curves so far; 1: cli.py sample's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same bytes)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default for fashion-mnist: the Debian package's)")

@@ -91,8 +91,10 @@ def test_curve_measures_each_snapshot_once_and_plots(tmp_path):
 
     png = tmp_path / "curve.png"
     assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"), "--out", str(png),
-                     "--n", "6", "--sample-steps", "2", "--data-dir", str(tmp_path), "--reference-images", "12"]) == 0
+                     "--n", "6", "--sample-steps", "2", "--eta", "1", "--data-dir", str(tmp_path),
+                     "--reference-images", "12"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '"eta": 1.0' in tsv.read_text().splitlines()[0]                   # the settings line: eta 1 measured anew
     assert cli.main(["curve", str(tmp_path / "run"), "--classifier", str(tmp_path / "clf.h5"),
                      "--labels", "a", "b"]) == 2
 
