@@ -45,7 +45,9 @@ def test_level_backward_fd(N, resample, blocks, seed):
     check_module(level, [rng.standard_normal((N, 2, 4, 4))], level.forward, rng)
 
 
-@given(st.integers(1, 2), st.integers(1, 3), seeds)
+# H >= 2: at H = 1 a norm group holds 2 values, and a near-tie makes the normalisation so steep that central
+# differences do not converge for any step (seen at N = 2, seed 37360; the check then fails by chance)
+@given(st.integers(1, 2), st.integers(2, 3), seeds)
 def test_middle_and_head_backward_fd(N, H, seed):
     rng = np.random.default_rng(seed)
     middle, head = Middle(4, 2, rng), Head(4, 3, 2, rng)
