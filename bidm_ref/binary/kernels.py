@@ -22,9 +22,10 @@ and valid kernel row the loop is: for q in j0*Wd .. j1*Wd-1: for o in 0..O-1: bu
 the loop over O is vectorised by LLVM (xor, popcount, add on whole registers: vpopcntq with AVX-512, a
 vpshufb nibble table with AVX2). The popcount sums are kept in uint64 (as popcount returns them) and turned
 into the int32 accumulator once per pixel: narrowing each popcount to int32 inside the loop costs a
-vpmovqd per vector, on the port vpopcntq needs on Intel cores (docs/ENGINE.md "Packed layers"). Pixels whose taps all lie inside the image columns go PIXELS = 4 at a
-time: one load of a weight word serves four accumulators (1.3-1.5x faster on the CIFAR-10 layers than one
-pixel at a time, docs/ENGINE.md "Packed layers"). Border pixels run alone with fewer taps (i0..i1, j0..j1
+vpmovqd per vector, on the port vpopcntq needs on Intel cores (docs/ENGINE.md "Packed layers").
+Pixels whose taps all lie inside the image columns go PIXELS = 4 at a time: one load of a weight word
+serves four accumulators (1.3-1.5x faster on the CIFAR-10 layers than one pixel at a time, docs/ENGINE.md
+"Packed layers"). Border pixels run alone with fewer taps (i0..i1, j0..j1
 clipped to the image), so no padded copy of the input is needed. No fastmath. Arguments: C-contiguous arrays,
 `padding` a tuple of 4 ints (top, bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1
 image. A whole packed layer (packing, K map, this accumulator, the epilogue and the shortcut sum) is one

@@ -124,7 +124,8 @@ def _run_layer(x, tau, words_t, channels, alpha, out_shape, stride, padding, k_w
     packed = np.empty((N, H, W, words_t.shape[1] // k_weight.shape[1]), dtype=np.uint64)  # [N, H, W, Wd]
     a_map = np.empty((N, H, W), dtype=np.float32)                                 # [N, H, W]
     out = np.empty(out_shape, dtype=np.float32)                                   # [N, O, Ho, Wo]
-    layer_kernel.for_work(layer_work(out_shape, words_t))(np.ascontiguousarray(x), np.ascontiguousarray(tau, dtype=np.float32), words_t, channels, stride, padding,
+    kernel = layer_kernel.for_work(layer_work(out_shape, words_t))
+    kernel(np.ascontiguousarray(x), np.ascontiguousarray(tau, dtype=np.float32), words_t, channels, stride, padding,
            alpha, np.ascontiguousarray(k_weight, dtype=np.float32), np.float32(k_bias), np.float32(s),
            np.ascontiguousarray(sc), packed, a_map, out)
     return out

@@ -277,7 +277,8 @@ def im2col_nhwc(x_nhwc: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     top, _, left, _ = geo.padding
     N, _, _, C = x_nhwc.shape
     cols = np.empty((N * geo.Ho * geo.Wo, geo.kh * geo.kw * C), dtype=x_nhwc.dtype)  # [N*Ho*Wo, K]
-    im2col_rows_kernel.for_work(cols.size)(np.ascontiguousarray(x_nhwc), geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, cols)
+    kernel = im2col_rows_kernel.for_work(cols.size)
+    kernel(np.ascontiguousarray(x_nhwc), geo.kh, geo.kw, geo.stride, top, left, geo.Ho, geo.Wo, cols)
     return cols
 
 

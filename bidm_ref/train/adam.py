@@ -118,7 +118,8 @@ def flat_view(a: np.ndarray, what: str) -> np.ndarray:
 
 def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, scalars: AdamScalars) -> None:
     """One Adam step of p, m, v in place (adam_update_kernel; grad may be any layout of p's shape and dtype)."""
-    adam_update_kernel.for_work(p.size)(flat_view(p, "parameter"), np.ascontiguousarray(grad, dtype=p.dtype).reshape(-1),
+    kernel = adam_update_kernel.for_work(p.size)
+    kernel(flat_view(p, "parameter"), np.ascontiguousarray(grad, dtype=p.dtype).reshape(-1),
            flat_view(m, "first moment"), flat_view(v, "second moment"), *scalars.for_dtype(p.dtype))
 
 

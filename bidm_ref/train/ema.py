@@ -45,7 +45,8 @@ ema_update_kernel = threaded_kernel(_ema_kernel, PARALLEL_MIN)
 def ema_update(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
     """shadow = (1 - decay) * p + decay * shadow in place (ema_update_kernel)."""
     cast = p.dtype.type
-    ema_update_kernel.for_work(p.size)(flat_view(shadow, "EMA shadow"), np.ascontiguousarray(p).reshape(-1), cast(1.0 - decay), cast(decay))
+    kernel = ema_update_kernel.for_work(p.size)
+    kernel(flat_view(shadow, "EMA shadow"), np.ascontiguousarray(p).reshape(-1), cast(1.0 - decay), cast(decay))
 
 
 def ema_update_ref(shadow: np.ndarray, p: np.ndarray, decay: float) -> None:
