@@ -6,6 +6,12 @@ Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
    unless it is set. Numba's OpenMP workers then sleep at once when a parallel region ends instead of
    spinning, so they do not take the cores from the BLAS threads that run next: with both pools at two
    threads and spinning workers, the tiny training step took 4.8x as long as with sleeping ones.
+   And OPENBLAS_THREAD_TIMEOUT=19 unless it is set: OpenBLAS's idle workers spin (yielding) for 2^timeout
+   cycles after a matmul before they sleep, 2^28 (~0.1 s) by default, so a Numba parallel region right after a
+   matmul shared its second core with a spinning BLAS worker and ran no faster than on one thread (a cifar10
+   popcount layer, N8 C256 16x16: 2.2 ms with one thread or two; 1.3 ms with two once the workers sleep after
+   2^19 cycles, ~0.2 ms). 19 was the best of 8, 12, 16, 19, 22 and the default on whole steps (docs/ENGINE.md,
+   "OpenBLAS's spinning workers").
 2. `configure(policy)` (cli.py and the benchmarks call it) sets the thread counts: BLAS through threadpoolctl,
    Numba through numba.set_num_threads. The default gives both pools every core that other processes leave
    free at start-up (cores minus the 1-minute load average): on an idle machine every core (measured fastest),
@@ -38,11 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+OPENBLAS_THREAD_TIMEOUT = "19"  # log2 of the cycles an idle OpenBLAS worker spins before it sleeps (module docstring, 1)
 
 
 def prepare_environment() -> None:
-    """Set the environment defaults of step 1 of the module docstring (each a no-op when it is already set)."""
+    """Set the environment defaults of step 1 of the module docstring (each a no-op when it is already set; they act
+    only when set before NumPy loads OpenBLAS and before Numba starts its workers)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
     if "NUMBA_CACHE_DIR" not in os.environ:
         folder = numba_cache_dir()
         try:

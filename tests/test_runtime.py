@@ -7,6 +7,7 @@ import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numba
@@ -15,6 +16,9 @@ from threadpoolctl import threadpool_info
 
 from bidm_ref import runtime
 from bidm_ref.runtime import ThreadPolicy, configure, current_policy, default_policy, free_cores, prepare_environment
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def blas_thread_counts() -> set[int]:
@@ -60,13 +64,33 @@ def test_cli_threads_flag_reaches_the_policy_and_a_bad_value_is_one_line(capsys)
         configure()
 
 
-def test_prepare_environment_sets_the_passive_wait_policy_only_when_unset():
+def test_prepare_environment_sets_the_wait_policies_only_when_unset():
     with mock.patch.dict(os.environ, {"NUMBA_CACHE_DIR": "kept"}, clear=True):
         prepare_environment()
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["NUMBA_CACHE_DIR"] == "kept"
-    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "19"
+    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "28"}):
         runtime.prepare_environment()
-        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["OPENBLAS_THREAD_TIMEOUT"] == "28"
+
+
+def test_a_fresh_cli_process_sets_the_openblas_timeout_before_numpy_loads():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: cli.py must import bidm_ref first."""
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    probe = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:
+            seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+sys.meta_path.insert(0, Spy())
+import cli
+cli.main(["info", "--preset", "tiny"])
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "['19']"
 
 
 def test_numba_cache_folder_follows_every_source_file(tmp_path):
