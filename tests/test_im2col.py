@@ -132,7 +132,8 @@ def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, ou
     bias = rng.standard_normal(out_channels)
     with mock.patch.object(im2col, "GRID_MIN_OUTPUTS", 1 if on_grid else 10**9):
         pointwise = k == 1 and pad == (0, 0, 0, 0)
-        assert conv_geometry(x.shape, k, k, stride, pad).grid == (stride == 1 and (on_grid or pointwise))
+        geo = conv_geometry(x.shape, k, k, stride, pad)
+        assert (geo.pointwise, geo.grid) == (pointwise, stride == 1 and on_grid and not pointwise)
         y, saved = conv2d(x, weight, bias, stride, pad)
         dy = rng.standard_normal(y.shape)
         dx, dweight, dbias = conv2d_backward(dy, saved, weight, x.shape, stride, pad)
@@ -142,6 +143,30 @@ def test_conv_on_both_layouts_equals_the_nested_loop_definition(case, stride, ou
     assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
     assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
     np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 9), st.sampled_from([1, 2]),
+       st.integers(1, 5), st.booleans(), st.integers(0, 2**31 - 1))
+def test_pointwise_conv_equals_the_nested_loop_definition(N, C, H, W, stride, out_channels, with_bias, seed):
+    """1x1 convs without padding (the batched-matmul path), odd maps and stride 2 included; the general test above
+    draws them rarely (its paddings are mostly non-zero)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    weight = rng.standard_normal((out_channels, C, 1, 1))
+    bias = rng.standard_normal(out_channels) if with_bias else None
+    assert conv_geometry(x.shape, 1, 1, stride, 0).pointwise
+    y, saved = conv2d(x, weight, bias, stride, 0)
+    dy = rng.standard_normal(y.shape)
+    dx, dweight, dbias = conv2d_backward(dy, saved, weight, x.shape, stride, 0)
+    y0, _ = conv2d(x, weight, None, stride, 0)
+    np.testing.assert_allclose(y, conv_nested_loops(x, weight, bias, stride, 0), rtol=1e-12, atol=1e-12)
+    assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
+    assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
+    np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+    if stride == 2:
+        skipped = np.ones(x.shape, dtype=bool)
+        skipped[:, :, ::2, ::2] = False
+        assert not dx[skipped].any()
 
 
 @given(shapes, st.integers(1, 4), st.integers(1, 3000))
@@ -171,10 +196,14 @@ def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk
     np.testing.assert_allclose(dweight, dw_whole, rtol=1e-12, atol=1e-12)
 
 
-def test_grid_layout_for_large_maps_and_pointwise_convs_rows_for_the_rest():
+def test_pointwise_for_unpadded_1x1_grid_for_large_maps_rows_for_the_rest():
     assert conv_geometry((2, 3, 32, 32), 3, 3, 1, 1).grid
     assert not conv_geometry((2, 3, 16, 16), 3, 3, 1, 1).grid and not conv_geometry((2, 3, 32, 32), 3, 3, 2, 1).grid
-    assert conv_geometry((2, 3, 4, 4), 1, 1, 1, 0).grid and not conv_geometry((2, 3, 4, 4), 1, 1, 2, 0).grid
+    for stride in (1, 2):
+        geo = conv_geometry((2, 3, 64, 64), 1, 1, stride, 0)
+        assert geo.pointwise and not geo.grid
+    padded = conv_geometry((2, 3, 64, 64), 1, 1, 1, 1)
+    assert not padded.pointwise and padded.grid
 
 
 def test_column_chunks_cover_every_column_once():

@@ -137,16 +137,11 @@ class PackedConv2d(InferenceOnly, ScaledShortcut, Module):
         return y, None
 
     def raw_shortcut(self, x: np.ndarray) -> np.ndarray:
-        """shortcut(x) before its scale (shortcut.py), the 1x1 conv as one batched matmul: [N, O, Ho, Wo]."""
+        """shortcut(x) before its scale (shortcut.py; the 1x1 conv is conv.py's batched pointwise matmul):
+        [N, O, Ho, Wo]."""
         if self.shortcut is None:
             return self.parameter_free_shortcut(x)                                # [N, C, Ho, Wo]
-        x = x[:, :, :: self.stride, :: self.stride]                               # [N, C, Ho, Wo]
-        N, C, Ho, Wo = x.shape
-        weight, bias = self.shortcut.params["weight"][:, :, 0, 0], self.shortcut.params.get("bias")  # [O, C], [O]
-        y = np.matmul(weight, x.reshape(N, C, Ho * Wo))                           # [N, O, Ho*Wo]
-        if bias is not None:
-            y += bias[:, None]                                                    # [N, O, Ho*Wo]
-        return y.reshape(N, -1, Ho, Wo)                                           # [N, O, Ho, Wo]
+        return self.shortcut.forward(x)[0]                                        # [N, O, Ho, Wo]
 
 
 class PackedLinear(InferenceOnly, Module):

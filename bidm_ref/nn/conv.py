@@ -4,14 +4,18 @@ Dimensions: N batch, C input channels, O output channels, H, W input spatial,
 Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row length), P = N*Ho*Wo,
 Q grid columns and L = N*Hp*Wp the padded input (im2col.py). Layouts are PyTorch's: NCHW, OIHW.
 
-grid layout (large maps, 1x1 convs; im2col.py):
+pointwise (1x1 kernel, no padding, stride s; the UNet's nin_shortcut, attention q/k/v/proj_out, the binary
+layers' FP shortcuts):
+    xs = x[:, :, ::s, ::s] as [N, C, Ho*Wo];  y[n] = W[O, C] @ xs[n] + b   (one batched matmul, NCHW in and out)
+    dW = sum_n dy[n] @ xs[n]^T;  dxs[n] = W^T @ dy[n], scattered back to x[:, :, ::s, ::s]
+grid layout (large maps; im2col.py):
     xp = grid_source(x) [C, L];  cols = unfold(xp) [K, Q], built chunk by chunk, never whole
     y  = W[O, K] @ cols + b  [O, Q]  -> NCHW (from_columns)
     dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk
 rows layout (small maps, strides):
     cols = im2col_rows(x) [P, K];  y = cols @ W'^T + b [P, O] -> NCHW   (W' = W in (o, i, j, c) order)
     dW' = dy^T @ cols;  dx = col2im_rows(dy @ W')
-What the forward returns beside y (`saved`: xp or cols) is what the backward needs; callers pass it back
+What the forward returns beside y (`saved`: xs, xp or cols) is what the backward needs; callers pass it back
 unopened (docs/ENGINE.md, "Convolution", has the layouts' measurements).
 
 Padding is zeros, given as one int or as (top, bottom, left, right) so ddim's
@@ -32,12 +36,19 @@ from .padding import Padding, as_padding
 def conv2d(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray]:
-    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved: xp [C, L] or cols [P, K]) for the backward."""
+    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved: xs [N, C, Ho*Wo], xp [C, L] or cols [P, K])
+    for the backward."""
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
     N = x.shape[0]
     O, _, kh, kw = weight.shape
     geo = conv_geometry(x.shape, kh, kw, stride, padding)
+    if geo.pointwise:
+        xs = pointwise_source(x, stride)                                          # [N, C, Ho*Wo]
+        y = np.matmul(weight.reshape(O, -1), xs)                                  # [N, O, Ho*Wo]
+        if bias is not None:
+            y += bias[:, None]                                                    # [N, O, Ho*Wo]
+        return y.reshape(N, O, geo.Ho, geo.Wo), xs                                # [N, O, Ho, Wo]
     if not geo.grid:
         cols = im2col_rows(x, geo)                                                # [P, K]
         y = cols @ rows_weight(weight).T                                          # [P, O]
@@ -46,12 +57,9 @@ def conv2d(
         return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     xp = grid_source(x, geo)                                                      # [C, L]
-    if kh * kw == 1:
-        y = w_mat @ xp                                                            # [O, Q = L]
-    else:
-        y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))          # [O, Q]
-        for start, stop, cols in grid_chunks(xp, geo):
-            np.matmul(w_mat, cols, out=y[:, start:stop])                          # [O, n]
+    y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))              # [O, Q]
+    for start, stop, cols in grid_chunks(xp, geo):
+        np.matmul(w_mat, cols, out=y[:, start:stop])                              # [O, n]
     if bias is not None:
         y += bias[:, None]                                                        # [O, Q]
     return from_columns(y, geo), xp                                               # [N, O, Ho, Wo]
@@ -64,14 +72,17 @@ def conv2d_backward(
     O, C, kh, kw = weight.shape
     geo = conv_geometry(x_shape, kh, kw, stride, padding)
     dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
+    if geo.pointwise:
+        w_mat = weight.reshape(O, C)                                              # [O, C]
+        dy_mat = np.ascontiguousarray(dy).reshape(dy.shape[0], O, -1)             # [N, O, Ho*Wo]
+        dweight = np.matmul(dy_mat, saved.transpose(0, 2, 1)).sum(axis=0)         # [O, C]
+        return pointwise_scatter(np.matmul(w_mat.T, dy_mat), x_shape, stride), dweight.reshape(weight.shape), dbias
     if not geo.grid:
         dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                          # [P, O]
         dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
-    if kh * kw == 1:
-        return crop_padding(w_mat.T @ dy_cols, geo), (dy_cols @ saved.T).reshape(weight.shape), dbias
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
     for start, stop, cols in grid_chunks(saved, geo):                             # cols [K, n]
@@ -79,6 +90,22 @@ def conv2d_backward(
         dw_mat += dy_chunk @ cols.T                                               # [O, K]
         fold_grid_chunk(w_mat.T @ dy_chunk, geo, start, dxp)                      # [C, L]
     return crop_padding(dxp, geo), dw_mat.reshape(weight.shape), dbias            # [N, C, H, W]
+
+
+def pointwise_source(x: np.ndarray, stride: int) -> np.ndarray:
+    """x [N, C, H, W] -> the pixels a 1x1 conv of `stride` reads, [N, C, Ho*Wo] (a view of x at stride 1)."""
+    xs = x[:, :, ::stride, ::stride]                                              # [N, C, Ho, Wo]
+    return np.ascontiguousarray(xs).reshape(*xs.shape[:2], -1)                    # [N, C, Ho*Wo]
+
+
+def pointwise_scatter(dxs: np.ndarray, x_shape: tuple[int, ...], stride: int) -> np.ndarray:
+    """The adjoint of pointwise_source: dxs [N, C, Ho*Wo] -> dx [N, C, H, W], zero where the stride skipped."""
+    if stride == 1:
+        return dxs.reshape(x_shape)                                               # [N, C, H, W]
+    dx = np.zeros(x_shape, dtype=dxs.dtype)                                       # [N, C, H, W]
+    view = dx[:, :, ::stride, ::stride]                                           # [N, C, Ho, Wo]
+    view[...] = dxs.reshape(view.shape)
+    return dx
 
 
 class Conv2d(Module):

@@ -3,7 +3,9 @@
 Dimensions: N batch, C channels, H, W input, Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw,
 Hp = H + top + bottom, Wp = W + left + right (the zero-padded input), L = N*Hp*Wp, Q grid columns.
 
-grid layout (stride 1, maps of at least GRID_MIN_OUTPUTS outputs, and every 1x1 conv without padding):
+pointwise (a 1x1 conv without padding, any stride): no columns at all; conv.py multiplies W[O, C] by each
+  image's x[n, :, ::s, ::s] viewed as [C, Ho*Wo] (one batched matmul, no layout copy at stride 1).
+grid layout (stride 1, other convs whose maps have at least GRID_MIN_OUTPUTS outputs):
   channels first. The padded input is xp[C, L], one flat row per channel (`grid_source`). Output
   position (n, ho, wo) is column q = (n*Hp + ho)*Wp + wo of a grid with Hp x Wp cells per image, and
   tap (i, j) reads xp[:, q + i*Wp + j]: each tap's rows of the columns matrix are ONE shifted slice of
@@ -54,7 +56,8 @@ class ConvGeometry:
     padding: tuple[int, int, int, int]
     Ho: int
     Wo: int
-    grid: bool  # the grid layout; else the rows layout
+    pointwise: bool  # a 1x1 kernel without padding: the batched matmul of conv.py, no columns
+    grid: bool  # the grid layout; else (and not pointwise) the rows layout
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -80,15 +83,15 @@ def conv_geometry(x_shape: tuple[int, ...], kh: int, kw: int, stride: int, paddi
     if Ho < 1 or Wo < 1:
         raise ValueError(f"input {H}x{W} with padding {padding} is smaller than the kernel {kh}x{kw}")
     pointwise = kh == kw == 1 and pad == (0, 0, 0, 0)
-    grid = stride == 1 and (pointwise or Ho * Wo >= GRID_MIN_OUTPUTS)
-    return ConvGeometry(tuple(x_shape), kh, kw, stride, pad, Ho, Wo, grid)
+    grid = stride == 1 and not pointwise and Ho * Wo >= GRID_MIN_OUTPUTS
+    return ConvGeometry(tuple(x_shape), kh, kw, stride, pad, Ho, Wo, pointwise, grid)
 
 
 # ---- grid layout -------------------------------------------------------------------------------------------
 
 
 def grid_source(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """x [N, C, H, W] -> zero-padded xp [C, N*Hp*Wp] (one copy); for a 1x1 conv it is the columns matrix itself."""
+    """x [N, C, H, W] -> zero-padded xp [C, N*Hp*Wp] (one copy)."""
     N, C, H, W = x.shape
     top, _, left, _ = geo.padding
     xp = np.zeros((C, N, *geo.padded), dtype=x.dtype)                             # [C, N, Hp, Wp]
