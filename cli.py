@@ -92,12 +92,14 @@ def resume_flags(args: argparse.Namespace, preset_of, preset_key: str) -> dict:
     return given
 
 
+KEPT_UNLESS_GIVEN = ("lr_decay_from", "ckpt_every", "snapshot_every")  # resumable TrainConfig fields besides steps
+
+
 def resumed_changes(args: argparse.Namespace) -> dict:
-    """What a resumed run may change: the dataset's folder and the TrainConfig fields of Trainer.resumable_config
-    (the lr decay start only when given: a resume without the flag keeps the run's)."""
-    decay = {"lr_decay_from": args.lr_decay_from} if "lr_decay_from" in args.explicit else {}
-    return dict(data_dir=args.data_dir, steps=args.steps, ckpt_every=args.ckpt_every,
-                snapshot_every=args.snapshot_every, **decay)
+    """What a resumed run may change: the dataset's folder, --steps and the other TrainConfig fields of
+    Trainer.resumable_config, those only when given (a resume without --snapshot-every keeps the run's snapshots)."""
+    given = {dest: getattr(args, dest) for dest in KEPT_UNLESS_GIVEN if dest in args.explicit}
+    return dict(data_dir=args.data_dir, steps=args.steps, **given)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

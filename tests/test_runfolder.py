@@ -156,6 +156,19 @@ def test_a_resume_may_start_the_lr_decay_and_a_later_resume_keeps_it(data_dir, t
     assert code == 2 and len(err) == 1 and "--lr-decay-from below --steps" in err[0]
 
 
+def test_a_resume_keeps_the_checkpoint_and_snapshot_intervals_unless_given(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(train_argv(data_dir, out, 2, "--ckpt-every", "3", "--snapshot-every", "2")) == 0
+    assert cli.main(["--threads", "1", "train", "--steps", "4", "--out", str(out), "--resume"]) == 0
+    assert sorted(path.name for path in (out / "snapshots").iterdir()) == ["step-0000002.h5", "step-0000004.h5"]
+    train = load_checkpoint(out / "ckpt.h5").config["train"]
+    assert (train["ckpt_every"], train["snapshot_every"]) == (3, 2)
+    assert cli.main(["--threads", "1", "train", "--steps", "6", "--out", str(out), "--resume", "--snapshot-every",
+                     "3"]) == 0
+    assert sorted(path.name for path in (out / "snapshots").iterdir())[-1] == "step-0000006.h5"
+    assert load_checkpoint(out / "ckpt.h5").config["train"]["snapshot_every"] == 3
+
+
 def test_resume_below_the_saved_step_and_without_a_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(train_argv(data_dir, out, 3)) == 0
