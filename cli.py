@@ -293,7 +293,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from bidm_ref.loading.export import export_checkpoint
 
-    summary = export_checkpoint(args.weights, args.out, use_ema=not args.raw)
+    summary = export_checkpoint(args.weights, args.out, use_ema=not args.raw, autoencoder=args.autoencoder)
     print(f"wrote {summary.path}: {summary.bytes_on_disk:,} bytes on disk ({summary.bytes_on_disk / 2**20:.3f} MB); "
           f"{summary.binary_layers} binary layers, {summary.binary_weights:,} weights at 1 bit, "
           f"{summary.float_params:,} float parameters ({summary.weights} weights)")
@@ -571,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="the checkpoint (.h5) of `cli.py train` or `train-ae`")
     p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
     p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
+    p.add_argument("--autoencoder", default=None, help="latent model: the autoencoder file the export names (path "
+                   "relative to --out's folder, pinned by its weights), e.g. the AE's own export shipped beside it; "
+                   "it must hold the weights the model was trained with")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="FID/sFID/precision-recall/IS and FD-clf of samples against a reference")

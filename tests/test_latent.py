@@ -13,7 +13,7 @@ import cli
 from bidm_ref.data.datasets import DataConfig, load_images
 from bidm_ref.diffusion.generate import SampleConfig, generate
 from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.storage.hashing import file_sha256
+from bidm_ref.storage.hashing import arrays_sha256, file_sha256
 from bidm_ref.loading.load import load_model
 from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.metrics.reconstruction import alternating_rows, reconstruct, reconstruction_quality
@@ -44,6 +44,7 @@ def test_teacher_trains_on_unit_variance_latents_of_its_autoencoder(latent_runs)
     model, config = load_model(str(teacher_path))
     latent = config["latent"]
     assert latent["autoencoder"] == str(ae_path) and latent["sha256"] == file_sha256(ae_path)
+    assert latent["weights_sha256"] == arrays_sha256(load_autoencoder(str(ae_path)).state_dict())
     assert (model.cfg.in_channels, model.cfg.resolution) == (4, 8)  # f4: 32x32x1 -> 8x8x4
     ae = load_autoencoder(str(ae_path))
     images = load_images(DataConfig(data_dir=str(root)))                          # [24, 1, 32, 32]
@@ -159,3 +160,39 @@ def test_exported_autoencoder_is_its_ema_copy(latent_runs, capsys):
     exported, trained = load_autoencoder(str(slim)), load_autoencoder(str(ae_path))
     for (name, a), (_, b) in zip(exported.named_parameters(), trained.named_parameters()):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_latent_model_exported_beside_its_autoencoder_samples_from_any_folder(latent_runs, tmp_path, monkeypatch,
+                                                                                capsys):
+    """cli.py export --autoencoder: the export names the AE's slim copy relative to its own folder, pinned by the
+    weights; it samples what the trained model samples, from another working folder too."""
+    root, ae_path, teacher_path, student_path = latent_runs
+    ship, elsewhere = tmp_path / "ship", tmp_path / "elsewhere"
+    ship.mkdir()
+    elsewhere.mkdir()
+    assert cli.main(["export", "--weights", str(ae_path), "--out", str(ship / "ae.h5")]) == 0
+    for source, name in ((teacher_path, "teacher.h5"), (student_path, "bidm.h5")):
+        assert cli.main(["export", "--weights", str(source), "--out", str(ship / name), "--autoencoder",
+                         str(ship / "ae.h5")]) == 0
+        latent = load_checkpoint(str(ship / name)).config["latent"]
+        assert latent["autoencoder"] == "ae.h5" and latent["weights_sha256"] == load_checkpoint(
+            str(teacher_path)).config["latent"]["weights_sha256"]
+    cfg = SampleConfig(n=2, steps=2, seed=3, batch_size=2)
+    expected = draw_images(*load_model(str(teacher_path)), cfg, progress=False)
+    monkeypatch.chdir(elsewhere)
+    np.testing.assert_array_equal(draw_images(*load_model(str(ship / "teacher.h5")), cfg, progress=False), expected)
+    assert cli.main(["sample", "--weights", str(ship / "bidm.h5"), "--n", "1", "--steps", "1", "--out", "s.png"]) == 0
+
+    other = tmp_path / "other"
+    assert cli.main(["train-ae", "--data-dir", str(root), *TRAIN, "--seed", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", "--weights", str(teacher_path), "--out", str(ship / "t2.h5"), "--autoencoder",
+                     str(other / "ckpt.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds other weights" in err and "\n" not in err and not (ship / "t2.h5").exists()
+    assert cli.main(["export", "--weights", str(ae_path), "--out", str(ship / "a2.h5"), "--autoencoder",
+                     str(ship / "ae.h5")]) == 2
+    assert "not a latent diffusion model" in capsys.readouterr().err
+    assert cli.main(["export", "--weights", str(other / "ckpt.h5"), "--out", str(ship / "ae.h5")]) == 0
+    assert cli.main(["sample", "--weights", str(ship / "teacher.h5"), "--n", "1", "--steps", "1"]) == 2
+    assert "is not the autoencoder this model was trained on" in capsys.readouterr().err

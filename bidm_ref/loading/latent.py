@@ -4,7 +4,8 @@ latents for training, and sampled latents decoded into images.
 Dimensions: N images, C, H, W image, Z, h, w latent (h = H / f).
 
 A UNet trained on latents (`cli.py train --latent AE.h5`) stores a `latent` section in its run config,
-{autoencoder: the AE checkpoint's path, sha256: that file's hash, scale: s}, and sees
+{autoencoder: the AE checkpoint's path, sha256: that file's hash, scale: s, weights_sha256: the digest of the
+AE's EMA weights (hashing.arrays_sha256 of its state dict: what encodes and decodes)}, and sees
 
     z_unet = s * mean(q(z | x))     [N, Z, h, w]   the posterior mean (LDM's `mode`), scaled
     s      = 1 / std(all entries of the training set's posterior means)   (LDM's scale_by_std)
@@ -12,8 +13,14 @@ A UNet trained on latents (`cli.py train --latent AE.h5`) stores a `latent` sect
 so its data has unit variance like the pixel-space data the schedule was designed for. A binary
 student inherits its teacher's section (same autoencoder, same s) and trains through the same code
 path as in pixel space: only the array of training examples differs. Sampling draws z_unet and
-decodes x = decoder(z_unet / s). The UNet never sees the autoencoder; a sha256 mismatch (the AE file was
-retrained or replaced) is refused, as the UNet's weights only fit the latents of the AE they were trained on.
+decodes x = decoder(z_unet / s). The UNet never sees the autoencoder; an autoencoder with other weights (retrained
+or replaced) is refused, as the UNet's weights only fit the latents of the AE they were trained on. The pin is the
+weights' digest, so the AE's slim export (`cli.py export`, another file with the same EMA weights) serves as well;
+models recorded before weights_sha256 existed are pinned by the file's sha256.
+
+Where the file is: `cli.py export --autoencoder AE` writes the path relative to the exported model's folder, so a
+model shipped beside its autoencoder (weights/) samples from any working folder; `located` looks beside the model
+file first, then at the path as recorded (relative to the working folder a model was trained in).
 
 Encoding the training set costs minutes on CPU, so the means are cached next to the autoencoder in
 `<ae folder>/latents-<key>.npz`, key = hash of (AE sha256, data config), written atomically: 'means'
@@ -48,9 +55,10 @@ CACHE_DIGEST_KEY = "means_sha256"
 
 @dataclass(frozen=True)
 class LatentConfig:
-    autoencoder: str
-    sha256: str
-    scale: float
+    autoencoder: str                   # the AE file: as recorded (training's working folder) or beside the model
+    sha256: str                        # that file's sha256 when the UNet was trained
+    scale: float                       # s
+    weights_sha256: str | None = None  # arrays_sha256 of the AE's EMA weights; None: a model pinned by sha256 alone
 
 
 def autoencoder_config(run_config: dict[str, Any], where: str) -> AutoencoderConfig:
@@ -69,26 +77,62 @@ def load_autoencoder(path: str, use_ema: bool = True) -> Autoencoder:
     return ae
 
 
-def check_autoencoder(latent: LatentConfig) -> None:
-    """Refuse (one line) a missing autoencoder file or one that is not the file the UNet was trained with."""
-    if not os.path.isfile(latent.autoencoder):
-        raise FileNotFoundError(f"the autoencoder {latent.autoencoder} of this latent model does not exist: run from "
-                                "the folder the model was trained in, or restore the file")
-    digest = file_sha256(latent.autoencoder)
-    if digest != latent.sha256:
-        raise ValueError(f"{latent.autoencoder} is not the autoencoder this model was trained on (sha256 {digest[:12]}, "
-                         f"expected {latent.sha256[:12]}): restore that file or retrain the UNet")
+def autoencoder_digest(ae: Autoencoder) -> str:
+    """The pin of an autoencoder: arrays_sha256 of its state dict (the weights it encodes and decodes with)."""
+    return arrays_sha256(ae.state_dict())
 
 
 def autoencoder_of(latent: LatentConfig) -> Autoencoder:
-    """The autoencoder a latent UNet was trained with, after checking the file is the same one."""
-    check_autoencoder(latent)
-    return load_autoencoder(latent.autoencoder)
+    """The autoencoder a latent UNet was trained with; refused (one line) when its file is missing or it is another
+    autoencoder (weights_sha256, or the file's sha256 for a model recorded without it)."""
+    path = latent.autoencoder
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the autoencoder {path} of this latent model does not exist: run from the folder "
+                                "the model was trained in, keep an exported model beside its autoencoder (cli.py "
+                                "export --autoencoder), or restore the file")
+    pinned, digest = latent.sha256, None
+    if latent.weights_sha256 is None:
+        digest = file_sha256(path)
+    ae = load_autoencoder(path)
+    if latent.weights_sha256 is not None:
+        pinned, digest = latent.weights_sha256, autoencoder_digest(ae)
+    if digest != pinned:
+        raise ValueError(f"{path} is not the autoencoder this model was trained on (sha256 {digest[:12]}, expected "
+                         f"{pinned[:12]}): restore that file or retrain the UNet")
+    return ae
 
 
 def latent_of(run_config: dict[str, Any]) -> LatentConfig | None:
     """The latent section of a UNet run config, or None for a pixel-space model."""
     return LatentConfig(**run_config["latent"]) if "latent" in run_config else None
+
+
+def located(run_config: dict[str, Any], model_path: str) -> dict[str, Any]:
+    """`run_config` with its autoencoder path as found (module docstring): beside the model file at `model_path`
+    when the recorded path is relative and such a file exists, else as recorded."""
+    latent = latent_of(run_config)
+    if latent is None or os.path.isabs(latent.autoencoder):
+        return run_config
+    beside = os.path.join(os.path.dirname(model_path), latent.autoencoder)
+    if not os.path.isfile(beside):
+        return run_config
+    return {**run_config, "latent": asdict(replace(latent, autoencoder=beside))}
+
+
+def pinned_beside(run_config: dict[str, Any], model_path: str, ae_path: str, out_path: str) -> dict[str, Any]:
+    """The run config of an export at `out_path` whose autoencoder is the file `ae_path` (e.g. the AE's own slim
+    export): path relative to out_path's folder, pinned by its weights; refused unless those are the weights the
+    model was trained with."""
+    latent = latent_of(located(run_config, model_path))
+    if latent is None:
+        raise ValueError(f"{model_path} is not a latent diffusion model (no latent section): drop --autoencoder")
+    trained, given = autoencoder_digest(autoencoder_of(latent)), autoencoder_digest(load_autoencoder(ae_path))
+    if given != trained:
+        raise ValueError(f"--autoencoder {ae_path} holds other weights than {latent.autoencoder}, the autoencoder "
+                         f"{model_path} was trained with: export that one (cli.py export --weights "
+                         f"{latent.autoencoder} --out {ae_path})")
+    relative = os.path.relpath(os.path.abspath(ae_path), os.path.dirname(os.path.abspath(out_path)))
+    return {**run_config, "latent": asdict(replace(latent, autoencoder=relative, weights_sha256=given))}
 
 
 def unet_config_for(cfg: UNetConfig, ae_path: str) -> UNetConfig:
@@ -127,8 +171,8 @@ def read_cached_means(path: str) -> np.ndarray:
 
 
 def cached_means(ae_path: str, digest: str, data_cfg: DataConfig, progress: bool = True) -> np.ndarray:
-    """Posterior means of the data's images [N, Z, h, w] under the AE at `ae_path` (file sha256 `digest`),
-    from the cache or encoded now."""
+    """Posterior means of the data's images [N, Z, h, w] under the AE at `ae_path` (pinned by `digest`: its weights',
+    or its file's for a model recorded without weights_sha256), from the cache or encoded now."""
     key = hashlib.sha256(json.dumps([digest, asdict(data_cfg)], sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npz")
     if os.path.exists(path):
@@ -147,10 +191,12 @@ def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: Laten
     if data_cfg.hflip:
         raise ValueError("--hflip mirrors images, not latents: drop it for a latent model")
     if inherited is not None:
-        check_autoencoder(inherited)
-        means = cached_means(inherited.autoencoder, inherited.sha256, data_cfg, progress)  # [N, Z, h, w]
+        autoencoder_of(inherited)                                                 # refuses another autoencoder
+        pin = inherited.weights_sha256 or inherited.sha256
+        means = cached_means(inherited.autoencoder, pin, data_cfg, progress)      # [N, Z, h, w]
         return means * np.float32(inherited.scale), inherited                     # [N, Z, h, w]
-    digest = file_sha256(ae_path)
-    means = cached_means(ae_path, digest, data_cfg, progress)                     # [N, Z, h, w]
-    latent = LatentConfig(autoencoder=ae_path, sha256=digest, scale=float(1.0 / np.std(means.astype(np.float64))))
+    pin = autoencoder_digest(load_autoencoder(ae_path))
+    means = cached_means(ae_path, pin, data_cfg, progress)                        # [N, Z, h, w]
+    latent = LatentConfig(autoencoder=ae_path, sha256=file_sha256(ae_path),
+                          scale=float(1.0 / np.std(means.astype(np.float64))), weights_sha256=pin)
     return means * np.float32(latent.scale), latent                               # [N, Z, h, w]

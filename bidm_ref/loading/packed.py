@@ -150,8 +150,9 @@ def packed_model(ckpt: Checkpoint, where: str, use_ema: bool = True) -> UNet:
     )
 
 
-def export_packed(student_path: str, out_path: str, use_ema: bool = True) -> ExportSummary:
-    """Write the packed checkpoint of a float student checkpoint (EMA weights if it has them and use_ema)."""
+def export_packed(student_path: str, out_path: str, use_ema: bool = True, config: dict | None = None) -> ExportSummary:
+    """Write the packed checkpoint of a float student checkpoint (EMA weights if it has them and use_ema); config:
+    the run config to write instead of the student's."""
     ckpt = load_checkpoint(student_path)
     if is_packed(ckpt):
         raise ValueError(f"{student_path} is already packed: pass the float student checkpoint of `cli.py train`")
@@ -166,7 +167,7 @@ def export_packed(student_path: str, out_path: str, use_ema: bool = True) -> Exp
     weights, _ = ckpt.weights(use_ema)
     alphas = [v for k, v in packed.items() if k.endswith(".alpha")]
     save_checkpoint(
-        out_path, params=params, config=ckpt.config, step=ckpt.step,
+        out_path, params=params, config=ckpt.config if config is None else config, step=ckpt.step,
         extra_attrs={PACKED_ATTR: PACKED_VERSION, WEIGHTS_ATTR: weights}, extra_groups={PACKED_GROUP: packed},
     )
     return ExportSummary(
