@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "results/README.md, Sampler)")
     p.add_argument("--sampler", default=SAMPLE_COMMAND.sampler, choices=["ddim", "ddpm"], help="DDIM (Song et al.) or ancestral DDPM")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=SAMPLE_COMMAND.clip_x0,
-                   help="clip the x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped DDIM; "
-                   "measured in results/README.md)")
+                   help="clip a pixel model's x0 prediction to [-1, 1] at every step (--no-clip-x0: ddim's unclipped "
+                   "DDIM; measured in results/README.md); a latent model's x0 is never clipped")
     p.add_argument("--seed", type=int, default=SAMPLE_COMMAND.seed, help="seed of every random draw (same seed, same "
                    "bytes)")
     p.add_argument("--batch-size", type=int, default=SAMPLE_COMMAND.batch_size, help="images per batch")

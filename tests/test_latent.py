@@ -4,6 +4,7 @@ sample packed; the latent section, the scale, the cache and the one-line errors.
 from __future__ import annotations
 
 import glob
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,12 +69,26 @@ def test_sampling_decodes_latents_with_the_named_autoencoder(latent_runs):
     model, config = load_model(str(teacher_path))
     cfg = SampleConfig(n=3, steps=2, seed=4, batch_size=2)
     images = draw_images(model, config, cfg, progress=False)
-    z = generate(lambda: sampling_eps_fn(model), (4, 8, 8), Schedule(ScheduleConfig(**config["schedule"])), cfg,
-                 progress=False)                                                  # [3, 4, 8, 8]
+    z = generate(lambda: sampling_eps_fn(model), (4, 8, 8), Schedule(ScheduleConfig(**config["schedule"])),
+                 replace(cfg, clip_x0=False), progress=False)                     # [3, 4, 8, 8] (latents: unclipped)
     ae, scale = load_autoencoder(str(ae_path)), np.float32(config["latent"]["scale"])
     expected = np.concatenate([decode_latents(ae, z[:2] / scale), decode_latents(ae, z[2:] / scale)])  # per batch of 2
     assert images.shape == (3, 1, 32, 32)
     np.testing.assert_array_equal(images, expected)
+
+
+def test_a_latent_models_x0_is_not_clipped(latent_runs):
+    """Scaled latents have unit variance: clip_x0 (the images' [-1, 1]) must not touch them."""
+    _, _, teacher_path, _ = latent_runs
+    model, config = load_model(str(teacher_path))
+    cfg = SampleConfig(n=2, steps=3, seed=1, batch_size=2, eta=1.0)
+    unclipped = draw_images(model, config, replace(cfg, clip_x0=False), progress=False)
+    np.testing.assert_array_equal(draw_images(model, config, cfg, progress=False), unclipped)
+    z = generate(lambda: sampling_eps_fn(model), (4, 8, 8), Schedule(ScheduleConfig(**config["schedule"])),
+                 replace(cfg, clip_x0=False), progress=False)                     # [2, 4, 8, 8]
+    assert np.abs(z).max() > 1                                                    # clipping would have changed it
+    ae, scale = load_autoencoder(config["latent"]["autoencoder"]), np.float32(config["latent"]["scale"])
+    np.testing.assert_array_equal(unclipped, decode_latents(ae, z / scale))
 
 
 def test_cli_samples_packed_latent_student_as_pixels_deterministically(latent_runs, capsys):

@@ -25,7 +25,8 @@ class SampleConfig:
     sampler: str = "ddim"
     seed: int = 0
     batch_size: int = 64
-    clip_x0: bool = True  # clip the x0 prediction to [-1, 1] at every step (samplers.py); measured in results/README.md
+    clip_x0: bool = True  # clip the x0 prediction to [-1, 1] at every step (samplers.py; pixel models only:
+    #                       loading/sampling.py); measured in results/README.md
 
     def __post_init__(self) -> None:
         if self.sampler not in ("ddim", "ddpm"):
