@@ -23,7 +23,7 @@ model shipped beside its autoencoder (weights/) samples from any working folder;
 file first, then at the path as recorded (relative to the working folder a model was trained in).
 
 Encoding the training set costs minutes on CPU, so the means are cached next to the autoencoder in
-`<ae folder>/latents-<key>.npz`, key = hash of (AE sha256, data config), written atomically: 'means'
+`<ae folder>/latents-<key>.npz`, key = hash of (the AE's pin, data config), written atomically: 'means'
 [N, Z, h, w] float32 and 'means_sha256', a 0-d unicode array, hashing.arrays_sha256({"means": means}).
 An unreadable or damaged cache is refused with a one-line ValueError whose fix is to delete it (the
 next run encodes again), never silently used or replaced. (Caches of the `.npy` layout before the
@@ -90,11 +90,10 @@ def autoencoder_of(latent: LatentConfig) -> Autoencoder:
         raise FileNotFoundError(f"the autoencoder {path} of this latent model does not exist: run from the folder "
                                 "the model was trained in, keep an exported model beside its autoencoder (cli.py "
                                 "export --autoencoder), or restore the file")
-    pinned, digest = latent.sha256, None
-    if latent.weights_sha256 is None:
-        digest = file_sha256(path)
     ae = load_autoencoder(path)
-    if latent.weights_sha256 is not None:
+    if latent.weights_sha256 is None:
+        pinned, digest = latent.sha256, file_sha256(path)
+    else:
         pinned, digest = latent.weights_sha256, autoencoder_digest(ae)
     if digest != pinned:
         raise ValueError(f"{path} is not the autoencoder this model was trained on (sha256 {digest[:12]}, expected "
