@@ -20,6 +20,7 @@ from bidm_ref.metrics.inception import POOL3_DIM, SPATIAL_DIM
 from bidm_ref.loading import latent
 from bidm_ref.loading.load import load_model
 from bidm_ref.loading.export import export_checkpoint
+from bidm_ref.loading.shipped import SHIPPED_FILES, WEIGHTS_DIR
 from bidm_ref.train.adam import Adam
 from bidm_ref.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from test_packed import write_student
@@ -172,11 +173,11 @@ def test_a_file_written_before_the_digest_still_loads(tmp_path):
 
 
 def test_the_shipped_weights_carry_a_digest_that_verifies():
-    for name in ("teacher_tiny.h5", "bidm_tiny_packed.h5", "xnor_tiny_packed.h5"):
-        path = Path(__file__).resolve().parent.parent / "weights" / name
+    for name in SHIPPED_FILES:
+        path = WEIGHTS_DIR / name
         with h5py.File(path, "r") as h5:
             assert "arrays_sha256" in h5.attrs                                  # exported since 2026-12-01
-        load_model(str(path))                                                    # load_checkpoint checks it
+        load_checkpoint(str(path))                                               # checks it
 
 
 def checksummed_damages(data: bytes) -> list[tuple[str, int]]:

@@ -8,7 +8,9 @@ No arrays here. `weights/MANIFEST.json` maps each shipped file name to its sha25
 MANIFEST.json in its own folder lists must have the listed hash, so a truncated download, a Git LFS
 pointer or a locally retrained file under a shipped name is refused with one line instead of
 sampling garbage. Files in folders without a manifest (your own runs) are not checked.
-`shipped_weights(method)` is what `cli.py sample` loads when no --weights is given.
+`shipped_weights(method)` is what `cli.py sample` loads when no --weights is given: the latent flagship (since
+2026-12-07; its autoencoder `ae_f4.h5` sits beside it); the pixel-space models of the pixel table stay shipped
+for `--weights`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from ..storage.hashing import file_sha256, manifest_entries
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "bidm-weights-manifest"
-SHIPPED = {"bidm": "bidm_tiny_packed.h5", "xnor": "xnor_tiny_packed.h5", "fp": "teacher_tiny.h5"}
+SHIPPED = {"bidm": "bidm_latent_packed.h5", "xnor": "xnor_latent_packed.h5", "fp": "teacher_latent.h5"}  # --method
+AUTOENCODER = "ae_f4.h5"  # the latent models' autoencoder (slim export), named by them relative to weights/
+PIXEL = ("teacher_tiny.h5", "bidm_tiny_packed.h5", "xnor_tiny_packed.h5")  # the pixel-space table's models
+SHIPPED_FILES = (*SHIPPED.values(), AUTOENCODER, *PIXEL)  # every file MANIFEST.json lists
 
 
 def read_manifest(folder: str | Path) -> dict[str, dict]:
