@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-OPENBLAS_THREAD_TIMEOUT = "19"  # log2 of the cycles an idle OpenBLAS worker spins before it sleeps (module docstring, 1)
+OPENBLAS_THREAD_TIMEOUT = "19"  # log2 of the cycles an idle OpenBLAS worker spins before sleeping (docstring, 1)
 
 
 def prepare_environment() -> None:

@@ -13,7 +13,6 @@ the weights' digest (latent.pinned_beside).
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
@@ -21,7 +20,8 @@ from .latent import pinned_beside
 from .packed import ExportSummary, export_packed, is_packed
 
 
-def export_fp(ckpt_path: str, out_path: str, use_ema: bool = True, config: dict[str, Any] | None = None) -> ExportSummary:
+def export_fp(ckpt_path: str, out_path: str, use_ema: bool = True, config: dict[str, Any] | None = None
+              ) -> ExportSummary:
     """Write the inference copy of an FP checkpoint (see the module docstring); config: the run config to write
     instead of the checkpoint's."""
     ckpt = load_checkpoint(ckpt_path)

@@ -58,7 +58,7 @@ class LatentConfig:
     autoencoder: str                   # the AE file: as recorded (training's working folder) or beside the model
     sha256: str                        # that file's sha256 when the UNet was trained
     scale: float                       # s
-    weights_sha256: str | None = None  # arrays_sha256 of the AE's EMA weights; None: a model pinned by sha256 alone
+    weights_sha256: str | None = None  # arrays_sha256 of the AE's EMA weights; None: pinned by sha256 alone
 
 
 def autoencoder_config(run_config: dict[str, Any], where: str) -> AutoencoderConfig:
