@@ -261,24 +261,23 @@ def test_cli_sample_refuses_damaged_packed_files_with_one_line(packed_file, tmp_
 
 def test_latent_cache_is_verified_and_a_damaged_one_refused(tmp_path, monkeypatch):
     means = np.random.default_rng(1).standard_normal((3, 4, 2, 2)).astype(np.float32)
-    monkeypatch.setattr(latent, "load_autoencoder", lambda path: None)
     monkeypatch.setattr(latent, "load_images", lambda cfg: None)
     monkeypatch.setattr(latent, "encode_means", lambda ae, images, progress: means)
     ae_path, cfg = str(tmp_path / "ae.h5"), DataConfig(data_dir=str(tmp_path))
-    np.testing.assert_array_equal(latent.cached_means(ae_path, "0" * 64, cfg, progress=False), means)
+    np.testing.assert_array_equal(latent.cached_means(None, ae_path, "0" * 64, cfg, progress=False), means)
     (cache,) = tmp_path.glob("latents-*.npz")
 
     def encode_again(ae, images, progress):
         raise AssertionError("the cache was not used")
 
     monkeypatch.setattr(latent, "encode_means", encode_again)
-    np.testing.assert_array_equal(latent.cached_means(ae_path, "0" * 64, cfg, progress=False), means)
+    np.testing.assert_array_equal(latent.cached_means(None, ae_path, "0" * 64, cfg, progress=False), means)
     with np.load(cache) as npz:
         stored = dict(npz)
     stored["means"][1, 2, 0, 1] += 1
     np.savez(cache, **stored)
     with pytest.raises(ValueError) as err:
-        latent.cached_means(ae_path, "0" * 64, cfg, progress=False)
+        latent.cached_means(None, ae_path, "0" * 64, cfg, progress=False)
     assert str(err.value).startswith(f"latent cache {cache} is damaged: its means do not match the sha256")
     assert str(err.value).endswith("delete it to encode again") and "\n" not in str(err.value)
 

@@ -169,14 +169,14 @@ def read_cached_means(path: str) -> np.ndarray:
     return means
 
 
-def cached_means(ae_path: str, digest: str, data_cfg: DataConfig, progress: bool = True) -> np.ndarray:
-    """Posterior means of the data's images [N, Z, h, w] under the AE at `ae_path` (pinned by `digest`: its weights',
-    or its file's for a model recorded without weights_sha256), from the cache or encoded now."""
+def cached_means(ae: Autoencoder, ae_path: str, digest: str, data_cfg: DataConfig, progress: bool = True) -> np.ndarray:
+    """Posterior means of the data's images [N, Z, h, w] under `ae`, loaded from `ae_path` (pinned by `digest`: its
+    weights', or its file's for a model recorded without weights_sha256), from the cache beside it or encoded now."""
     key = hashlib.sha256(json.dumps([digest, asdict(data_cfg)], sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(os.path.dirname(os.path.abspath(ae_path)), f"latents-{key}.npz")
     if os.path.exists(path):
         return read_cached_means(path)
-    means = encode_means(load_autoencoder(ae_path), load_images(data_cfg), progress)  # [N, Z, h, w]
+    means = encode_means(ae, load_images(data_cfg), progress)                    # [N, Z, h, w]
     with atomic_write(path, "wb") as f:
         np.savez(f, **{CACHE_KEY: means, CACHE_DIGEST_KEY: np.array(arrays_sha256({CACHE_KEY: means}))})
     return means
@@ -190,12 +190,13 @@ def training_latents(data_cfg: DataConfig, ae_path: str | None, inherited: Laten
     if data_cfg.hflip:
         raise ValueError("--hflip mirrors images, not latents: drop it for a latent model")
     if inherited is not None:
-        autoencoder_of(inherited)                                                 # refuses another autoencoder
+        ae = autoencoder_of(inherited)                                            # refuses another autoencoder
         pin = inherited.weights_sha256 or inherited.sha256
-        means = cached_means(inherited.autoencoder, pin, data_cfg, progress)      # [N, Z, h, w]
+        means = cached_means(ae, inherited.autoencoder, pin, data_cfg, progress)  # [N, Z, h, w]
         return means * np.float32(inherited.scale), inherited                     # [N, Z, h, w]
-    pin = autoencoder_digest(load_autoencoder(ae_path))
-    means = cached_means(ae_path, pin, data_cfg, progress)                        # [N, Z, h, w]
+    ae = load_autoencoder(ae_path)
+    pin = autoencoder_digest(ae)
+    means = cached_means(ae, ae_path, pin, data_cfg, progress)                    # [N, Z, h, w]
     latent = LatentConfig(autoencoder=ae_path, sha256=file_sha256(ae_path),
                           scale=float(1.0 / np.std(means.astype(np.float64))), weights_sha256=pin)
     return means * np.float32(latent.scale), latent                               # [N, Z, h, w]

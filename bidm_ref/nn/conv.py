@@ -43,9 +43,10 @@ def conv2d(
     N = x.shape[0]
     O, _, kh, kw = weight.shape
     geo = conv_geometry(x.shape, kh, kw, stride, padding)
+    w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
         xs = pointwise_source(x, stride)                                          # [N, C, Ho*Wo]
-        y = np.matmul(weight.reshape(O, -1), xs)                                  # [N, O, Ho*Wo]
+        y = np.matmul(w_mat, xs)                                                  # [N, O, Ho*Wo]
         if bias is not None:
             y += bias[:, None]                                                    # [N, O, Ho*Wo]
         return y.reshape(N, O, geo.Ho, geo.Wo), xs                                # [N, O, Ho, Wo]
@@ -55,7 +56,6 @@ def conv2d(
         if bias is not None:
             y += bias                                                             # [P, O]
         return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
-    w_mat = weight.reshape(O, -1)                                                 # [O, K]
     xp = grid_source(x, geo)                                                      # [C, L]
     y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))              # [O, Q]
     for start, stop, cols in grid_chunks(xp, geo):
@@ -72,8 +72,8 @@ def conv2d_backward(
     O, C, kh, kw = weight.shape
     geo = conv_geometry(x_shape, kh, kw, stride, padding)
     dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
+    w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
-        w_mat = weight.reshape(O, C)                                              # [O, C]
         dy_mat = np.ascontiguousarray(dy).reshape(dy.shape[0], O, -1)             # [N, O, Ho*Wo]
         dweight = np.matmul(dy_mat, saved.transpose(0, 2, 1)).sum(axis=0)         # [O, C]
         return pointwise_scatter(np.matmul(w_mat.T, dy_mat), x_shape, stride), dweight.reshape(weight.shape), dbias
@@ -81,7 +81,6 @@ def conv2d_backward(
         dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                          # [P, O]
         dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
-    w_mat = weight.reshape(O, -1)                                                 # [O, K]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
