@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="inference file: pack a binary student (bidm, xnor, xnor_k) into 1-bit "
                        "words, or write an FP model's (UNet or autoencoder) EMA weights without optimizer state")
     p.add_argument("--weights", required=True, help="the checkpoint (.h5) of `cli.py train` or `train-ae`")
-    p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5); sample it with `sample`")
+    p.add_argument("--out", required=True, help="the packed checkpoint to write (.h5; an existing file is refused); "
+                   "sample it with `sample`")
     p.add_argument("--raw", action="store_true", help="pack the raw weights instead of the EMA")
     p.add_argument("--autoencoder", default=None, help="latent model: the autoencoder file the export names (path "
                    "relative to --out's folder, pinned by its weights), e.g. the AE's own export shipped beside it; "

@@ -208,6 +208,7 @@ def test_a_latent_model_exported_beside_its_autoencoder_samples_from_any_folder(
     assert cli.main(["export", "--weights", str(ae_path), "--out", str(ship / "a2.h5"), "--autoencoder",
                      str(ship / "ae.h5")]) == 2
     assert "not a latent diffusion model" in capsys.readouterr().err
+    (ship / "ae.h5").unlink()  # an export never replaces a file
     assert cli.main(["export", "--weights", str(other / "ckpt.h5"), "--out", str(ship / "ae.h5")]) == 0
     assert cli.main(["sample", "--weights", str(ship / "teacher.h5"), "--n", "1", "--steps", "1"]) == 2
     assert "is not the autoencoder this model was trained on" in capsys.readouterr().err

@@ -293,6 +293,11 @@ def test_cli_export_prints_size_and_sample_runs_packed(tmp_path, capsys):
     assert cli.main(["sample", "--weights", str(packed), "--n", "2", "--steps", "2",
                      "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "g.npz")]) == 0
     assert np.load(tmp_path / "g.npz")["arr_0"].shape == (2, 8, 8, 1)
+    before, _ = packed.read_bytes(), capsys.readouterr()
+    assert cli.main(["export", "--weights", str(tmp_path / "s.h5"), "--out", str(packed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {packed} already exists") and err.count("\n") == 1
+    assert packed.read_bytes() == before
     write_student(tmp_path / "d.h5", "reste", 0)
     assert cli.main(["export", "--weights", str(tmp_path / "d.h5"), "--out", str(tmp_path / "x.h5")]) == 2
     assert "supports bidm, xnor, xnor_k" in capsys.readouterr().err

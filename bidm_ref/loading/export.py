@@ -34,7 +34,9 @@ def export_fp(ckpt_path: str, out_path: str, use_ema: bool = True, config: dict[
 def export_checkpoint(ckpt_path: str, out_path: str, use_ema: bool = True, autoencoder: str | None = None
                       ) -> ExportSummary:
     """Pack a binary student, or write the inference copy of an FP model; a latent model's with its autoencoder
-    re-pointed at the file `autoencoder` (module docstring)."""
+    re-pointed at the file `autoencoder` (module docstring). An existing out_path is refused, never replaced."""
+    if os.path.exists(out_path):
+        raise FileExistsError(f"{out_path} already exists: pass a new --out, or delete the old file first")
     ckpt = load_checkpoint(ckpt_path)
     config = None if autoencoder is None else pinned_beside(ckpt.config, ckpt_path, autoencoder, out_path)
     if "student" in ckpt.config or is_packed(ckpt):
