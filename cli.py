@@ -22,6 +22,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from bench.bench_agreement import bench_agreement
     from bench.bench_conv import bench_conv
     from bench.bench_kernels import bench_kernels
     from bench.bench_train import bench_train
@@ -30,14 +31,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from bidm_ref.experiments.efficiency import efficiency_table, format_efficiency
 
     suites = {"conv": lambda r: (bench_conv(r), {}), "kernels": bench_kernels, "unet": bench_unet,
-              "train": bench_train}
+              "train": bench_train, "agreement": lambda r: bench_agreement(r, args.student)}
     what = args.what or ([] if args.table else ["all"])
     results, ratios = [], {}
     for name in list(suites) if "all" in what else dict.fromkeys(what):
         rows, more = suites[name](args.repeats)
         results += rows
         ratios.update(more)
-    if results:
+    if results or ratios:
         print_results(results, ratios)
     if args.table == "efficiency":
         print(format_efficiency(efficiency_table()))
@@ -602,9 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_golden)
 
     p = sub.add_parser("bench", help="time the kernels and layers (prints a table, --json writes a report)")
-    p.add_argument("--what", default=None, nargs="+", choices=["conv", "kernels", "unet", "train", "all"],
+    p.add_argument("--what", default=None, nargs="+", choices=["conv", "kernels", "unet", "train", "agreement", "all"],
                    help="which timings, one or more: float conv, popcount kernels, UNet sampling step, training step "
-                   "and sampling forward vs PyTorch (default all, none when only --table is given)")
+                   "and sampling forward vs PyTorch, and the packed student's agreement with its float simulation "
+                   "(not a timing; default all, none when only --table is given)")
+    p.add_argument("--student", default=None, help="agreement: this float student checkpoint of `cli.py train` "
+                   "and its packed twin (default: a seeded random tiny BiDM student)")
     p.add_argument("--table", default=None, choices=["efficiency"],
                    help="also print the efficiency table (bits, MB, BOPs, FLOPs, OPs; FP, XNOR, BiDM; tiny, cifar10)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (after one warm-up)")

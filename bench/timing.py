@@ -86,19 +86,22 @@ def format_table(results: list[dict]) -> str:
 
 def format_ratio(key: str, value: float) -> str:
     """A ratio as `2.31x`; the non-ratio entries by their key: `*_per_s` a rate, `*share*` a percentage,
-    `*_emits_*` a yes/no flag (stored as 1.0 / 0.0)."""
+    `*_max_*` a plain number, `*_emits_*` a yes/no flag (stored as 1.0 / 0.0)."""
     if key.endswith("_per_s"):
         return f"{value:.3g}/s"
     if "share" in key:
-        return f"{value:.0%}"
+        return f"{value:.1%}"
+    if "_max_" in key:
+        return f"{value:.3g}"
     if "_emits_" in key:
         return "yes" if value else "no"
     return f"{value:.2f}x"
 
 
 def print_results(results: list[dict], ratios: dict) -> None:
-    """Print the table of result rows, then each ratio as `key: value` (format_ratio)."""
-    print(format_table(results))
+    """Print the table of result rows (if any), then each ratio as `key: value` (format_ratio)."""
+    if results:
+        print(format_table(results))
     for key, value in ratios.items():
         print(f"{key}: {format_ratio(key, value)}")
 

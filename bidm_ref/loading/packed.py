@@ -113,6 +113,7 @@ def packed_unet(
 
 def packed_twin(student: UNet, method: str, num_timesteps: int) -> UNet:
     """The packed UNet of a float student, in memory (same weights, same TBS connections)."""
+    packable_options(method)                                                      # an unpackable method: one line
     connections = 0 if student.mixer is None else student.mixer.connections
     return packed_unet(student.cfg, method, connections, num_timesteps, *pack_student(student))
 
