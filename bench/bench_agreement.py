@@ -46,8 +46,8 @@ def agreement(student: UNet, packed: UNet, run_config: dict, n: int = AGREE_IMAG
     """{eps_max_diff, eps_max_abs, equal_pixel_share} of a float student and its packed twin (module docstring)."""
     schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
     cfg = SampleConfig(n=n, steps=steps, eta=0.0, seed=0, batch_size=n)
-    x_T = np.random.default_rng([cfg.seed, 0]).standard_normal(
-        (n, student.cfg.in_channels, student.cfg.resolution, student.cfg.resolution)).astype(np.float32)  # [N, C, H, W]
+    shape = (n, student.cfg.in_channels, student.cfg.resolution, student.cfg.resolution)
+    x_T = np.random.default_rng([cfg.seed, 0]).standard_normal(shape).astype(np.float32)  # [N, C, H, W] = batch 0's
     eps_float = first_step_eps(student, x_T, schedule, steps)                     # [N, C, H, W]
     eps_packed = first_step_eps(packed, x_T, schedule, steps)                     # [N, C, H, W]
     pixels = [to_uint8(np.clip(draw_images(model, run_config, cfg, progress=False), -1, 1))  # [N, H, W, C]
