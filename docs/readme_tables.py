@@ -7,6 +7,7 @@ Sections (README.md holds `<!-- generated:NAME -->` ... `<!-- end:NAME -->`):
     efficiency   `python cli.py bench --table efficiency`, computed from the models here and now
     ablation     results/ablation.md, written by `python cli.py ablate ... --out results`
     latent       the finished rows of results/latent/ablation.md (`cli.py ablate` on the latent teacher)
+    latent_flagship  results/latent_flagship/table.md, written by `python cli.py score ... --out results/latent_flagship`
     bench        the ratios and machine of results/bench.json, written by `python cli.py bench --json`
     train_speed  results/bench_train.json, `python cli.py bench --what train --json` (vs PyTorch eager)
 So the README never holds a retyped number: tests/test_readme.py runs --check.
@@ -40,6 +41,10 @@ def latent_section() -> str:
     """The latent-space table without its pending rows (only FP, XNOR and BiDM were run in latent space)."""
     lines = (ROOT / "results" / "latent" / "ablation.md").read_text().strip().splitlines()
     return "\n".join(line for line in lines if "| pending |" not in line)
+
+
+def latent_flagship_section() -> str:
+    return (ROOT / "results" / "latent_flagship" / "table.md").read_text().strip()
 
 
 def measured_on(report: dict) -> str:
@@ -77,7 +82,7 @@ def train_speed_section() -> str:
 
 
 SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "latent": latent_section,
-            "bench": bench_section, "train_speed": train_speed_section}
+            "latent_flagship": latent_flagship_section, "bench": bench_section, "train_speed": train_speed_section}
 
 
 def section_pattern(name: str) -> re.Pattern:

@@ -145,7 +145,8 @@ def write_score_table(out: str, labels: list[str], cfg: ScoreConfig) -> str:
     drop the others from the table."""
     labels = labels + [label for label in scored_labels(out, cfg.seeds) if label not in labels]
     lines = [
-        f"{cfg.n} samples per seed, seeds {', '.join(map(str, cfg.seeds))} (DDIM {cfg.sample_steps}, x0 clipped); "
+        f"{cfg.n} samples per seed, seeds {', '.join(map(str, cfg.seeds))} (DDIM {cfg.sample_steps}, eta 0, x0 clipped "
+        "in pixel space, never in latent space); "
         f"FID, sFID, precision, recall (FID Inception) and FD-clf against the first {cfg.reference_images} test "
         f"images; confident: share of samples with top classifier probability > 0.9 (`{cfg.classifier}`; the "
         "reference row gives the real images' share). Cells: mean over seeds (min-max). s/image: sampling time.",
