@@ -8,6 +8,7 @@ Sections (README.md holds `<!-- generated:NAME -->` ... `<!-- end:NAME -->`):
     ablation     results/ablation.md, written by `python cli.py ablate ... --out results`
     latent       the finished rows of results/latent/ablation.md (`cli.py ablate` on the latent teacher)
     latent_flagship  results/latent_flagship/table.md, written by `python cli.py score ... --out results/latent_flagship`
+    latent_curve_fid  results/latent_curve_fid/table.md, `cli.py score` of the flagship students' EMA snapshots
     bench        the ratios and machine of results/bench.json, written by `python cli.py bench --json`
     train_speed  results/bench_train.json, `python cli.py bench --what train --json` (vs PyTorch eager)
 So the README never holds a retyped number: tests/test_readme.py runs --check.
@@ -43,8 +44,9 @@ def latent_section() -> str:
     return "\n".join(line for line in lines if "| pending |" not in line)
 
 
-def latent_flagship_section() -> str:
-    return (ROOT / "results" / "latent_flagship" / "table.md").read_text().strip()
+def score_table(folder: str) -> str:
+    """The table.md of a `cli.py score` output folder under results/."""
+    return (ROOT / "results" / folder / "table.md").read_text().strip()
 
 
 def measured_on(report: dict) -> str:
@@ -82,7 +84,9 @@ def train_speed_section() -> str:
 
 
 SECTIONS = {"efficiency": efficiency_section, "ablation": ablation_section, "latent": latent_section,
-            "latent_flagship": latent_flagship_section, "bench": bench_section, "train_speed": train_speed_section}
+            "latent_flagship": lambda: score_table("latent_flagship"),
+            "latent_curve_fid": lambda: score_table("latent_curve_fid"), "bench": bench_section,
+            "train_speed": train_speed_section}
 
 
 def section_pattern(name: str) -> re.Pattern:
