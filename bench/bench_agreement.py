@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from bidm_ref.bidm.tbs import sampling_eps_fn
+from bidm_ref.binary.packed_layers import packed_layers
 from bidm_ref.data.images import to_uint8
 from bidm_ref.diffusion.generate import SampleConfig
-from bidm_ref.diffusion.schedule import Schedule, ScheduleConfig
-from bidm_ref.diffusion.samplers import step_pairs
 from bidm_ref.loading.load import load_model
-from bidm_ref.loading.packed import is_packed, packed_twin, refuse_unpackable
-from bidm_ref.loading.sampling import draw_images
+from bidm_ref.loading.packed import packed_twin, refuse_unpackable
+from bidm_ref.loading.sampling import decoder_of, draw_batch
+from bidm_ref.models.autoencoder import Autoencoder
 from bidm_ref.models.unet import UNet
-from bidm_ref.storage.checkpoint import load_checkpoint
 
 from .bench_unet import PACKED, SIMULATED, TIMESTEPS, step_models
 from .timing import bench_main
@@ -36,33 +34,31 @@ AGREE_STEPS = 50  # sampler steps of the pixel comparison (issue 18's protocol)
 AGREE_IMAGES = 16  # N
 
 
-def first_step_eps(model: UNet, x_T: np.ndarray, schedule: Schedule, steps: int) -> np.ndarray:
-    """eps [N, C, H, W] of the sampler's first step (t of its first step pair) on a fresh TBS state."""
-    t = np.full(x_T.shape[0], step_pairs(schedule.T, steps)[0][0])                # [N]
-    return sampling_eps_fn(model)(x_T, t)
+def sampled(model: UNet, run_config: dict, ae: Autoencoder | None, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(eps [N, C, H, W] of the sampler's first step, uint8 images [N, H, W, C] at the end) of batch 0 of `cfg`."""
+    first: list[np.ndarray] = []
+    keep_first = lambda step, t, x, eps: first.append(eps.copy()) if step == 0 else None  # noqa: E731
+    images = draw_batch(model, run_config, ae, cfg, 0, keep_first)               # [N, C, H, W]
+    return first[0], to_uint8(np.clip(images, -1, 1))
 
 
 def agreement(student: UNet, packed: UNet, run_config: dict, n: int = AGREE_IMAGES, steps: int = AGREE_STEPS) -> dict:
     """{eps_max_diff, eps_max_abs, equal_pixel_share} of a float student and its packed twin (module docstring)."""
-    schedule = Schedule(ScheduleConfig(**run_config["schedule"]))
     cfg = SampleConfig(n=n, steps=steps, eta=0.0, seed=0, batch_size=n)
-    shape = (n, student.cfg.in_channels, student.cfg.resolution, student.cfg.resolution)
-    x_T = np.random.default_rng([cfg.seed, 0]).standard_normal(shape).astype(np.float32)  # [N, C, H, W] = batch 0's
-    eps_float = first_step_eps(student, x_T, schedule, steps)                     # [N, C, H, W]
-    eps_packed = first_step_eps(packed, x_T, schedule, steps)                     # [N, C, H, W]
-    pixels = [to_uint8(np.clip(draw_images(model, run_config, cfg, progress=False), -1, 1))  # [N, H, W, C]
-              for model in (student, packed)]
+    ae = decoder_of(run_config)
+    eps_float, pixels_float = sampled(student, run_config, ae, cfg)               # [N, C, H, W], [N, H, W, C]
+    eps_packed, pixels_packed = sampled(packed, run_config, ae, cfg)              # [N, C, H, W], [N, H, W, C]
     return {"eps_max_diff": float(np.max(np.abs(eps_packed - eps_float))), "eps_max_abs": float(np.max(np.abs(eps_float))),
-            "equal_pixel_share": float(np.mean(pixels[0] == pixels[1]))}
+            "equal_pixel_share": float(np.mean(pixels_float == pixels_packed))}
 
 
 def trained_pair(path: str) -> tuple[UNet, UNet, dict]:
     """(float student, packed twin, run config) of a float student checkpoint of `cli.py train`."""
-    if is_packed(load_checkpoint(path)):
-        raise ValueError(f"{path} is already packed: pass the float student checkpoint it was exported from")
     student, run_config = load_model(path)
     if "student" not in run_config:
         raise ValueError(f"{path} is not a binary student: pass the checkpoint of `cli.py train --method bidm`")
+    if packed_layers(student):
+        raise ValueError(f"{path} is already packed: pass the float student checkpoint it was exported from")
     refuse_unpackable(run_config, path)
     method = run_config["student"]["method"]
     return student, packed_twin(student, method, run_config["schedule"]["num_timesteps"]), run_config
