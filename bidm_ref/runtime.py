@@ -14,9 +14,11 @@ Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
    "OpenBLAS's spinning workers").
 2. `configure(policy)` (cli.py and the benchmarks call it) sets the thread counts: BLAS through threadpoolctl,
    Numba through numba.set_num_threads. The default gives both pools every core that other processes leave
-   free at start-up (cores minus the 1-minute load average): on an idle machine every core (measured fastest),
-   on a machine whose cores other jobs hold one thread, because a BLAS call split over two threads waits for
-   the descheduled one (measured 8x slower sampling steps than one thread; docs/ENGINE.md, "Threads").
+   free at start-up (cores minus the cores busy over BUSY_SAMPLE_S, read from /proc/stat): on an idle machine
+   every core (measured fastest), on a machine whose cores other jobs hold one thread, because a BLAS call split
+   over two threads waits for the descheduled one (measured 8x slower sampling steps than one thread;
+   docs/ENGINE.md, "Threads"). Not the 1-minute load average: it lags, so a command started within a minute of
+   another one (a benchmark after a test run) took one thread on an idle machine.
    And NUMBA_CACHE_DIR, unless it is set, to a folder of the user's cache named by a digest of the package's
    sources (`numba_cache_dir`). Numba invalidates a cached function when its own file changes, not when a
    function it calls from another file does: after an edit of binary/kernels.py alone, layer_kernels.py's cached
@@ -40,6 +42,7 @@ import ctypes
 import hashlib
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,16 +93,42 @@ class ThreadPolicy:
 
 
 def free_cores(cores: int, load: float) -> int:
-    """The cores other processes leave free: `cores` minus the 1-minute load average, rounded; at least 1."""
+    """The cores other processes leave free: `cores` minus `load` (cores busy), rounded; at least 1."""
     return max(1, min(cores, cores - int(load + 0.5)))
 
 
+BUSY_SAMPLE_S = 0.05  # seconds over which busy_cores reads the CPU counters (5 ticks of 10 ms per core)
+
+
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat: busy = user + nice +
+    system + irq + softirq, total = busy + idle + iowait (steal and guest time left out)."""
+    with open(stat) as f:
+        user, nice, system, idle, iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait
+
+
+def busy_cores(cores: int, interval: float = BUSY_SAMPLE_S) -> float:
+    """How many of `cores` other processes keep busy now: their share of the CPU ticks over `interval` (this process
+    sleeps meanwhile), times `cores`. Without /proc/stat (macOS) the 1-minute load average."""
+    try:
+        busy0, total0 = cpu_ticks()
+        time.sleep(interval)
+        busy1, total1 = cpu_ticks()
+    except (OSError, ValueError):
+        return os.getloadavg()[0]
+    return cores * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def default_policy() -> ThreadPolicy:
-    """Every free core for both pools at start-up (free_cores; bounded by NUMBA_NUM_THREADS, which Numba cannot
-    exceed): all cores on an idle machine, one thread when other jobs hold the cores (module docstring, 2)."""
+    """Every free core for both pools at start-up (free_cores of busy_cores; bounded by NUMBA_NUM_THREADS, which
+    Numba cannot exceed): all cores on an idle machine, one thread when other jobs hold the cores (module
+    docstring, 2)."""
     import numba
 
-    threads = free_cores(os.cpu_count() or 1, os.getloadavg()[0])
+    cores = os.cpu_count() or 1
+    threads = free_cores(cores, busy_cores(cores))
     return ThreadPolicy(blas_threads=threads, numba_threads=min(threads, numba.config.NUMBA_NUM_THREADS))
 
 

@@ -7,6 +7,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -15,7 +16,8 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from bidm_ref import runtime
-from bidm_ref.runtime import ThreadPolicy, configure, current_policy, default_policy, free_cores, prepare_environment
+from bidm_ref.runtime import (ThreadPolicy, busy_cores, configure, cpu_ticks, current_policy, default_policy, free_cores,
+                              prepare_environment)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +32,39 @@ def test_configure_sets_blas_and_numba_threads_and_the_default_uses_every_free_c
         assert configure(ThreadPolicy(blas_threads=1, numba_threads=1)) == current_policy()
         assert blas_thread_counts() == {1} and numba.get_num_threads() == 1
         cores = os.cpu_count() or 1
-        with mock.patch("os.getloadavg", return_value=(0.2, 0.0, 0.0)):              # an idle machine
+        with mock.patch("bidm_ref.runtime.busy_cores", return_value=0.2):             # an idle machine
             policy = configure()
         assert policy == ThreadPolicy(cores, min(cores, numba.config.NUMBA_NUM_THREADS))
         assert blas_thread_counts() == {cores} and numba.get_num_threads() == policy.numba_threads
-        with mock.patch("os.getloadavg", return_value=(cores + 0.7, 0.0, 0.0)):      # every core held elsewhere
+        with mock.patch("bidm_ref.runtime.busy_cores", return_value=cores + 0.7):     # every core held elsewhere
             assert default_policy() == ThreadPolicy(1, 1)
     finally:
         configure()
+
+
+def test_busy_cores_reads_the_share_of_busy_ticks_over_the_interval(tmp_path):
+    """Two /proc/stat snapshots 50 busy and 50 idle ticks apart: half the cores busy; lines of other CPUs ignored."""
+    snapshots = iter(["cpu  100 5 20 1000 10 1 2 77 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n",
+                      "cpu  130 5 40 1040 20 1 2 99 0 0\ncpu0 9 9 9 9 9 9 9 9 0 0\n"])
+
+    def ticks():
+        stat = tmp_path / "stat"
+        stat.write_text(next(snapshots))
+        return cpu_ticks(stat)
+
+    with mock.patch("bidm_ref.runtime.cpu_ticks", ticks):
+        assert busy_cores(8, interval=0.0) == 4.0                                 # 50 of 100 ticks, steal left out
+
+
+def test_busy_cores_sees_a_process_that_holds_a_core():
+    """A spinning child holds one core: busy_cores counts it at once (the 1-minute load average would lag)."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(os.cpu_count() or 1, interval=0.2) >= 0.6
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_free_cores_subtracts_the_rounded_load_and_keeps_one():
