@@ -97,6 +97,27 @@ def test_softmax_backward_kernel_gives_the_twins_bytes(rows, cols, dtype, seed):
     np.testing.assert_array_equal(softmax_backward(dy.copy(), y), expected)
 
 
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 70), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_a_scaled_softmax_gives_the_bytes_of_scaling_first(rows, cols, dtype, seed):
+    """softmax(x, s) is softmax(x *= s) and its backward the unscaled backward times s, byte for byte (the attention
+    block folds 1/sqrt(C) into both instead of two passes over the logits)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, cols)) * 5).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    scale = 32 ** (-0.5)
+    scaled = x.copy()
+    scaled *= scale
+    y = softmax(x.copy(), scale)
+    np.testing.assert_array_equal(y, softmax(scaled))
+    np.testing.assert_array_equal(y, softmax_ref(x, scale))
+    unscaled = softmax_backward(dy.copy(), y)
+    unscaled *= scale
+    np.testing.assert_array_equal(softmax_backward(dy.copy(), y, scale), unscaled)
+    np.testing.assert_array_equal(softmax_backward(dy.copy(), y, scale), softmax_backward_ref(dy, y, scale))
+
+
 def test_threaded_softmax_kernels_give_the_twins_bytes():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((SERIAL_ELEMENTS // 250 + 1, 250)).astype(np.float32) * 4   # >= SERIAL_ELEMENTS

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bidm_ref.nn.activation import SiLU, silu_backward_ref
+from bidm_ref.nn.activation import SiLU, silu_backward_ref, silu_forward_ref
 from bidm_ref.nn.attention import AttnBlock
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.dropout import Dropout
@@ -102,10 +102,62 @@ def test_groupnorm_kernels_equal_their_numpy_twins(N, G, per_group, H, W, dtype,
     np.testing.assert_allclose(layer.grads["bias"], dbeta_ref, rtol=tol, atol=tol * 10)
     for kernel in group_norm_kernel.compilations:                                  # the layer picks one by size
         x4 = x.reshape(N, G, per_group, H * W)
-        outs = [np.empty_like(x4), np.empty_like(x4), np.empty((N, G), dtype=dtype)]
+        outs = [np.empty_like(x4), np.empty_like(x4), np.empty((0, 0, 0, 0), dtype=dtype), np.empty((N, G), dtype=dtype)]
         kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *outs)
         np.testing.assert_allclose(outs[0].reshape(x.shape), y_ref, rtol=tol, atol=tol)
-        np.testing.assert_allclose(outs[2], inv_std_ref.reshape(N, G), rtol=tol)
+        np.testing.assert_allclose(outs[3], inv_std_ref.reshape(N, G), rtol=tol)
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.booleans(), seeds)
+def test_groupnorm_with_fused_silu_backward_fd(N, G, per_group, H, W, affine, seed):
+    assume(per_group * H * W > 1)
+    rng = np.random.default_rng(seed)
+    layer = GroupNorm(G, G * per_group, eps=1e-6, affine=affine)
+    if affine:
+        layer.params["weight"][:] = rng.uniform(0.5, 1.5, G * per_group)
+        layer.params["bias"][:] = rng.standard_normal(G * per_group)
+    check_module(layer, [rng.standard_normal((N, G * per_group, H, W))], lambda x: layer.forward(x, silu=True), rng)
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([np.float32, np.float64]), seeds)
+def test_groupnorm_fused_silu_equals_the_two_layers_and_their_twins(N, G, per_group, H, W, dtype, seed):
+    """SiLU(GroupNorm(x)) in one kernel: the twins' values (group_norm_ref, silu_forward_ref / silu_backward_ref), the
+    two separate layers' values, and the same bytes from the serial and the parallel compilation."""
+    rng = np.random.default_rng(seed)
+    C = G * per_group
+    layer = GroupNorm(G, C, eps=1e-6).astype(dtype)
+    gamma, beta = layer.params["weight"], layer.params["bias"]
+    gamma[:] = rng.uniform(0.5, 1.5, C)
+    beta[:] = rng.standard_normal(C)
+    x = (rng.standard_normal((N, C, H, W)) * 3 + 1).astype(dtype)
+    dz = rng.standard_normal(x.shape).astype(dtype)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    z, cache = layer.forward(x, silu=True)
+    dx = layer.backward(dz, cache)
+    y_ref, xhat_ref, inv_std_ref = group_norm_ref(x, gamma, beta, G, 1e-6)
+    z_ref, s_ref = silu_forward_ref(y_ref)
+    dx_ref, dgamma_ref, dbeta_ref = group_norm_backward_ref(silu_backward_ref(y_ref, s_ref, dz), xhat_ref, inv_std_ref,
+                                                            gamma, G)
+    assert z.dtype == dx.dtype == dtype
+    np.testing.assert_allclose(z, z_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(layer.grads["weight"], dgamma_ref, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(layer.grads["bias"], dbeta_ref, rtol=tol, atol=tol * 10)
+    unfused = GroupNorm(G, C, eps=1e-6).astype(dtype)
+    unfused.load_state_dict(layer.state_dict())
+    y, c_norm = unfused.forward(x)
+    z2, c_act = SiLU().forward(y)
+    np.testing.assert_allclose(z, z2, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, unfused.backward(SiLU().backward(dz, c_act), c_norm), rtol=tol, atol=tol * 10)
+    x4 = x.reshape(N, G, per_group, H * W)
+    outs = []
+    for kernel in group_norm_kernel.compilations:
+        out = [np.empty_like(x4) for _ in range(3)] + [np.empty((N, G), dtype=dtype)]    # y, xhat, s, inv_std
+        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *out)
+        outs.append(out)
+    for parallel, serial in zip(*outs):
+        assert parallel.tobytes() == serial.tobytes()
 
 
 def test_groupnorm_forward_statistics():

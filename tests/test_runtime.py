@@ -163,7 +163,8 @@ def test_numba_kernels_give_the_same_bytes_on_one_thread_and_on_every_core():
             y, c_norm = norm.forward(x)
             z, c_act = act.forward(y)
             dx = norm.backward(act.backward(dy, c_act), c_norm)
-            results.append((z, dx, norm.grads["weight"].copy()))
+            fused, c_fused = norm.forward(x, silu=True)
+            results.append((z, dx, norm.grads["weight"].copy(), fused, norm.backward(dy, c_fused)))
     finally:
         configure()
     for a, b in zip(*results):

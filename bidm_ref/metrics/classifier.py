@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from ..data.batches import BatchSampler
 from ..data.datasets import DataConfig, load_labeled
-from ..nn.activation import SiLU
 from ..nn.attention import softmax
 from ..nn.conv import Conv2d
 from ..nn.groupnorm import GroupNorm
@@ -53,7 +52,6 @@ class FeatureClassifier(Module):
         self.convs = [self.add_child(f"conv{i + 1}", Conv2d(ci, co, 3, 1, 1, rng=rng)) for i, (ci, co) in enumerate(widths)]
         self.norms = [self.add_child(f"norm{i + 1}", GroupNorm(8, co)) for i, (_, co) in enumerate(widths)]
         self.head = self.add_child("head", Linear(FEATURES, num_classes, rng=rng))
-        self.act = SiLU()
 
     def trunk(self, x: np.ndarray) -> tuple[np.ndarray, list]:
         """x [N, C, 32, 32] -> features [N, F] and the caches of every stage."""
@@ -61,12 +59,11 @@ class FeatureClassifier(Module):
         h = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             h, c_conv = conv.forward(h)                                           # [N, Co, H, W]
-            h, c_norm = norm.forward(h)                                           # [N, Co, H, W]
-            h, c_act = self.act.forward(h)                                        # [N, Co, H, W]
+            h, c_norm = norm.forward(h, silu=True)                                # [N, Co, H, W] SiLU(norm(h))
             pooled = i < len(self.convs) - 1
             shape = h.shape
             h = avg_pool2x(h) if pooled else h                                    # [N, Co, H/2, W/2]
-            caches.append((c_conv, c_norm, c_act, pooled, shape))
+            caches.append((c_conv, c_norm, pooled, shape))
         return h.mean(axis=(2, 3)), caches + [h.shape]                            # [N, F]
 
     def features(self, x: np.ndarray) -> np.ndarray:
@@ -83,11 +80,10 @@ class FeatureClassifier(Module):
         dfeats = self.head.backward(dlogits, c_head)                              # [N, F]
         N, F, H, W = last_shape
         dh = np.broadcast_to(dfeats[:, :, None, None] / (H * W), last_shape).copy()  # [N, F, H, W]
-        for (conv, norm), (c_conv, c_norm, c_act, pooled, shape) in zip(
+        for (conv, norm), (c_conv, c_norm, pooled, shape) in zip(
             reversed(list(zip(self.convs, self.norms))), reversed(stages)
         ):
             dh = avg_pool2x_backward(dh, shape) if pooled else dh                 # [N, Co, H, W]
-            dh = self.act.backward(dh, c_act)
             dh = norm.backward(dh, c_norm)
             dh = conv.backward(dh, c_conv)                                        # [N, Ci, H, W]
         return dh

@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..nn.activation import SiLU
 from ..nn.attention import AttnBlock
 from ..nn.conv import Conv2d
 from ..nn.groupnorm import GroupNorm
@@ -149,20 +148,17 @@ class Head(Module):
 
     def __init__(self, channels: int, out_channels: int, groups: int, rng: np.random.Generator) -> None:
         super().__init__()
-        self.act = SiLU()
         self.norm_out = self.add_child("norm_out", GroupNorm(groups, channels))
         self.conv_out = self.add_child("conv_out", Conv2d(channels, out_channels, 3, 1, 1, rng=rng))
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-        h, c_n = self.norm_out.forward(x)                                         # [N, Ch, H', W']
-        h, c_a = self.act.forward(h)                                              # [N, Ch, H', W']
+        h, c_n = self.norm_out.forward(x, silu=True)                              # [N, Ch, H', W'] SiLU(norm_out(x))
         y, c_c = self.conv_out.forward(h)                                         # [N, Co, H', W']
-        return y, (c_n, c_a, c_c)
+        return y, (c_n, c_c)
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
-        c_n, c_a, c_c = cache
+        c_n, c_c = cache
         dh = self.conv_out.backward(dy, c_c)                                      # [N, Ch, H', W']
-        dh = self.act.backward(dh, c_a)                                           # [N, Ch, H', W']
         return self.norm_out.backward(dh, c_n)                                    # [N, Ch, H', W']
 
 

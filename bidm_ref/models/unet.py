@@ -97,8 +97,7 @@ class UNetCache(NamedTuple):
     mid: list                          # the two mid units
     up: list                           # units and upsamples in forward order
     skip_channels: list[int]           # channels of each skip concatenated in the decoder, in use order
-    norm_out: tuple
-    act_out: tuple
+    norm_out: tuple                    # SiLU(norm_out(h)), one fused layer
     conv_out: tuple
     temb_shape: tuple[int, int]        # [N, E]
     features: list[np.ndarray]         # unit outputs after TBS mixing, units() order (unit_features)
@@ -277,10 +276,9 @@ class UNet(Module):
                 points[upsample_point(level)] = h
                 c_up.append((c, c_mix))
 
-        h, c_no = self.norm_out.forward(h)                                        # [N, ch, H, W]
-        h, c_ao = self.act.forward(h)                                             # [N, ch, H, W]
+        h, c_no = self.norm_out.forward(h, silu=True)                             # [N, ch, H, W] SiLU(norm_out(h))
         out, c_out = self.conv_out.forward(h)                                     # [N, out_ch, H, W]
-        return out, UNetCache(c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb.shape,
+        return out, UNetCache(c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_out, temb.shape,
                               features, points)
 
     def backward(self, dout: np.ndarray, cache: UNetCache, dfeatures: Features | None = None) -> np.ndarray:
@@ -289,11 +287,10 @@ class UNet(Module):
         dfeatures[p]: an extra gradient on feature point p's output (a feature loss such as SPD), added where
         that output's gradient is complete.
         """
-        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_ao, c_out, temb_shape, _, _ = cache
+        c_d0, c_ae, c_d1, c_in, c_down, c_mid, c_up, skip_channels, c_no, c_out, temb_shape, _, _ = cache
         nlev = len(self.cfg.ch_mult)
         dtemb = np.zeros(temb_shape, dtype=dout.dtype)                            # [N, E]
         dh = self.conv_out.backward(dout, c_out)                                  # [N, ch, H, W]
-        dh = self.act.backward(dh, c_ao)                                          # [N, ch, H, W]
         dh = self.norm_out.backward(dh, c_no)                                     # [N, ch, H, W]
 
         dskips = []

@@ -68,15 +68,17 @@ def row_dot_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _softmax_rows_kernel(rows):
     """softmax_rows_kernel with `rows` prange or range (threaded.py)."""
 
-    def softmax_rows_kernel(x):  # pragma: no cover - compiled
-        """Softmax of every row of x [R, J] in place: max, exp(x - max) (fastexp.fast_exp), row_dot with ones,
-        divide."""
+    def softmax_rows_kernel(x, scale):  # pragma: no cover - compiled
+        """Softmax of every row of scale * x [R, J] in place: scale and max, exp(x - max) (fastexp.fast_exp),
+        row_dot with ones, divide. `scale` has x's dtype (scale 1 leaves x exactly as it is)."""
         R, J = x.shape
         ones = np.ones(J, x.dtype)                                                # [J] (x * 1 is x exactly)
         for r in rows(R):
             row = x[r]                                                            # [J]
+            row[0] = row[0] * scale
             m = row[0]
             for j in range(1, J):
+                row[j] = row[j] * scale
                 if row[j] > m:
                     m = row[j]
             for j in range(J):
@@ -91,12 +93,12 @@ def _softmax_rows_kernel(rows):
 def _softmax_backward_rows_kernel(rows):
     """softmax_backward_rows_kernel with `rows` prange or range (threaded.py)."""
 
-    def softmax_backward_rows_kernel(dy, y):  # pragma: no cover - compiled
-        """dy <- y (dy - sum_j dy y) for every row of dy, y [R, J], in place."""
+    def softmax_backward_rows_kernel(dy, y, scale):  # pragma: no cover - compiled
+        """dy <- (y (dy - sum_j dy y)) scale for every row of dy, y [R, J], in place (scale in dy's dtype)."""
         for r in rows(dy.shape[0]):
             dot = row_dot(dy[r], y[r])
             for j in range(dy.shape[1]):
-                dy[r, j] = (dy[r, j] - dot) * y[r, j]
+                dy[r, j] = (dy[r, j] - dot) * y[r, j] * scale
 
     return softmax_backward_rows_kernel
 
@@ -114,33 +116,35 @@ def rows_of(x: np.ndarray, what: str) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax along the last axis; overwrites and returns x (the logits are not kept).
-    One fused Numba pass per row (softmax_rows_kernel; twin softmax_ref)."""
-    softmax_rows_kernel.for_work(x.size)(rows_of(x, "x"))
+def softmax(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax of scale * x along the last axis; overwrites and returns x (the logits are not
+    kept). One fused Numba pass per row (softmax_rows_kernel; twin softmax_ref). The product is rounded to x's dtype
+    first, as `x *= scale` would round it."""
+    softmax_rows_kernel.for_work(x.size)(rows_of(x, "x"), x.dtype.type(scale))
     return x
 
 
-def softmax_ref(x: np.ndarray) -> np.ndarray:
+def softmax_ref(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """NumPy twin of softmax (a new array): the kernel's operations in its order."""
-    rows = x.reshape(-1, x.shape[-1])                                         # [R, J]
+    rows = x.reshape(-1, x.shape[-1]) * x.dtype.type(scale)                   # [R, J]
     e = fast_exp_ref(rows - rows.max(axis=1, keepdims=True))                  # [R, J]
     return (e / row_dot_ref(e, np.ones_like(e))[:, None]).reshape(x.shape)
 
 
-def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d softmax along the last axis: dx = y * (dy - sum(dy * y)); overwrites and returns dy (one Numba pass per
-    row, softmax_backward_rows_kernel; twin softmax_backward_ref)."""
+def softmax_backward(dy: np.ndarray, y: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The gradient of softmax(scale * x) along the last axis: dx = y * (dy - sum(dy * y)) * scale; overwrites and
+    returns dy (one Numba pass per row, softmax_backward_rows_kernel; twin softmax_backward_ref)."""
     if y.shape != dy.shape or y.dtype != dy.dtype:
         raise ValueError(f"softmax_backward: dy {dy.dtype} {list(dy.shape)} and y {y.dtype} {list(y.shape)} differ")
-    softmax_backward_rows_kernel.for_work(dy.size)(rows_of(dy, "dy"), rows_of(y, "y"))
+    softmax_backward_rows_kernel.for_work(dy.size)(rows_of(dy, "dy"), rows_of(y, "y"), dy.dtype.type(scale))
     return dy
 
 
-def softmax_backward_ref(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+def softmax_backward_ref(dy: np.ndarray, y: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """NumPy twin of softmax_backward (a new array)."""
     dy_rows, y_rows = dy.reshape(-1, dy.shape[-1]), y.reshape(-1, y.shape[-1])  # [R, J] each
-    return ((dy_rows - row_dot_ref(dy_rows, y_rows)[:, None]) * y_rows).reshape(dy.shape)
+    dx = (dy_rows - row_dot_ref(dy_rows, y_rows)[:, None]) * y_rows            # [R, J]
+    return (dx * dy.dtype.type(scale)).reshape(dy.shape)
 
 
 class AttnBlock(Module):
@@ -164,8 +168,7 @@ class AttnBlock(Module):
         kf = k.reshape(N, C, H * W)                                               # [N, C, P]
         vf = v.reshape(N, C, H * W)                                               # [N, C, P]
         logits = qf @ kf                                                          # [N, P(i), P(j)]
-        logits *= C ** (-0.5)
-        attn = softmax(logits)                                                    # [N, P(i), P(j)]
+        attn = softmax(logits, C ** (-0.5))                                       # [N, P(i), P(j)] of logits / sqrt(C)
         o = (vf @ attn.transpose(0, 2, 1)).reshape(N, C, H, W)                    # [N, C, H, W]
         out, c_proj = self.proj_out.forward(o)                                    # [N, C, H, W]
         return x + out, (c_norm, c_q, c_k, c_v, qf, kf, vf, attn, c_proj)
@@ -176,8 +179,7 @@ class AttnBlock(Module):
         do = self.proj_out.backward(dy, c_proj).reshape(N, C, H * W)              # [N, C, P]
         dvf = do @ attn                                                           # [N, C, P]
         dattn = do.transpose(0, 2, 1) @ vf                                        # [N, P(i), P(j)]
-        dlogits = softmax_backward(dattn, attn)                                   # [N, P, P]
-        dlogits *= C ** (-0.5)
+        dlogits = softmax_backward(dattn, attn, C ** (-0.5))                      # [N, P, P] d(q^T k)
         dqf = dlogits @ kf.transpose(0, 2, 1)                                     # [N, P, C]
         dkf = qf.transpose(0, 2, 1) @ dlogits                                     # [N, C, P]
         dh = self.v.backward(dvf.reshape(N, C, H, W), c_v)                        # [N, C, H, W]

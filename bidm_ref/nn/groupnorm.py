@@ -10,12 +10,19 @@ M = Cg*H*W elements per group (contiguous in NCHW).
 Backward (per group, with g = dy * gamma):
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
+Fused SiLU (`forward(x, silu=True)`, ddim's SiLU(norm(x)) in ResnetBlock and before conv_out): the forward's last
+pass also writes s = sigmoid(y) (fastexp.fast_exp) and returns z = y s instead of y; the backward turns dz into
+dy = dz (s + y s (1 - s)) inside both of its passes, with y = xhat * gamma + beta recomputed from the cache. The
+activation is then written once and read by no second pass, and the cache holds (xhat, s) instead of GroupNorm's
+xhat plus SiLU's (y, s) (docs/ENGINE.md, "GroupNorm, SiLU, attention").
+
 Forward and backward are Numba kernels that make one pass per statistic over each group (prange
 over the N*G groups; a group is summed by one thread in a fixed order, so results do not depend on
 the thread count). Inputs below SERIAL_ELEMENTS run the forward's serial compilation: waking the
 sleeping workers for a parallel loop costs more than such a small group norm (sampling at batch 1).
 Their sums run in float64 whatever the data's dtype. `group_norm_ref` and `group_norm_backward_ref`
-are the plain NumPy twins the tests compare them with.
+are the plain NumPy twins the tests compare them with (with activation.silu_forward_ref and silu_backward_ref for
+the fused SiLU).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .fastexp import fast_exp
 from .module import Module
 from .threaded import threaded_kernel
 
@@ -30,8 +38,8 @@ SERIAL_ELEMENTS = 1 << 16  # inputs smaller than this run the forward kernel on 
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, n, g):  # pragma: no cover - compiled
-    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs."""
+def _normalize_group(x, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # pragma: no cover - compiled
+    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs; s [0, ...]: no SiLU."""
     _, _, Cg, HW = x.shape
     M = Cg * HW
     total = 0.0
@@ -46,42 +54,65 @@ def _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, n, g):  # pragma: no
             sq += d * d
     r = 1.0 / np.sqrt(sq / M + eps)
     inv_std[n, g] = r
+    one = y.dtype.type(1)
     for c in range(Cg):
         scale, shift = gamma[g, c], beta[g, c]
-        for p in range(HW):
-            xh = (x[n, g, c, p] - mu) * r
-            xhat[n, g, c, p] = xh
-            y[n, g, c, p] = xh * scale + shift
+        if s.shape[0] == 0:
+            for p in range(HW):
+                xh = (x[n, g, c, p] - mu) * r
+                xhat[n, g, c, p] = xh
+                y[n, g, c, p] = xh * scale + shift
+        else:
+            for p in range(HW):
+                xh = (x[n, g, c, p] - mu) * r
+                xhat[n, g, c, p] = xh
+                v = y.dtype.type(xh * scale + shift)                              # GroupNorm's output, rounded as stored
+                sig = one / (one + fast_exp(-v))                                  # in y's dtype: fast_exp vectorises
+                s[n, g, c, p] = sig
+                y[n, g, c, p] = v * sig
 
 
 def _group_norm_kernel(groups):
     """The forward over the N*G groups, `groups` being prange or range (threaded.py).
-    x, y, xhat [N, G, Cg, HW]; gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, inv_std)."""
+    x, y, xhat, s [N, G, Cg, HW] (s [0, 0, 0, 0]: no SiLU); gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat,
+    s, inv_std)."""
 
-    def kernel(x, gamma, beta, eps, y, xhat, inv_std):  # pragma: no cover - compiled
+    def kernel(x, gamma, beta, eps, y, xhat, s, inv_std):  # pragma: no cover - compiled
         N, G = inv_std.shape
         for ng in groups(N * G):
-            _normalize_group(x, gamma, beta, eps, y, xhat, inv_std, ng // G, ng % G)
+            _normalize_group(x, gamma, beta, eps, y, xhat, s, inv_std, ng // G, ng % G)
 
     return kernel
 
 
-group_norm_kernel = threaded_kernel(_group_norm_kernel, SERIAL_ELEMENTS)  # threaded from SERIAL_ELEMENTS inputs
+group_norm_kernel = threaded_kernel(_group_norm_kernel, SERIAL_ELEMENTS, error_model="numpy")  # threaded from SERIAL_ELEMENTS
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _upstream(dz, xhat, s, scale, shift, one):  # pragma: no cover - compiled
+    """The gradient at the group norm's output: dz itself, or with the fused SiLU dz (s + y s (1 - s)), y = xhat
+    gamma + beta (s empty: no SiLU; the caller passes s's element or 0)."""
+    v = xhat * scale + shift
+    return dz * (s + v * s * (one - s))
 
 
 @numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def group_norm_backward_kernel(dy, xhat, inv_std, gamma, dx, dgamma_part, dbeta_part):  # pragma: no cover - compiled
-    """dy, xhat, dx [N, G, Cg, HW]; gamma [G, Cg]; inv_std [N, G]; dgamma_part, dbeta_part [N, G, Cg] per image."""
+def group_norm_backward_kernel(dy, xhat, s, inv_std, gamma, beta, dx, dgamma_part, dbeta_part):  # pragma: no cover - compiled
+    """dy, xhat, s, dx [N, G, Cg, HW] (s [0, 0, 0, 0]: no SiLU, dy is the group norm's own output gradient);
+    gamma, beta [G, Cg]; inv_std [N, G]; dgamma_part, dbeta_part [N, G, Cg] per image."""
     N, G, Cg, HW = dy.shape
     M = Cg * HW
+    silu = s.shape[0] > 0
+    one = dy.dtype.type(1)
     for ng in numba.prange(N * G):
         n, g = ng // G, ng % G
         sum_g = 0.0
         sum_gx = 0.0
         for c in range(Cg):
             dgamma, dbeta = 0.0, 0.0
+            scale, shift = gamma[g, c], beta[g, c]
             for p in range(HW):
-                d = dy[n, g, c, p]
+                d = _upstream(dy[n, g, c, p], xhat[n, g, c, p], s[n, g, c, p], scale, shift, one) if silu else dy[n, g, c, p]
                 dgamma += d * xhat[n, g, c, p]
                 dbeta += d
             dgamma_part[n, g, c] = dgamma
@@ -91,9 +122,10 @@ def group_norm_backward_kernel(dy, xhat, inv_std, gamma, dx, dgamma_part, dbeta_
         mean_g, mean_gx = sum_g / M, sum_gx / M
         r = inv_std[n, g]
         for c in range(Cg):
-            scale = gamma[g, c]
+            scale, shift = gamma[g, c], beta[g, c]
             for p in range(HW):
-                dx[n, g, c, p] = (dy[n, g, c, p] * scale - mean_g - xhat[n, g, c, p] * mean_gx) * r
+                d = _upstream(dy[n, g, c, p], xhat[n, g, c, p], s[n, g, c, p], scale, shift, one) if silu else dy[n, g, c, p]
+                dx[n, g, c, p] = (d * scale - mean_g - xhat[n, g, c, p] * mean_gx) * r
 
 
 def group_norm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, eps: float):
@@ -139,7 +171,8 @@ class GroupNorm(Module):
             return self.params["weight"].astype(dtype, copy=False), self.params["bias"].astype(dtype, copy=False)
         return np.ones(self.num_channels, dtype=dtype), np.zeros(self.num_channels, dtype=dtype)
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    def forward(self, x: np.ndarray, silu: bool = False) -> tuple[np.ndarray, tuple]:
+        """y = GroupNorm(x), or SiLU(GroupNorm(x)) with silu (module docstring); the cache remembers which."""
         N, C, H, W = x.shape
         if C != self.num_channels:
             raise ValueError(f"GroupNorm: expected {self.num_channels} channels, got input {x.shape}")
@@ -148,21 +181,22 @@ class GroupNorm(Module):
         x4 = np.ascontiguousarray(x).reshape(N, G, C // G, H * W)                 # [N, G, Cg, HW]
         y = np.empty_like(x4)                                                     # [N, G, Cg, HW]
         xhat = np.empty_like(x4)                                                  # [N, G, Cg, HW]
+        s = np.empty_like(x4) if silu else np.empty((0, 0, 0, 0), dtype=x.dtype)  # [N, G, Cg, HW] sigmoid(GN(x))
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
         kernel = group_norm_kernel.for_work(x4.size)
-        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, inv_std)
-        return y.reshape(N, C, H, W), (xhat, inv_std)                             # [N, C, H, W]
+        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, s, inv_std)
+        return y.reshape(N, C, H, W), (xhat, s, inv_std)                          # [N, C, H, W]
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
-        xhat, inv_std = cache                                                     # [N, G, Cg, HW], [N, G]
+        xhat, s, inv_std = cache                                                  # [N, G, Cg, HW] x2, [N, G]
         N, C, H, W = dy.shape
         G = self.num_groups
-        gamma, _ = self.affine(xhat.dtype)                                        # [C]
+        gamma, beta = self.affine(xhat.dtype)                                     # [C]
         dx = np.empty_like(xhat)                                                  # [N, G, Cg, HW]
         dgamma = np.empty((N, G, C // G), dtype=np.float64)                       # [N, G, Cg] per image
         dbeta = np.empty((N, G, C // G), dtype=np.float64)                        # [N, G, Cg]
         dy4 = np.ascontiguousarray(dy, dtype=xhat.dtype).reshape(xhat.shape)      # [N, G, Cg, HW]
-        group_norm_backward_kernel(dy4, xhat, inv_std, gamma.reshape(G, -1), dx, dgamma, dbeta)
+        group_norm_backward_kernel(dy4, xhat, s, inv_std, gamma.reshape(G, -1), beta.reshape(G, -1), dx, dgamma, dbeta)
         if self.params:
             self.grads["weight"] += dgamma.sum(axis=0).reshape(C).astype(dy.dtype)  # [C]
             self.grads["bias"] += dbeta.sum(axis=0).reshape(C).astype(dy.dtype)     # [C]

@@ -58,20 +58,18 @@ class ResnetBlock(Module):
         self, x: np.ndarray, temb: np.ndarray | None = None, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, tuple]:
         """temb [N, E] is required iff the block has a temb_proj (E > 0)."""
-        h, c_n1 = self.norm1.forward(x)                                           # [N, Ci, H, W]
-        h, c_a1 = self.act.forward(h)                                             # [N, Ci, H, W]
+        h, c_n1 = self.norm1.forward(x, silu=True)                                # [N, Ci, H, W] SiLU(norm1(x))
         h, c_c1 = self.conv1.forward(h)                                           # [N, Co, H, W]
         c_ae = c_te = None
         if self.temb_proj is not None:
             e, c_ae = self.act.forward(temb)                                      # [N, E]
             e, c_te = self.temb_proj.forward(e)                                   # [N, Co]
             h = h + e[:, :, None, None]                                           # [N, Co, H, W]
-        h, c_n2 = self.norm2.forward(h)                                           # [N, Co, H, W]
-        h, c_a2 = self.act.forward(h)                                             # [N, Co, H, W]
+        h, c_n2 = self.norm2.forward(h, silu=True)                                # [N, Co, H, W] SiLU(norm2(h))
         h, c_do = self.dropout.forward(h, rng)                                    # [N, Co, H, W]
         h, c_c2 = self.conv2.forward(h)                                           # [N, Co, H, W]
         s, c_sc = (x, None) if self.shortcut is None else self.shortcut.forward(x)  # [N, Co, H, W]
-        return s + h, (c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc, h)
+        return s + h, (c_n1, c_c1, c_ae, c_te, c_n2, c_do, c_c2, c_sc, h)
 
     @staticmethod
     def conv2_output(cache: tuple) -> np.ndarray:
@@ -83,16 +81,14 @@ class ResnetBlock(Module):
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns (dx [N, Ci, H, W], dtemb [N, E]); dtemb is None for a block without temb. dconv2: an extra
         gradient on conv2's output (a feature loss), which the shortcut does not see."""
-        c_n1, c_a1, c_c1, c_ae, c_te, c_n2, c_a2, c_do, c_c2, c_sc, _ = cache
+        c_n1, c_c1, c_ae, c_te, c_n2, c_do, c_c2, c_sc, _ = cache
         dx = dy if self.shortcut is None else self.shortcut.backward(dy, c_sc)    # [N, Ci, H, W]
         dh = self.conv2.backward(dy if dconv2 is None else dy + dconv2, c_c2)     # [N, Co, H, W]
         dh = self.dropout.backward(dh, c_do)                                      # [N, Co, H, W]
-        dh = self.act.backward(dh, c_a2)                                          # [N, Co, H, W]
         dh = self.norm2.backward(dh, c_n2)                                        # [N, Co, H, W]
         dtemb = None
         if self.temb_proj is not None:
             de = self.temb_proj.backward(dh.sum(axis=(2, 3)), c_te)               # [N, E]
             dtemb = self.act.backward(de, c_ae)                                   # [N, E]
         dh = self.conv1.backward(dh, c_c1)                                        # [N, Ci, H, W]
-        dh = self.act.backward(dh, c_a1)                                          # [N, Ci, H, W]
         return dx + self.norm1.backward(dh, c_n1), dtemb                          # [N, Ci, H, W], [N, E]
