@@ -4,7 +4,7 @@ asymmetric padding, strides, 1x1 and 3x3, one channel and channel counts that ar
 The rows layout's Numba kernels equal their NumPy twins exactly; the grid layout holds exactly the rows
 layout's numbers and folds exactly as its twin (copies, taps summed in the same order); fold is the
 adjoint of unfold; the conv on either layout equals the nested-loop definition; the chunked grid conv
-equals the conv on whole columns for any chunk size.
+equals the conv on whole columns for any chunk size, and so does the taps layout (conv_taps.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bidm_ref.nn import im2col
-from bidm_ref.nn.conv import conv2d, conv2d_backward
+from bidm_ref.nn import conv, im2col
+from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward
+from bidm_ref.nn.conv_taps import use_taps
 from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, fold_grid_chunk,
                                 fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, im2col_nhwc,
                                 im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
+from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
 shapes = st.tuples(
@@ -194,6 +196,42 @@ def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk
     np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, dx_whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dweight, dw_whole, rtol=1e-12, atol=1e-12)
+
+
+@given(shapes, st.integers(1, 4), st.integers(1, 3000))
+def test_taps_layout_equals_the_grid_layout_and_the_nested_loops(case, out_channels, chunk_bytes):
+    """The taps layout (conv_taps.py) of a grid conv, any chunk size: the nested-loop conv, and the grid layout's
+    forward and gradients (float64, to rounding)."""
+    N, C, H, W, k, pad, _, seed = case
+    assume(fits(H, W, k, pad) and 2 * out_channels <= C)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    weight = rng.standard_normal((out_channels, C, k, k))
+    dy = None
+    results = []
+    for taps in (True, False):
+        with (mock.patch.object(im2col, "CHUNK_BYTES", chunk_bytes), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1),
+              mock.patch.object(conv, "use_taps", return_value=taps), ANY_SIZE_ON_THE_GRID):
+            y, saved = conv2d(x, weight, None, 1, pad)
+            dy = rng.standard_normal(y.shape) if dy is None else dy
+            results.append((y, *conv2d_backward(dy, saved, weight, x.shape, 1, pad)[:2]))
+    np.testing.assert_allclose(results[0][0], conv_nested_loops(x, weight, None, 1, pad), rtol=1e-12, atol=1e-12)
+    for taps_result, grid_result in zip(*results):
+        np.testing.assert_allclose(taps_result, grid_result, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_takes_the_taps_layout_on_the_grid_when_outputs_are_at_most_half_the_inputs():
+    geo = conv_geometry((2, 16, 32, 32), 3, 3, 1, 1)
+    assert geo.grid and use_taps(geo, 8) and use_taps(geo, 1) and not use_taps(geo, 9)
+    assert not use_taps(conv_geometry((2, 16, 16, 16), 3, 3, 1, 1), 1)           # rows layout: no taps
+
+
+def test_conv2d_backward_fd_in_the_taps_layout():
+    rng = np.random.default_rng(4)
+    layer = Conv2d(6, 2, 3, 1, (1, 0, 2, 1), rng=rng)
+    with ANY_SIZE_ON_THE_GRID, mock.patch.object(im2col, "CHUNK_BYTES", 200), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1):
+        assert use_taps(conv_geometry((2, 6, 5, 4), 3, 3, 1, (1, 0, 2, 1)), 2)
+        check_module(layer, [rng.standard_normal((2, 6, 5, 4))], layer.forward, rng)
 
 
 def test_pointwise_for_unpadded_1x1_grid_for_large_maps_rows_for_the_rest():

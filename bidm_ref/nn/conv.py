@@ -12,6 +12,8 @@ grid layout (large maps; im2col.py):
     xp = grid_source(x) [C, L];  cols = unfold(xp) [K, Q], built chunk by chunk, never whole
     y  = W[O, K] @ cols + b  [O, Q]  -> NCHW (from_columns)
     dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk
+taps layout (grid convs with 2*O <= C, such as conv_out; conv_taps.py): the same xp, multiplied first,
+    Z = Ws[(t, o), C] @ xp, then y[o, q] = sum_t Z[(t, o), q + off_t]; no columns
 rows layout (small maps, strides):
     cols = im2col_rows(x) [P, K];  y = cols @ W'^T + b [P, O] -> NCHW   (W' = W in (o, i, j, c) order)
     dW' = dy^T @ cols;  dx = col2im_rows(dy @ W')
@@ -28,6 +30,7 @@ import numpy as np
 
 from .im2col import (col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks, grid_source,
                      im2col_rows, rows_weight, to_columns)
+from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
 from .padding import Padding, as_padding
@@ -57,9 +60,12 @@ def conv2d(
             y += bias                                                             # [P, O]
         return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
     xp = grid_source(x, geo)                                                      # [C, L]
-    y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))              # [O, Q]
-    for start, stop, cols in grid_chunks(xp, geo):
-        np.matmul(w_mat, cols, out=y[:, start:stop])                              # [O, n]
+    if use_taps(geo, O):
+        y = taps_forward(xp, weight, geo)                                         # [O, Q]
+    else:
+        y = np.empty((O, geo.columns), dtype=np.result_type(x, weight))          # [O, Q]
+        for start, stop, cols in grid_chunks(xp, geo):
+            np.matmul(w_mat, cols, out=y[:, start:stop])                          # [O, n]
     if bias is not None:
         y += bias[:, None]                                                        # [O, Q]
     return from_columns(y, geo), xp                                               # [N, O, Ho, Wo]
@@ -82,6 +88,9 @@ def conv2d_backward(
         dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
+    if use_taps(geo, O):
+        dxp, dweight = taps_backward(dy_cols, saved, weight, geo)                 # [C, L], [O, C, kh, kw]
+        return crop_padding(dxp, geo), dweight, dbias                             # [N, C, H, W]
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
     for start, stop, cols in grid_chunks(saved, geo):                             # cols [K, n]
