@@ -67,15 +67,17 @@ def test_linear_backward_fd(N, I, O, bias, seed):
     check_module(layer, [rng.standard_normal((N, I))], layer.forward, rng)
 
 
-@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.booleans(), seeds)
-def test_groupnorm_backward_fd(N, G, per_group, H, W, affine, seed):
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.booleans(),
+       st.booleans(), seeds)
+def test_groupnorm_backward_fd(N, G, per_group, H, W, affine, silu, seed):
+    """GroupNorm, and with silu=True SiLU(GroupNorm) in one layer."""
     assume(per_group * H * W > 1)
     rng = np.random.default_rng(seed)
     layer = GroupNorm(G, G * per_group, eps=1e-6, affine=affine)
     if affine:
         layer.params["weight"][:] = rng.uniform(0.5, 1.5, G * per_group)
         layer.params["bias"][:] = rng.standard_normal(G * per_group)
-    check_module(layer, [rng.standard_normal((N, G * per_group, H, W))], layer.forward, rng)
+    check_module(layer, [rng.standard_normal((N, G * per_group, H, W))], lambda x: layer.forward(x, silu=silu), rng)
 
 
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
@@ -106,17 +108,6 @@ def test_groupnorm_kernels_equal_their_numpy_twins(N, G, per_group, H, W, dtype,
         kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *outs)
         np.testing.assert_allclose(outs[0].reshape(x.shape), y_ref, rtol=tol, atol=tol)
         np.testing.assert_allclose(outs[3], inv_std_ref.reshape(N, G), rtol=tol)
-
-
-@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.booleans(), seeds)
-def test_groupnorm_with_fused_silu_backward_fd(N, G, per_group, H, W, affine, seed):
-    assume(per_group * H * W > 1)
-    rng = np.random.default_rng(seed)
-    layer = GroupNorm(G, G * per_group, eps=1e-6, affine=affine)
-    if affine:
-        layer.params["weight"][:] = rng.uniform(0.5, 1.5, G * per_group)
-        layer.params["bias"][:] = rng.standard_normal(G * per_group)
-    check_module(layer, [rng.standard_normal((N, G * per_group, H, W))], lambda x: layer.forward(x, silu=True), rng)
 
 
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
