@@ -190,7 +190,7 @@ def test_chunked_conv_equals_the_conv_on_whole_columns(case, out_channels, chunk
     with (mock.patch.object(im2col, "CHUNK_BYTES", chunk_bytes), mock.patch.object(im2col, "MIN_CHUNK_COLUMNS", 1),
           ANY_SIZE_ON_THE_GRID):
         width = max(1, chunk_bytes // (C * k * k * 8))
-        assert len(column_chunks(geo, C * k * k, 8)) == -(-geo.columns // width)
+        assert len(column_chunks(geo.columns, C * k * k, 8)) == -(-geo.columns // width)
         y, saved = conv2d(x, weight, None, 1, pad)
         dx, dweight, _ = conv2d_backward(dy, saved, weight, x.shape, 1, pad)
     np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
@@ -247,7 +247,7 @@ def test_pointwise_for_unpadded_1x1_grid_for_large_maps_rows_for_the_rest():
 def test_column_chunks_cover_every_column_once():
     geo = conv_geometry((3, 5, 17, 13), 3, 3, 1, 1)
     for chunk_bytes in (1, 1000, 10**5, 10**9):
-        chunks = column_chunks(geo, 45, 4, chunk_bytes)
+        chunks = column_chunks(geo.columns, 45, 4, chunk_bytes)
         assert chunks[0][0] == 0 and chunks[-1][1] == geo.columns
         assert all(stop == start for (_, stop), (start, _) in zip(chunks, chunks[1:]))
         assert all(stop - start <= max(im2col.MIN_CHUNK_COLUMNS, chunk_bytes // 180) for start, stop in chunks)

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import im2col
-from .im2col import ConvGeometry, tap_offsets
+from .im2col import ConvGeometry, column_chunks, tap_offsets
 
 
 def use_taps(geo: ConvGeometry, out_channels: int) -> bool:
@@ -42,13 +41,6 @@ def stacked_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(kh * kw * O, C))
 
 
-def cell_chunks(cells: int, rows: int, itemsize: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering `cells` columns of a `rows`-row product, each about im2col.CHUNK_BYTES (read at
-    call time, as im2col.column_chunks reads it)."""
-    width = max(im2col.MIN_CHUNK_COLUMNS, im2col.CHUNK_BYTES // (rows * itemsize))
-    return [(start, min(start + width, cells)) for start in range(0, cells, width)]
-
-
 def taps_forward(xp: np.ndarray, weight: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     """xp [C, L] (im2col.grid_source) -> y [O, Q] on the grid (im2col.from_columns makes it NCHW)."""
     O = weight.shape[0]
@@ -56,7 +48,7 @@ def taps_forward(xp: np.ndarray, weight: np.ndarray, geo: ConvGeometry) -> np.nd
     offsets = tap_offsets(geo)                                                    # [T]
     reach = offsets[-1]                                                           # Q + reach = L
     y = np.empty((O, geo.columns), dtype=np.result_type(xp, weight))              # [O, Q]
-    for start, stop in cell_chunks(geo.columns, ws.shape[0], y.itemsize):
+    for start, stop in column_chunks(geo.columns, ws.shape[0], y.itemsize):
         n = stop - start
         z = (ws @ xp[:, start : stop + reach]).reshape(len(offsets), O, -1)       # [T, O, n + reach]
         out = y[:, start:stop]                                                    # [O, n] view
@@ -76,7 +68,7 @@ def taps_backward(dy_cols: np.ndarray, xp: np.ndarray, weight: np.ndarray,
     Q, L = geo.columns, xp.shape[1]
     dws = np.zeros(ws.shape, dtype=dy_cols.dtype)                                 # [T*O, C]
     dxp = np.empty(xp.shape, dtype=dy_cols.dtype)                                 # [C, L]
-    for start, stop in cell_chunks(L, ws.shape[0], dy_cols.itemsize):
+    for start, stop in column_chunks(L, ws.shape[0], dy_cols.itemsize):
         dz = np.zeros((len(offsets), O, stop - start), dtype=dy_cols.dtype)       # [T, O, n]
         for t, offset in enumerate(offsets):
             lo, hi = max(start, offset), min(stop, Q + offset)                    # cells p with p - offset in [0, Q)

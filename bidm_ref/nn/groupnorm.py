@@ -90,8 +90,8 @@ group_norm_kernel = threaded_kernel(_group_norm_kernel, SERIAL_ELEMENTS, error_m
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
 def _upstream(dz, xhat, s, scale, shift, one):  # pragma: no cover - compiled
-    """The gradient at the group norm's output: dz itself, or with the fused SiLU dz (s + y s (1 - s)), y = xhat
-    gamma + beta (s empty: no SiLU; the caller passes s's element or 0)."""
+    """The gradient at the group norm's output under the fused SiLU: dz (s + y s (1 - s)), y = xhat gamma + beta
+    (one element; without SiLU the backward kernel takes dz itself and does not call this)."""
     v = xhat * scale + shift
     return dz * (s + v * s * (one - s))
 

@@ -162,17 +162,18 @@ def fold_grid_chunk_ref(dcols: np.ndarray, geo: ConvGeometry, start: int, dxp: n
         dxp[:, start + offset : start + offset + n] += d3[:, t]                   # [C, n]
 
 
-def column_chunks(geo: ConvGeometry, rows: int, itemsize: int, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering the Q columns, each about `chunk_bytes` (CHUNK_BYTES) of `rows` rows."""
+def column_chunks(columns: int, rows: int, itemsize: int, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering `columns` columns (the grid's Q; conv_taps.py's cells), each about `chunk_bytes`
+    (CHUNK_BYTES) of `rows` rows."""
     width = max(MIN_CHUNK_COLUMNS, (chunk_bytes or CHUNK_BYTES) // (rows * itemsize))
-    return [(start, min(start + width, geo.columns)) for start in range(0, geo.columns, width)]
+    return [(start, min(start + width, columns)) for start in range(0, columns, width)]
 
 
 def grid_chunks(xp: np.ndarray, geo: ConvGeometry) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, stop, cols [C*kh*kw, stop - start]) for every chunk of `column_chunks`; one buffer serves every
     chunk, so a chunk's cols are valid until the next one is made."""
     rows = xp.shape[0] * geo.kh * geo.kw
-    chunks = column_chunks(geo, rows, xp.itemsize)
+    chunks = column_chunks(geo.columns, rows, xp.itemsize)
     buffer = np.empty(rows * (chunks[0][1] - chunks[0][0]), dtype=xp.dtype)
     for start, stop in chunks:
         yield start, stop, grid_chunk(xp, geo, start, stop, buffer)
