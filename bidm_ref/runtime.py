@@ -3,9 +3,12 @@
 Every command sets it itself (docs/ENGINE.md, "Threads", has the measurements):
 
 1. Before NumPy is loaded (`bidm_ref/__init__.py` calls `prepare_environment`): OMP_WAIT_POLICY=PASSIVE
-   unless it is set. Numba's OpenMP workers then sleep at once when a parallel region ends instead of
-   spinning, so they do not take the cores from the BLAS threads that run next: with both pools at two
-   threads and spinning workers, the tiny training step took 4.8x as long as with sleeping ones.
+   with GOMP_SPINCOUNT=10000 unless OMP_WAIT_POLICY is set. Numba's OpenMP workers (GNU libgomp) then spin for
+   10,000 rounds (~0.1-0.2 ms here) when a parallel region ends and sleep after that, instead of spinning for good:
+   with both pools at two threads and endlessly spinning workers, the tiny training step took 4.8x as long as with
+   sleeping ones, because they took the cores from the BLAS threads that run next. The short spin keeps the
+   back-to-back regions of the packed layers from paying a wake-up each (~60 µs on these VMs): packed sampling
+   steps 5-18% faster than with no spin, FP steps and training unchanged or 1-3% faster (docs/ENGINE.md, "Threads").
    And OPENBLAS_THREAD_TIMEOUT=19 unless it is set: OpenBLAS's idle workers spin (yielding) for 2^timeout
    cycles after a matmul before they sleep, 2^28 (~0.1 s) by default, so a Numba parallel region right after a
    matmul shared its second core with a spinning BLAS worker and ran no faster than on one thread (a cifar10
@@ -48,12 +51,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 OPENBLAS_THREAD_TIMEOUT = "19"  # log2 of the cycles an idle OpenBLAS worker spins before sleeping (docstring, 1)
+GOMP_SPINCOUNT = "10000"  # rounds an idle Numba (libgomp) worker spins before sleeping (docstring, 1)
 
 
 def prepare_environment() -> None:
     """Set the environment defaults of step 1 of the module docstring (each a no-op when it is already set; they act
     only when set before NumPy loads OpenBLAS and before Numba starts its workers)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:                                    # a policy set by the user is kept whole
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
     if "NUMBA_CACHE_DIR" not in os.environ:
         folder = numba_cache_dir()

@@ -95,10 +95,15 @@ def test_prepare_environment_sets_the_wait_policies_only_when_unset():
     with mock.patch.dict(os.environ, {"NUMBA_CACHE_DIR": "kept"}, clear=True):
         prepare_environment()
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["NUMBA_CACHE_DIR"] == "kept"
-        assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "19"
-    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "28"}):
+        assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "19" and os.environ["GOMP_SPINCOUNT"] == "10000"
+    user = {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "28", "NUMBA_CACHE_DIR": "kept"}
+    with mock.patch.dict(os.environ, user, clear=True):
         runtime.prepare_environment()
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["OPENBLAS_THREAD_TIMEOUT"] == "28"
+        assert "GOMP_SPINCOUNT" not in os.environ                                 # ACTIVE's endless spin is kept
+    with mock.patch.dict(os.environ, {"GOMP_SPINCOUNT": "0", "NUMBA_CACHE_DIR": "kept"}, clear=True):
+        runtime.prepare_environment()
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "0"
 
 
 def test_a_fresh_cli_process_sets_the_openblas_timeout_before_numpy_loads():
