@@ -105,7 +105,7 @@ def test_groupnorm_kernels_equal_their_numpy_twins(N, G, per_group, H, W, dtype,
     for kernel in group_norm_kernel.compilations:                                  # the layer picks one by size
         x4 = x.reshape(N, G, per_group, H * W)
         outs = [np.empty_like(x4), np.empty_like(x4), np.empty((0, 0, 0, 0), dtype=dtype), np.empty((N, G), dtype=dtype)]
-        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *outs)
+        kernel(x4, np.empty((0, 0, 0), dtype=dtype), gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *outs)
         np.testing.assert_allclose(outs[0].reshape(x.shape), y_ref, rtol=tol, atol=tol)
         np.testing.assert_allclose(outs[3], inv_std_ref.reshape(N, G), rtol=tol)
 
@@ -145,10 +145,31 @@ def test_groupnorm_fused_silu_equals_the_two_layers_and_their_twins(N, G, per_gr
     outs = []
     for kernel in group_norm_kernel.compilations:
         out = [np.empty_like(x4) for _ in range(3)] + [np.empty((N, G), dtype=dtype)]    # y, xhat, s, inv_std
-        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *out)
+        kernel(x4, np.empty((0, 0, 0), dtype=dtype), gamma.reshape(G, -1), beta.reshape(G, -1), 1e-6, *out)
         outs.append(out)
     for parallel, serial in zip(*outs):
         assert parallel.tobytes() == serial.tobytes()
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.booleans(),
+       seeds)
+def test_groupnorm_shift_is_the_norm_of_the_sum(N, G, per_group, H, W, silu, seed):
+    """forward(x, shift=e) gives the bytes of forward(x + e[:, :, None, None]) (the ResnetBlock's temb add), and the
+    same backward; a shift that is not [N, C] is refused."""
+    rng = np.random.default_rng(seed)
+    C = G * per_group
+    layer = GroupNorm(G, C, eps=1e-6)
+    layer.params["weight"][:] = rng.uniform(0.5, 1.5, C)
+    layer.params["bias"][:] = rng.standard_normal(C)
+    x = (rng.standard_normal((N, C, H, W)) * 3 + 1).astype(np.float32)
+    e = rng.standard_normal((N, C)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    fused, c_fused = layer.forward(x, silu=silu, shift=e)
+    summed, c_summed = layer.forward(x + e[:, :, None, None], silu=silu)
+    assert fused.tobytes() == summed.tobytes()
+    assert layer.backward(dy, c_fused).tobytes() == layer.backward(dy, c_summed).tobytes()
+    with pytest.raises(ValueError, match="is not \\[N, C\\]"):
+        layer.forward(x, shift=e[:, :-1] if C > 1 else e[:1, :0])
 
 
 def test_groupnorm_forward_statistics():

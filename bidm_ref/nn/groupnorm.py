@@ -20,9 +20,13 @@ Forward and backward are Numba kernels that make one pass per statistic over eac
 over the N*G groups; a group is summed by one thread in a fixed order, so results do not depend on
 the thread count). Inputs below SERIAL_ELEMENTS run the forward's serial compilation: waking the
 sleeping workers for a parallel loop costs more than such a small group norm (sampling at batch 1).
-Their sums run in float64 whatever the data's dtype. `group_norm_ref` and `group_norm_backward_ref`
-are the plain NumPy twins the tests compare them with (with activation.silu_forward_ref and silu_backward_ref for
-the fused SiLU).
+Their sums run in float64 whatever the data's dtype; the elementwise passes (xhat, the output, the backward's dx)
+in the data's dtype, with the group's mean, inverse std and means of the backward rounded to it: float32 passes
+run twice the SIMD lanes of float64 ones (docs/ENGINE.md, "GroupNorm, SiLU, attention"). `forward(x, shift=e)`
+normalizes x + e[:, :, None, None] (ddim's ResnetBlock adds the timestep embedding just before its norm2) without
+writing that sum out: each pass adds e[n, c] in x's dtype, as NumPy's add would. `group_norm_ref` and
+`group_norm_backward_ref` are the plain NumPy twins the tests compare them with (with activation.silu_forward_ref
+and silu_backward_ref for the fused SiLU).
 """
 
 from __future__ import annotations
@@ -38,49 +42,54 @@ SERIAL_ELEMENTS = 1 << 16  # inputs smaller than this run the forward kernel on 
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _normalize_group(x, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # pragma: no cover - compiled
-    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs; s [0, ...]: no SiLU."""
+def _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # pragma: no cover - compiled
+    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs of x + shift; s [0, ...]: no SiLU,
+    shift [0, ...]: none."""
     _, _, Cg, HW = x.shape
     M = Cg * HW
+    zero = y.dtype.type(0)
     total = 0.0
     for c in range(Cg):
+        sh = shift[n, g, c] if shift.shape[0] else zero
         for p in range(HW):
-            total += x[n, g, c, p]
+            total += x[n, g, c, p] + sh
     mu = total / M
     sq = 0.0
     for c in range(Cg):
+        sh = shift[n, g, c] if shift.shape[0] else zero
         for p in range(HW):
-            d = x[n, g, c, p] - mu
+            d = (x[n, g, c, p] + sh) - mu
             sq += d * d
     r = 1.0 / np.sqrt(sq / M + eps)
     inv_std[n, g] = r
-    one = y.dtype.type(1)
+    one, mu_y, r_y = y.dtype.type(1), y.dtype.type(mu), y.dtype.type(r)           # the elementwise pass in y's dtype
     for c in range(Cg):
-        scale, shift = gamma[g, c], beta[g, c]
+        sh = shift[n, g, c] if shift.shape[0] else zero
+        scale, offset = gamma[g, c], beta[g, c]
         if s.shape[0] == 0:
             for p in range(HW):
-                xh = (x[n, g, c, p] - mu) * r
+                xh = ((x[n, g, c, p] + sh) - mu_y) * r_y
                 xhat[n, g, c, p] = xh
-                y[n, g, c, p] = xh * scale + shift
+                y[n, g, c, p] = xh * scale + offset
         else:
             for p in range(HW):
-                xh = (x[n, g, c, p] - mu) * r
+                xh = ((x[n, g, c, p] + sh) - mu_y) * r_y
                 xhat[n, g, c, p] = xh
-                v = y.dtype.type(xh * scale + shift)                              # GroupNorm's output, rounded as stored
-                sig = one / (one + fast_exp(-v))                                  # in y's dtype: fast_exp vectorises
+                v = xh * scale + offset                                           # GroupNorm's output
+                sig = one / (one + fast_exp(-v))
                 s[n, g, c, p] = sig
                 y[n, g, c, p] = v * sig
 
 
 def _group_norm_kernel(groups):
     """The forward over the N*G groups, `groups` being prange or range (threaded.py).
-    x, y, xhat, s [N, G, Cg, HW] (s [0, 0, 0, 0]: no SiLU); gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat,
-    s, inv_std)."""
+    x, y, xhat, s [N, G, Cg, HW] (s [0, 0, 0, 0]: no SiLU); shift [N, G, Cg] added to x (shift [0, 0, 0]: none);
+    gamma, beta [G, Cg]; inv_std [N, G] (outputs y, xhat, s, inv_std)."""
 
-    def kernel(x, gamma, beta, eps, y, xhat, s, inv_std):  # pragma: no cover - compiled
+    def kernel(x, shift, gamma, beta, eps, y, xhat, s, inv_std):  # pragma: no cover - compiled
         N, G = inv_std.shape
         for ng in groups(N * G):
-            _normalize_group(x, gamma, beta, eps, y, xhat, s, inv_std, ng // G, ng % G)
+            _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, ng // G, ng % G)
 
     return kernel
 
@@ -119,7 +128,7 @@ def group_norm_backward_kernel(dy, xhat, s, inv_std, gamma, beta, dx, dgamma_par
             dbeta_part[n, g, c] = dbeta
             sum_g += gamma[g, c] * dbeta
             sum_gx += gamma[g, c] * dgamma
-        mean_g, mean_gx = sum_g / M, sum_gx / M
+        mean_g, mean_gx = dy.dtype.type(sum_g / M), dy.dtype.type(sum_gx / M)   # the elementwise pass in dy's dtype
         r = inv_std[n, g]
         for c in range(Cg):
             scale, shift = gamma[g, c], beta[g, c]
@@ -171,11 +180,16 @@ class GroupNorm(Module):
             return self.params["weight"].astype(dtype, copy=False), self.params["bias"].astype(dtype, copy=False)
         return np.ones(self.num_channels, dtype=dtype), np.zeros(self.num_channels, dtype=dtype)
 
-    def forward(self, x: np.ndarray, silu: bool = False) -> tuple[np.ndarray, tuple]:
-        """y = GroupNorm(x), or SiLU(GroupNorm(x)) with silu (module docstring); the cache remembers which."""
+    def forward(self, x: np.ndarray, silu: bool = False, shift: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
+        """y = GroupNorm(x), or SiLU(GroupNorm(x)) with silu (module docstring); the cache remembers which. With shift
+        [N, C], the norm of x + shift[:, :, None, None] (that sum, in x's dtype, is not written out); the backward's
+        dx is then also the gradient of the sum, and d shift = dx summed over H, W."""
         N, C, H, W = x.shape
         if C != self.num_channels:
             raise ValueError(f"GroupNorm: expected {self.num_channels} channels, got input {x.shape}")
+        if shift is not None and shift.shape != (N, C):
+            raise ValueError(f"GroupNorm: shift {list(shift.shape)} is not [N, C] = [{N}, {C}] of the input "
+                             f"{list(x.shape)}: pass one value per image and channel")
         G = self.num_groups
         gamma, beta = self.affine(x.dtype)                                        # [C]
         x4 = np.ascontiguousarray(x).reshape(N, G, C // G, H * W)                 # [N, G, Cg, HW]
@@ -184,7 +198,9 @@ class GroupNorm(Module):
         s = np.empty_like(x4) if silu else np.empty((0, 0, 0, 0), dtype=x.dtype)  # [N, G, Cg, HW] sigmoid(GN(x))
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
         kernel = group_norm_kernel.for_work(x4.size)
-        kernel(x4, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, s, inv_std)
+        shift3 = (np.empty((0, 0, 0), dtype=x.dtype) if shift is None
+                  else np.ascontiguousarray(shift, dtype=x.dtype).reshape(N, G, C // G))  # [N, G, Cg]
+        kernel(x4, shift3, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, s, inv_std)
         return y.reshape(N, C, H, W), (xhat, s, inv_std)                          # [N, C, H, W]
 
     def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:

@@ -3,7 +3,8 @@
 Dimensions: N batch, Ci input channels, Co output channels, H, W spatial, E embedding size.
 
     h = conv1(SiLU(norm1(x)))  +  temb_proj(SiLU(temb))[:, :, None, None]   (no temb term when E = 0:
-                                                                            the autoencoder's blocks, as LDM's)
+                                                                            the autoencoder's blocks, as LDM's;
+                                                                            the sum is norm2's shift, not an array)
     h = conv2(Dropout(SiLU(norm2(h))))
     y = shortcut(x) + h        shortcut: identity if Ci == Co, else a 3x3 `conv_shortcut`
                                (conv_shortcut=True) or a 1x1 `nin_shortcut`, both full precision
@@ -60,12 +61,11 @@ class ResnetBlock(Module):
         """temb [N, E] is required iff the block has a temb_proj (E > 0)."""
         h, c_n1 = self.norm1.forward(x, silu=True)                                # [N, Ci, H, W] SiLU(norm1(x))
         h, c_c1 = self.conv1.forward(h)                                           # [N, Co, H, W]
-        c_ae = c_te = None
+        c_ae = c_te = e = None
         if self.temb_proj is not None:
             e, c_ae = self.act.forward(temb)                                      # [N, E]
             e, c_te = self.temb_proj.forward(e)                                   # [N, Co]
-            h = h + e[:, :, None, None]                                           # [N, Co, H, W]
-        h, c_n2 = self.norm2.forward(h, silu=True)                                # [N, Co, H, W] SiLU(norm2(h))
+        h, c_n2 = self.norm2.forward(h, silu=True, shift=e)                       # [N, Co, H, W] SiLU(norm2(h + e))
         h, c_do = self.dropout.forward(h, rng)                                    # [N, Co, H, W]
         h, c_c2 = self.conv2.forward(h)                                           # [N, Co, H, W]
         s, c_sc = (x, None) if self.shortcut is None else self.shortcut.forward(x)  # [N, Co, H, W]
