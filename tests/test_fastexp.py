@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bidm_ref.nn.activation import SiLU, silu_forward_ref
-from bidm_ref.nn.attention import softmax, softmax_backward, softmax_backward_ref, softmax_ref
+from bidm_ref.nn.attention import row_max, softmax, softmax_backward, softmax_backward_ref, softmax_ref
 from bidm_ref.nn.fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 
 
@@ -84,6 +84,20 @@ def test_softmax_kernel_gives_the_twins_bytes(rows, cols, scale, dtype, seed):
     y = softmax(x.copy())
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@numba.njit
+def row_max_kernel(a):  # pragma: no cover - compiled
+    return row_max(a)
+
+
+@given(values=st.lists(st.sampled_from([-np.inf, -3.5, -0.0, 0.0, 1.25, 7.0, np.inf]) | st.floats(-1e30, 1e30),
+                       min_size=1, max_size=40),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_row_max_is_numpys_max_for_any_length(values, dtype):
+    """The 8 partial maxima and the tail give NumPy's max (ties, infinities, lengths below, at and above 8)."""
+    a = np.array(values, dtype=dtype)
+    assert row_max_kernel(a) == a.max()
 
 
 @settings(max_examples=30, deadline=None)
