@@ -1,4 +1,5 @@
-"""2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + BLAS matmuls over the whole batch.
+"""2-D convolution (cross-correlation, as torch.nn.Conv2d) by im2col + BLAS matmuls over the whole batch, or register
+tiles on the padded input (conv_direct.py) for the forward of the convs with few channels.
 
 Dimensions: N batch, C input channels, O output channels, H, W input spatial,
 Ho, Wo output spatial, kh, kw kernel, K = C*kh*kw (the im2col row length), P = N*Ho*Wo,
@@ -8,12 +9,12 @@ pointwise (1x1 kernel, no padding, stride s; the UNet's nin_shortcut, attention 
 layers' FP shortcuts):
     xs = x[:, :, ::s, ::s] as [N, C, Ho*Wo];  y[n] = W[O, C] @ xs[n] + b   (one batched matmul, NCHW in and out)
     dW = sum_n dy[n] @ xs[n]^T;  dxs[n] = W^T @ dy[n], scattered back to x[:, :, ::s, ::s]
-grid layout (large maps; im2col.py):
-    xp = grid_source(x) [C, L];  cols = unfold(xp) [K, Q], built chunk by chunk, never whole
-    y  = W[O, K] @ cols + b  [O, Q]  -> NCHW (from_columns)
+grid layout (large maps, and every conv that conv_direct.direct_fits takes; im2col.py, `conv_layout`):
+    xp = grid_source(x) [C, L];  y = direct_conv(xp, W) + b  (register tiles, conv_direct.py) or, for the others,
+    cols = unfold(xp) [K, Q] chunk by chunk and y = W[O, K] @ cols + b [O, Q] -> NCHW (from_columns)
     dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk
-taps layout (grid convs with 2*O <= C, such as conv_out; conv_taps.py): the same xp, multiplied first,
-    Z = Ws[(t, o), C] @ xp, then y[o, q] = sum_t Z[(t, o), q + off_t]; no columns
+taps layout (grid convs with 2*O <= C, such as conv_out, where direct_conv does not run the forward; conv_taps.py):
+    the same xp, multiplied first, Z = Ws[(t, o), C] @ xp, then y[o, q] = sum_t Z[(t, o), q + off_t]; no columns
 rows layout (small maps, strides):
     cols = im2col_rows(x) [P, K];  y = cols @ W'^T + b [P, O] -> NCHW   (W' = W in (o, i, j, c) order)
     dW' = dy^T @ cols;  dx = col2im_rows(dy @ W')
@@ -26,10 +27,13 @@ Downsample (pad (0,1,0,1), then a 3x3 stride-2 conv with no padding) is one laye
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from .im2col import (col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks, grid_source,
-                     im2col_rows, rows_weight, to_columns)
+from .im2col import (ConvGeometry, col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks,
+                     grid_source, im2col_rows, rows_weight, to_columns)
+from .conv_direct import direct_conv, direct_fits
 from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
@@ -44,8 +48,8 @@ def conv2d(
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
     N = x.shape[0]
-    O, _, kh, kw = weight.shape
-    geo = conv_geometry(x.shape, kh, kw, stride, padding)
+    O = weight.shape[0]
+    geo, direct = conv_layout(x.shape, weight.shape, stride, padding)
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
         xs = pointwise_source(x, stride)                                          # [N, C, Ho*Wo]
@@ -60,6 +64,8 @@ def conv2d(
             y += bias                                                             # [P, O]
         return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
     xp = grid_source(x, geo)                                                      # [C, L]
+    if direct and x.dtype == weight.dtype and x.dtype in (np.float32, np.float64):
+        return direct_conv(xp, weight, bias, geo), xp                             # [N, O, Ho, Wo]
     if use_taps(geo, O):
         y = taps_forward(xp, weight, geo)                                         # [O, Q]
     else:
@@ -76,7 +82,7 @@ def conv2d_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of conv2d (`saved` from its forward): returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
     O, C, kh, kw = weight.shape
-    geo = conv_geometry(x_shape, kh, kw, stride, padding)
+    geo, _ = conv_layout(x_shape, weight.shape, stride, padding)
     dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
@@ -98,6 +104,16 @@ def conv2d_backward(
         dw_mat += dy_chunk @ cols.T                                               # [O, K]
         fold_grid_chunk(w_mat.T @ dy_chunk, geo, start, dxp)                      # [C, L]
     return crop_padding(dxp, geo), dw_mat.reshape(weight.shape), dbias            # [N, C, H, W]
+
+
+def conv_layout(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride: int,
+                padding: Padding) -> tuple[ConvGeometry, bool]:
+    """(geometry, direct): im2col's layout for the conv, and whether its forward runs conv_direct.direct_conv, whose
+    convs go on the grid whatever their map size (16x16 maps too; rows of the grid's xp are its input)."""
+    O, C, kh, kw = weight_shape
+    geo = conv_geometry(x_shape, kh, kw, stride, padding)
+    direct = direct_fits(geo, O, C)
+    return (replace(geo, grid=True) if direct else geo), direct
 
 
 def pointwise_source(x: np.ndarray, stride: int) -> np.ndarray:

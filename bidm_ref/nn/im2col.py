@@ -14,7 +14,8 @@ grid layout (stride 1, other convs whose maps have at least GRID_MIN_OUTPUTS out
   the backward feeds them zero gradient (`to_columns`). Q = L - (kh-1)*Wp - (kw-1) (the last valid
   cell + 1). A 3x3 conv's columns are 9x its input, so conv.py never holds them whole: it builds them
   chunk by chunk (`grid_chunk`, about CHUNK_BYTES, cache-resident between the copy and the matmul)
-  from the cached xp, in the forward and again in the backward (`fold_grid_chunk`). Both are Numba loops
+  from the cached xp, in the backward (`fold_grid_chunk`) and in the forward of the grid convs that conv_direct.py
+  does not take (conv.py's `conv_layout` also puts its convs on the grid). Both are Numba loops
   over one channel's contiguous runs (the fold threaded over channels, taps added in order): in a cifar10
   training step copies 103 -> 74 ms and folds 111 -> 35 ms against NumPy's 2-D slice passes, about even when
   timed alone (docs/ENGINE.md, "Convolution"); `grid_chunk_ref` / `fold_grid_chunk_ref` are their NumPy twins.

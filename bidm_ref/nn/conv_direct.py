@@ -1,0 +1,151 @@
+"""Direct convolution on the grid layout's padded input: register tiles of 8 output channels x 16 pixels.
+
+Dimensions: N batch, C input channels, O output channels, Ho, Wo output spatial, Hp, Wp padded input spatial,
+L = N*Hp*Wp (im2col.py's grid), K = C*kh*kw taps, OT = TILE_OUTPUTS, PT = TILE_PIXELS.
+
+For a stride-1 conv in the grid layout (im2col.py) the output pixel (n, ho, wo) reads the padded input at grid cell
+q = (n*Hp + ho)*Wp + wo, tap k = (c, i, j) at xp[c, q + i*Wp + j], so with offsets[k] = c*L + i*Wp + j on the flat xp:
+    y[n, o, ho, wo] = sum over k, in order, of W[o, k] * xp_flat[(n*Hp + ho)*Wp + wo + offsets[k]]  + b[o]
+For PT adjacent pixels of one output row these are PT adjacent elements of xp_flat, for every k. `tile_dot` computes
+an OT x PT tile of outputs as OT vector accumulators that stay in registers for the whole sum over k: per k one
+vector load of PT inputs, OT broadcast weights, OT multiply-adds. LLVM's loop vectorizer cannot keep accumulators
+in registers across a loop (they live in memory, one load and store per multiply-add), hence an intrinsic written in
+LLVM IR, like binary/popcount.py's. The BLAS layouts it replaces for the forward spend most of their time on
+copies (the grid's columns: kh*kw copies of the input) and on small matrices (16 rows for the tiny preset's convs):
+docs/ENGINE.md, "Convolution", has the measurements.
+
+`direct_conv` runs the tiles over the N*ceil(O/OT)*Ho output rows (prange); a row's last tile starts at Wo - PT and
+overlaps the one before, so every tile reads inside its image's padded rows (needs Wo >= PT: `direct_fits`). Weights
+are padded with zero rows to a multiple of OT; the tile's extra outputs are not stored. Each output is one sum in a
+fixed order, whatever the thread count (the bytes do not depend on it); the multiply-adds may be fused (LLVM's
+fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp, so it is unchanged.
+Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .im2col import ConvGeometry
+
+TILE_OUTPUTS = 8  # output channels of one register tile (OT)
+TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT): 2 AVX2 / 1 AVX-512 float32 vectors
+
+
+def _float_array(value: types.Type) -> bool:
+    return isinstance(value, types.Array) and value.layout == "C" and value.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
+    """out[o, p] = sum over k < K, in order, of w[w_first + o*K + k] * xp[base + offsets[k] + p], for o < OT and
+    p < PT: out a C-contiguous [OT, PT] array, xp and w flat arrays of out's dtype, offsets an int64 array. Indices
+    are not checked (the caller keeps them inside the arrays)."""
+    if not (_float_array(out) and _float_array(xp) and _float_array(w) and xp.dtype == out.dtype == w.dtype
+            and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
+        return None
+    signature = types.void(out, xp, types.int64, offsets, w, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        out_array, xp_array, base_index, offsets_array, w_array, w_start, taps = args
+        scalar = context.get_value_type(sig.args[0].dtype)
+        vector = ir.VectorType(scalar, TILE_PIXELS)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        data = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 1, 3, 4)]
+        out_data, xp_data, offsets_data, w_data = data
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 f"llvm.fmuladd.v{TILE_PIXELS}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}")
+        broadcast = ir.Constant(ir.VectorType(i32, TILE_PIXELS), [0] * TILE_PIXELS)
+        accumulators = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(TILE_OUTPUTS)]
+        with cgutils.for_range(builder, taps) as loop:                           # k = loop.index
+            k = loop.index
+            start = builder.add(base_index, builder.load(builder.gep(offsets_data, [k])))
+            x = builder.load(builder.bitcast(builder.gep(xp_data, [start]), vector.as_pointer()), align=1)
+            for o in range(TILE_OUTPUTS):
+                w_index = builder.add(builder.add(w_start, builder.mul(ir.Constant(i64, o), taps)), k)
+                w_one = builder.insert_element(ir.Constant(vector, None), builder.load(builder.gep(w_data, [w_index])),
+                                               ir.Constant(i32, 0))
+                w_lanes = builder.shuffle_vector(w_one, ir.Constant(vector, None), broadcast)
+                builder.store(builder.call(fmuladd, [w_lanes, x, builder.load(accumulators[o])]), accumulators[o])
+        for o in range(TILE_OUTPUTS):
+            row = builder.bitcast(builder.gep(out_data, [ir.Constant(i64, o * TILE_PIXELS)]), vector.as_pointer())
+            builder.store(builder.load(accumulators[o]), row, align=1)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@numba.njit(cache=True, parallel=True)
+def direct_conv_kernel(xp, offsets, w_tiles, bias, Hp, Wp, y):  # pragma: no cover - compiled
+    """y [N, O, Ho, Wo] (module docstring) from xp [C, L], offsets [K] int64, w_tiles [Ot, K] (W with zero rows up to
+    Ot, a multiple of OT), bias [O] or [0] (none)."""
+    N, O, Ho, Wo = y.shape
+    K = offsets.size
+    blocks = w_tiles.shape[0] // TILE_OUTPUTS
+    x_flat = xp.reshape(-1)                                                       # [C*L]
+    w_flat = w_tiles.reshape(-1)                                                  # [Ot*K]
+    for task in numba.prange(N * blocks * Ho):
+        n, block, ho = task // (blocks * Ho), (task // Ho) % blocks, task % Ho
+        o_first = block * TILE_OUTPUTS
+        tile = np.empty((TILE_OUTPUTS, TILE_PIXELS), dtype=y.dtype)               # [OT, PT]
+        wo = 0
+        while wo < Wo:
+            first = min(wo, Wo - TILE_PIXELS)                                     # the last tile overlaps the one before
+            tile_dot(tile, x_flat, (n * Hp + ho) * Wp + first, offsets, w_flat, o_first * K, K)
+            for o in range(min(TILE_OUTPUTS, O - o_first)):
+                b = bias[o_first + o] if bias.size else y.dtype.type(0)
+                for p in range(wo - first, TILE_PIXELS):
+                    y[n, o_first + o, ho, first + p] = tile[o, p] + b
+            wo = first + TILE_PIXELS
+
+
+DIRECT_MAX_TAPS = 1152  # K = C*kh*kw up to which the tiles beat BLAS (cifar10's 128-channel 3x3 convs; docs/ENGINE.md)
+
+
+def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
+    """Whether a conv's forward runs direct_conv (by shape only, so its backward finds the same layout): stride 1,
+    not pointwise, rows of at least PT outputs, at least OT output channels (fewer waste most of a tile; the taps
+    layout takes them) and at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
+    BLAS is as fast there)."""
+    return (geo.stride == 1 and not geo.pointwise and geo.Wo >= TILE_PIXELS and out_channels >= TILE_OUTPUTS
+            and in_channels * geo.kh * geo.kw <= DIRECT_MAX_TAPS)
+
+
+def tap_offsets_flat(geo: ConvGeometry, channels: int) -> np.ndarray:
+    """offsets [K] int64: c*L + i*Wp + j for the taps k = (c, i, j) in W's order (module docstring)."""
+    Hp, Wp = geo.padded
+    L = geo.x_shape[0] * Hp * Wp
+    taps = np.array([i * Wp + j for i in range(geo.kh) for j in range(geo.kw)], dtype=np.int64)  # [kh*kw]
+    return (np.arange(channels, dtype=np.int64)[:, None] * L + taps).reshape(-1)  # [K]
+
+
+def direct_conv(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geo: ConvGeometry) -> np.ndarray:
+    """The grid conv's output y [N, O, Ho, Wo] from its padded input xp [C, L] (im2col.grid_source), weight
+    [O, C, kh, kw] and bias [O] or None, by register tiles (module docstring)."""
+    O, C = weight.shape[:2]
+    dtype = xp.dtype
+    w_tiles = np.zeros((-(-O // TILE_OUTPUTS) * TILE_OUTPUTS, C * geo.kh * geo.kw), dtype=dtype)  # [Ot, K]
+    w_tiles[:O] = weight.reshape(O, -1)
+    b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)      # [O] or [0]
+    y = np.empty((geo.x_shape[0], O, geo.Ho, geo.Wo), dtype=dtype)                # [N, O, Ho, Wo]
+    direct_conv_kernel(np.ascontiguousarray(xp), tap_offsets_flat(geo, C), w_tiles, b, *geo.padded, y)
+    return y
+
+
+def direct_conv_ref(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geo: ConvGeometry) -> np.ndarray:
+    """NumPy twin of direct_conv: the same sums over k = (c, i, j) in order, one tap at a time for all outputs."""
+    O, C = weight.shape[:2]
+    N = geo.x_shape[0]
+    Hp, Wp = geo.padded
+    grid = xp.reshape(C, N, Hp, Wp)                                               # [C, N, Hp, Wp]
+    w_mat = weight.reshape(O, -1)                                                 # [O, K]
+    y = np.zeros((N, O, geo.Ho, geo.Wo), dtype=xp.dtype)                         # [N, O, Ho, Wo]
+    for k, (c, i, j) in enumerate((c, i, j) for c in range(C) for i in range(geo.kh) for j in range(geo.kw)):
+        taps = grid[c, :, i : i + geo.Ho, j : j + geo.Wo]                         # [N, Ho, Wo]
+        y += w_mat[None, :, k, None, None] * taps[:, None]                        # [N, O, Ho, Wo]
+    return y if bias is None else y + bias[:, None, None]                         # [N, O, Ho, Wo]

@@ -1,0 +1,117 @@
+"""The direct conv of the grid layout (nn/conv_direct.py): register tiles of 8 output channels x 16 pixels.
+
+Shapes that break it: output channels that are no multiple of 8 (zero-padded weight rows), rows that are no
+multiple of 16 (the last tile overlaps), one and many channels, asymmetric padding, 1x1 to 5x5 kernels; float32
+and float64. Against the nested-loop definition in float64, its NumPy twin, and the grid layout's matmul forward;
+the backward from its saved input is the grid layout's, checked as the adjoint of the forward.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from bidm_ref.nn import conv, im2col
+from bidm_ref.nn.conv import conv2d, conv2d_backward, conv_layout
+from bidm_ref.nn.conv_direct import TILE_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
+from bidm_ref.nn.im2col import conv_geometry, grid_source
+from reference_ops import conv_nested_loops
+
+cases = st.tuples(
+    st.integers(1, 2), st.integers(1, 20), st.integers(TILE_OUTPUTS, 19), st.integers(1, 6), st.integers(TILE_PIXELS - 2, 40),
+    st.sampled_from([1, 3, 5]), st.tuples(*[st.integers(0, 2)] * 4), st.booleans(),
+    st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1),
+)
+
+
+def draw(case):
+    """(x, weight, bias, geometry) of a case whose output rows hold at least one tile, on the grid."""
+    N, C, O, H, W, k, pad, with_bias, dtype, seed = case
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] - k + 1 >= TILE_PIXELS)
+    assume(k > 1 or pad != (0, 0, 0, 0))                                          # else the pointwise path
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    weight = rng.standard_normal((O, C, k, k)).astype(dtype)
+    bias = rng.standard_normal(O).astype(dtype) if with_bias else None
+    geo, direct = conv_layout(x.shape, weight.shape, 1, pad)
+    assert direct and geo.grid
+    return x, weight, bias, geo
+
+
+def rounding_bound(x, weight, dtype) -> np.ndarray:
+    """|error| bound of a K-term float sum, per output: (K + 2) eps * sum |w| |x| (the nested-loop conv of |.|)."""
+    K = weight[0].size
+    scale = conv_nested_loops(np.abs(x.astype(np.float64)), np.abs(weight.astype(np.float64)), None, 1, 0)
+    return (K + 2) * np.finfo(dtype).eps * (scale + 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases)
+def test_direct_conv_equals_the_definition_and_its_twin(case):
+    x, weight, bias, geo = draw(case)
+    xp = grid_source(x, geo)
+    y = direct_conv(xp, weight, bias, geo)
+    assert y.dtype == x.dtype and y.shape == (x.shape[0], weight.shape[0], geo.Ho, geo.Wo)
+    exact = conv_nested_loops(x.astype(np.float64), weight.astype(np.float64),
+                              None if bias is None else bias.astype(np.float64), 1, geo.padding)
+    padded = np.pad(x, ((0, 0), (0, 0), geo.padding[:2], geo.padding[2:]))        # bound on the padded input
+    bound = rounding_bound(padded, weight, x.dtype)
+    assert np.all(np.abs(y - exact) <= bound)
+    assert np.all(np.abs(y - direct_conv_ref(xp, weight, bias, geo)) <= 2 * bound)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases)
+def test_conv2d_forward_is_direct_on_the_grid_and_its_backward_the_grids(case):
+    """conv2d's forward takes the direct conv and equals the grid layout's matmul forward; the backward from the
+    saved input is the adjoint of that forward in x and in the weight."""
+    x, weight, bias, geo = draw(case)
+    pad = geo.padding
+    with mock.patch.object(conv, "direct_conv", wraps=conv.direct_conv) as direct:
+        y, saved = conv2d(x, weight, bias, 1, pad)
+    assert direct.call_count == 1
+    with mock.patch.object(conv, "direct_fits", return_value=False), mock.patch.object(im2col, "GRID_MIN_OUTPUTS", 1):
+        y_matmul, _ = conv2d(x, weight, bias, 1, pad)                             # the grid's matmul forward
+    dy = np.random.default_rng(0).standard_normal(y.shape).astype(x.dtype)
+    dx, dweight, _ = conv2d_backward(dy, saved, weight, x.shape, 1, pad)
+    y0, _ = conv2d(x, weight, None, 1, pad)
+    padded = np.pad(x, ((0, 0), (0, 0), pad[:2], pad[2:]))
+    assert np.all(np.abs(y - y_matmul) <= 2 * rounding_bound(padded, weight, x.dtype))
+    if x.dtype == np.float64:
+        assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
+        assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
+
+
+def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 7, 20, 37)).astype(np.float32)
+    weight = rng.standard_normal((11, 7, 3, 3)).astype(np.float32)
+    geo = conv_geometry(x.shape, 3, 3, 1, 1)
+    xp = grid_source(x, geo)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = direct_conv(xp, weight, None, geo)
+    finally:
+        numba.set_num_threads(threads)
+    assert serial.tobytes() == direct_conv(xp, weight, None, geo).tobytes()
+
+
+@pytest.mark.parametrize("x_shape, weight_shape, stride, direct", [
+    ((2, 3, 32, 32), (16, 3, 3, 3), 1, True),
+    ((2, 16, 16, 16), (8, 16, 3, 3), 1, True),                                    # 16x16: on the grid for the tiles
+    ((2, 128, 16, 16), (128, 128, 3, 3), 1, True),                                # K = DIRECT_MAX_TAPS = 1152
+    ((2, 256, 16, 16), (256, 256, 3, 3), 1, False),                               # more taps: rows layout, BLAS
+    ((2, 16, 64, 8), (16, 16, 3, 3), 1, False),                                   # rows narrower than a tile
+    ((2, 16, 32, 32), (7, 16, 3, 3), 1, False),                                   # fewer outputs than a tile
+    ((2, 16, 32, 32), (16, 16, 3, 3), 2, False),
+    ((2, 16, 32, 32), (16, 16, 1, 1), 1, False),                                  # pointwise
+])
+def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride, direct):
+    geo, takes = conv_layout(x_shape, weight_shape, stride, 1 if weight_shape[2] == 3 else 0)
+    assert takes == direct and (geo.grid or not direct)
