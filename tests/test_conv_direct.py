@@ -17,9 +17,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bidm_ref.nn import conv, im2col
-from bidm_ref.nn.conv import conv2d, conv2d_backward, conv_layout
+from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward, conv_layout
 from bidm_ref.nn.conv_direct import TILE_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
 from bidm_ref.nn.im2col import conv_geometry, grid_source
+from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
 cases = st.tuples(
@@ -85,6 +86,35 @@ def test_conv2d_forward_is_direct_on_the_grid_and_its_backward_the_grids(case):
     if x.dtype == np.float64:
         assert np.isclose((dy * y0).sum(), (dx * x).sum(), rtol=1e-10)
         assert np.isclose((dy * y0).sum(), (dweight * weight).sum(), rtol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases)
+def test_the_input_gradient_as_a_direct_conv_of_dy_equals_the_fold(case):
+    """Where transposed_geometry takes it (C >= 8 outputs of the transposed conv), dx is the direct conv of dy with the
+    flipped, transposed weight: the grid backward's fold (or the taps layout's product) gives the same (float64), and
+    the weight gradient is unchanged."""
+    x, weight, bias, geo = draw(case)
+    assume(conv.transposed_geometry(geo, weight.shape) is not None)
+    x, weight = x.astype(np.float64), weight.astype(np.float64)
+    y, saved = conv2d(x, weight, None, 1, geo.padding)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    with mock.patch.object(conv, "direct_conv", wraps=conv.direct_conv) as direct:
+        dx, dweight, _ = conv2d_backward(dy, saved, weight, x.shape, 1, geo.padding)
+    assert direct.call_count == 1
+    with mock.patch.object(conv, "transposed_geometry", return_value=None):
+        dx_fold, dweight_fold, _ = conv2d_backward(dy, saved, weight, x.shape, 1, geo.padding)
+    np.testing.assert_allclose(dx, dx_fold, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dweight, dweight_fold)
+
+
+def test_conv2d_backward_fd_with_the_direct_input_gradient():
+    rng = np.random.default_rng(5)
+    layer = Conv2d(8, 9, 3, 1, (1, 0, 2, 1), rng=rng)
+    x = rng.standard_normal((2, 8, 3, 17))
+    geo, direct = conv_layout(x.shape, layer.params["weight"].shape, 1, (1, 0, 2, 1))
+    assert direct and conv.transposed_geometry(geo, layer.params["weight"].shape) is not None
+    check_module(layer, [x], layer.forward, rng)
 
 
 def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():

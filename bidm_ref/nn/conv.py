@@ -12,7 +12,8 @@ layers' FP shortcuts):
 grid layout (large maps, and every conv that conv_direct.direct_fits takes; im2col.py, `conv_layout`):
     xp = grid_source(x) [C, L];  y = direct_conv(xp, W) + b  (register tiles, conv_direct.py) or, for the others,
     cols = unfold(xp) [K, Q] chunk by chunk and y = W[O, K] @ cols + b [O, Q] -> NCHW (from_columns)
-    dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk
+    dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk, or, where
+    conv_direct.transposed_geometry takes it, dx = direct_conv(dy padded, W flipped and transposed)
 taps layout (grid convs with 2*O <= C, such as conv_out, where direct_conv does not run the forward; conv_taps.py):
     the same xp, multiplied first, Z = Ws[(t, o), C] @ xp, then y[o, q] = sum_t Z[(t, o), q + off_t]; no columns
 rows layout (small maps, strides):
@@ -33,7 +34,7 @@ import numpy as np
 
 from .im2col import (ConvGeometry, col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks,
                      grid_source, im2col_rows, rows_weight, to_columns)
-from .conv_direct import direct_conv, direct_fits
+from .conv_direct import direct_conv, direct_fits, transposed_geometry, transposed_weight
 from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
@@ -94,16 +95,28 @@ def conv2d_backward(
         dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
+    transposed = transposed_geometry(geo, weight.shape) if dy.dtype == weight.dtype else None
     if use_taps(geo, O):
-        dxp, dweight = taps_backward(dy_cols, saved, weight, geo)                 # [C, L], [O, C, kh, kw]
-        return crop_padding(dxp, geo), dweight, dbias                             # [N, C, H, W]
+        dxp, dweight = taps_backward(dy_cols, saved, weight, geo, input_gradient=transposed is None)
+    else:
+        dxp, dweight = grid_backward(dy_cols, saved, w_mat, geo, input_gradient=transposed is None)
+    if transposed is not None:                                                    # dx as the direct conv of dy
+        dx = direct_conv(grid_source(dy, transposed), transposed_weight(weight), None, transposed)
+        return dx, dweight.reshape(weight.shape), dbias                           # [N, C, H, W]
+    return crop_padding(dxp, geo), dweight.reshape(weight.shape), dbias           # [N, C, H, W]
+
+
+def grid_backward(dy_cols: np.ndarray, xp: np.ndarray, w_mat: np.ndarray, geo: ConvGeometry,
+                  input_gradient: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """The grid layout's gradients chunk by chunk: (dxp [C, L] or None without input_gradient, dW [O, K])."""
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
-    dxp = np.zeros(saved.shape, dtype=dy_cols.dtype)                              # [C, L]
-    for start, stop, cols in grid_chunks(saved, geo):                             # cols [K, n]
+    dxp = np.zeros(xp.shape, dtype=dy_cols.dtype) if input_gradient else None     # [C, L]
+    for start, stop, cols in grid_chunks(xp, geo):                                # cols [K, n]
         dy_chunk = dy_cols[:, start:stop]                                         # [O, n]
         dw_mat += dy_chunk @ cols.T                                               # [O, K]
-        fold_grid_chunk(w_mat.T @ dy_chunk, geo, start, dxp)                      # [C, L]
-    return crop_padding(dxp, geo), dw_mat.reshape(weight.shape), dbias            # [N, C, H, W]
+        if input_gradient:
+            fold_grid_chunk(w_mat.T @ dy_chunk, geo, start, dxp)                  # [C, L]
+    return dxp, dw_mat
 
 
 def conv_layout(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride: int,

@@ -18,7 +18,9 @@ docs/ENGINE.md, "Convolution", has the measurements.
 overlaps the one before, so every tile reads inside its image's padded rows (needs Wo >= PT: `direct_fits`). Weights
 are padded with zero rows to a multiple of OT; the tile's extra outputs are not stored. Each output is one sum in a
 fixed order, whatever the thread count (the bytes do not depend on it); the multiply-adds may be fused (LLVM's
-fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp, so it is unchanged.
+fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp for the weight gradient;
+the input gradient of a stride-1 conv is itself a conv, of dy with the flipped, transposed weight
+(`transposed_geometry`, `transposed_weight`), which direct_conv runs too where it fits (conv.py's backward).
 Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused).
 """
 
@@ -31,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .im2col import ConvGeometry
+from .im2col import ConvGeometry, conv_geometry
 
 TILE_OUTPUTS = 8  # output channels of one register tile (OT)
 TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT): 2 AVX2 / 1 AVX-512 float32 vectors
@@ -114,6 +116,25 @@ def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
     BLAS is as fast there)."""
     return (geo.stride == 1 and not geo.pointwise and geo.Wo >= TILE_PIXELS and out_channels >= TILE_OUTPUTS
             and in_channels * geo.kh * geo.kw <= DIRECT_MAX_TAPS)
+
+
+def transposed_geometry(geo: ConvGeometry, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
+    """The geometry of a stride-1 conv's input gradient as a conv of dy, when direct_conv takes it (else None):
+    dx[n, c] = sum over o, i, j of W[o, c, i, j] dy[n, o, h + top - i, w + left - j], i.e. the conv of dy
+    [N, O, Ho, Wo] padded by (kh-1-top, kh-1-bottom, kw-1-left, kw-1-right) with `transposed_weight(W)`, O inputs
+    and C outputs; its output is [N, C, H, W]."""
+    O, C, kh, kw = weight_shape
+    top, bottom, left, right = geo.padding
+    padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
+    if geo.stride != 1 or min(padding) < 0:
+        return None
+    transposed = conv_geometry((geo.x_shape[0], O, geo.Ho, geo.Wo), kh, kw, 1, padding)
+    return transposed if direct_fits(transposed, C, O) else None
+
+
+def transposed_weight(weight: np.ndarray) -> np.ndarray:
+    """W [O, C, kh, kw] -> W' [C, O, kh, kw] with W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j] (a view)."""
+    return weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
 
 
 def tap_offsets_flat(geo: ConvGeometry, channels: int) -> np.ndarray:

@@ -58,16 +58,16 @@ def taps_forward(xp: np.ndarray, weight: np.ndarray, geo: ConvGeometry) -> np.nd
     return y
 
 
-def taps_backward(dy_cols: np.ndarray, xp: np.ndarray, weight: np.ndarray,
-                  geo: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
+def taps_backward(dy_cols: np.ndarray, xp: np.ndarray, weight: np.ndarray, geo: ConvGeometry,
+                  input_gradient: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """dy_cols [O, Q] (im2col.to_columns: zeros in the garbage cells), xp [C, L] -> (dxp [C, L], dweight [O, C, kh,
-    kw])."""
+    kw]); dxp None without input_gradient (the caller computes dx otherwise)."""
     O, C, kh, kw = weight.shape
     ws = stacked_weight(weight)                                                   # [T*O, C]
     offsets = tap_offsets(geo)                                                    # [T]
     Q, L = geo.columns, xp.shape[1]
     dws = np.zeros(ws.shape, dtype=dy_cols.dtype)                                 # [T*O, C]
-    dxp = np.empty(xp.shape, dtype=dy_cols.dtype)                                 # [C, L]
+    dxp = np.empty(xp.shape, dtype=dy_cols.dtype) if input_gradient else None     # [C, L]
     for start, stop in column_chunks(L, ws.shape[0], dy_cols.itemsize):
         dz = np.zeros((len(offsets), O, stop - start), dtype=dy_cols.dtype)       # [T, O, n]
         for t, offset in enumerate(offsets):
@@ -76,5 +76,6 @@ def taps_backward(dy_cols: np.ndarray, xp: np.ndarray, weight: np.ndarray,
                 dz[t, :, lo - start : hi - start] = dy_cols[:, lo - offset : hi - offset]
         dz = dz.reshape(-1, stop - start)                                         # [T*O, n]
         dws += dz @ xp[:, start:stop].T                                           # [T*O, C]
-        np.matmul(ws.T, dz, out=dxp[:, start:stop])                               # [C, n]
+        if input_gradient:
+            np.matmul(ws.T, dz, out=dxp[:, start:stop])                           # [C, n]
     return dxp, dws.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)                   # [C, L], [O, C, kh, kw]
