@@ -1,9 +1,10 @@
 """The direct conv of the grid layout (nn/conv_direct.py): register tiles of 8 output channels x 16 pixels.
 
 Shapes that break it: output channels that are no multiple of 8 (zero-padded weight rows), rows that are no
-multiple of 16 (the last tile overlaps), one and many channels, asymmetric padding, 1x1 to 5x5 kernels; float32
-and float64. Against the nested-loop definition in float64, its NumPy twin, and the grid layout's matmul forward;
-the backward from its saved input is the grid layout's, checked as the adjoint of the forward.
+multiple of 16 (the last tile overlaps), rows narrower than a tile (tiles of grid cells across rows and images), one
+and many channels, asymmetric padding, 1x1 to 5x5 kernels; float32 and float64. Against the nested-loop definition
+in float64, its NumPy twin, and the grid layout's matmul forward; the backward from its saved input, checked as the
+adjoint of the forward; the input gradient as a direct conv of dy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bidm_ref.nn import conv, im2col
+from bidm_ref.nn import conv, conv_direct, im2col
 from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward, conv_layout
 from bidm_ref.nn.conv_direct import TILE_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
 from bidm_ref.nn.im2col import conv_geometry, grid_source
@@ -24,23 +25,33 @@ from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
 cases = st.tuples(
-    st.integers(1, 2), st.integers(1, 20), st.integers(TILE_OUTPUTS, 19), st.integers(1, 6), st.integers(TILE_PIXELS - 2, 40),
+    st.integers(1, 2), st.integers(1, 20), st.integers(TILE_OUTPUTS, 19), st.integers(1, 9), st.integers(3, 40),
     st.sampled_from([1, 3, 5]), st.tuples(*[st.integers(0, 2)] * 4), st.booleans(),
     st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1),
 )
 
 
+DIRECT_MIN_MACS = conv_direct.DIRECT_MIN_MACS  # the module's value (the fixture below lowers it in every test)
+
+
+@pytest.fixture(autouse=True)
+def small_convs_run_direct_too():
+    """The tests' small shapes take the tiles as the large ones do (DIRECT_MIN_MACS only weighs set-up against speed)."""
+    with mock.patch.object(conv_direct, "DIRECT_MIN_MACS", 1):
+        yield
+
+
 def draw(case):
-    """(x, weight, bias, geometry) of a case whose output rows hold at least one tile, on the grid."""
+    """(x, weight, bias, geometry) of a case that conv_layout gives the direct conv (on the grid)."""
     N, C, O, H, W, k, pad, with_bias, dtype, seed = case
-    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] - k + 1 >= TILE_PIXELS)
-    assume(k > 1 or pad != (0, 0, 0, 0))                                          # else the pointwise path
+    assume(H + pad[0] + pad[1] >= k and W + pad[2] + pad[3] >= k)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     weight = rng.standard_normal((O, C, k, k)).astype(dtype)
     bias = rng.standard_normal(O).astype(dtype) if with_bias else None
     geo, direct = conv_layout(x.shape, weight.shape, 1, pad)
-    assert direct and geo.grid
+    assume(direct)                                                                # rows of a tile, or mostly outputs
+    assert geo.grid == (geo.Wo >= TILE_PIXELS)
     return x, weight, bias, geo
 
 
@@ -68,9 +79,9 @@ def test_direct_conv_equals_the_definition_and_its_twin(case):
 
 @settings(max_examples=30, deadline=None)
 @given(cases)
-def test_conv2d_forward_is_direct_on_the_grid_and_its_backward_the_grids(case):
-    """conv2d's forward takes the direct conv and equals the grid layout's matmul forward; the backward from the
-    saved input is the adjoint of that forward in x and in the weight."""
+def test_conv2d_forward_is_direct_and_its_backward_the_adjoint(case):
+    """conv2d's forward takes the direct conv and equals the grid layout's matmul forward; the backward from what it
+    saved (xp on the grid, x in the rows layout) is the adjoint of that forward in x and in the weight."""
     x, weight, bias, geo = draw(case)
     pad = geo.padding
     with mock.patch.object(conv, "direct_conv", wraps=conv.direct_conv) as direct:
@@ -95,7 +106,7 @@ def test_the_input_gradient_as_a_direct_conv_of_dy_equals_the_fold(case):
     flipped, transposed weight: the grid backward's fold (or the taps layout's product) gives the same (float64), and
     the weight gradient is unchanged."""
     x, weight, bias, geo = draw(case)
-    assume(conv.transposed_geometry(geo, weight.shape) is not None)
+    assume(geo.grid and conv.transposed_geometry(geo, weight.shape) is not None)
     x, weight = x.astype(np.float64), weight.astype(np.float64)
     y, saved = conv2d(x, weight, None, 1, geo.padding)
     dy = np.random.default_rng(1).standard_normal(y.shape)
@@ -108,20 +119,25 @@ def test_the_input_gradient_as_a_direct_conv_of_dy_equals_the_fold(case):
     np.testing.assert_array_equal(dweight, dweight_fold)
 
 
-def test_conv2d_backward_fd_with_the_direct_input_gradient():
+@pytest.mark.parametrize("x_shape, grid", [((2, 8, 3, 17), True), ((2, 8, 6, 8), False)])
+def test_conv2d_backward_fd_after_the_direct_forward(x_shape, grid):
+    """FD of a Conv2d whose forward is direct: on the grid with the direct input gradient, and in the rows layout."""
     rng = np.random.default_rng(5)
     layer = Conv2d(8, 9, 3, 1, (1, 0, 2, 1), rng=rng)
-    x = rng.standard_normal((2, 8, 3, 17))
+    x = rng.standard_normal(x_shape)
     geo, direct = conv_layout(x.shape, layer.params["weight"].shape, 1, (1, 0, 2, 1))
-    assert direct and conv.transposed_geometry(geo, layer.params["weight"].shape) is not None
+    assert direct and geo.grid == grid
+    assert conv.transposed_geometry(geo, layer.params["weight"].shape) is not None                 # used on the grid
     check_module(layer, [x], layer.forward, rng)
 
 
-def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
+@pytest.mark.parametrize("height, width", [(20, 37), (9, 8)])                  # row tiles; cell tiles (W < PT)
+def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core(height, width):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 7, 20, 37)).astype(np.float32)
+    x = rng.standard_normal((3, 7, height, width)).astype(np.float32)
     weight = rng.standard_normal((11, 7, 3, 3)).astype(np.float32)
     geo = conv_geometry(x.shape, 3, 3, 1, 1)
+    assert (geo.Wo >= TILE_PIXELS) == (width >= TILE_PIXELS)
     xp = grid_source(x, geo)
     threads = numba.get_num_threads()
     try:
@@ -130,18 +146,26 @@ def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
     finally:
         numba.set_num_threads(threads)
     assert serial.tobytes() == direct_conv(xp, weight, None, geo).tobytes()
+    np.testing.assert_allclose(serial, direct_conv_ref(xp, weight, None, geo), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("x_shape, weight_shape, stride, direct", [
-    ((2, 3, 32, 32), (16, 3, 3, 3), 1, True),
-    ((2, 16, 16, 16), (8, 16, 3, 3), 1, True),                                    # 16x16: on the grid for the tiles
-    ((2, 128, 16, 16), (128, 128, 3, 3), 1, True),                                # K = DIRECT_MAX_TAPS = 1152
-    ((2, 256, 16, 16), (256, 256, 3, 3), 1, False),                               # more taps: rows layout, BLAS
-    ((2, 16, 64, 8), (16, 16, 3, 3), 1, False),                                   # rows narrower than a tile
-    ((2, 16, 32, 32), (7, 16, 3, 3), 1, False),                                   # fewer outputs than a tile
-    ((2, 16, 32, 32), (16, 16, 3, 3), 2, False),
-    ((2, 16, 32, 32), (16, 16, 1, 1), 1, False),                                  # pointwise
+@pytest.mark.parametrize("x_shape, weight_shape, stride, direct, grid", [
+    ((2, 3, 32, 32), (16, 3, 3, 3), 1, True, True),
+    ((2, 16, 16, 16), (8, 16, 3, 3), 1, True, True),                              # 16x16: on the grid for the tiles
+    ((2, 128, 16, 16), (128, 128, 3, 3), 1, True, True),                          # K = DIRECT_MAX_TAPS = 1152
+    ((2, 256, 16, 16), (256, 256, 3, 3), 1, False, False),                        # more taps: rows layout, BLAS
+    ((2, 16, 64, 8), (16, 16, 3, 3), 1, True, False),                             # narrow rows: cell tiles, rows backward
+    ((2, 16, 4, 4), (16, 16, 3, 3), 1, False, False),                             # padding cells > half the grid
+    ((2, 16, 32, 32), (7, 16, 3, 3), 1, False, True),                             # fewer outputs than a tile: taps
+    ((2, 16, 32, 32), (16, 16, 3, 3), 2, False, False),
+    ((2, 16, 32, 32), (16, 16, 1, 1), 1, False, False),                           # pointwise
 ])
-def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride, direct):
+def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride, direct, grid):
     geo, takes = conv_layout(x_shape, weight_shape, stride, 1 if weight_shape[2] == 3 else 0)
-    assert takes == direct and (geo.grid or not direct)
+    assert (takes, geo.grid) == (direct, grid)
+
+
+def test_convs_below_direct_min_macs_keep_blas():
+    with mock.patch.object(conv_direct, "DIRECT_MIN_MACS", DIRECT_MIN_MACS):
+        assert conv_layout((2, 32, 16, 16), (32, 32, 3, 3), 1, 1)[1]                # 4.7M multiply-adds
+        assert not conv_layout((1, 32, 16, 16), (32, 32, 3, 3), 1, 1)[1]           # 2.4M: the matmul

@@ -34,7 +34,7 @@ import numpy as np
 
 from .im2col import (ConvGeometry, col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks,
                      grid_source, im2col_rows, rows_weight, to_columns)
-from .conv_direct import direct_conv, direct_fits, transposed_geometry, transposed_weight
+from .conv_direct import TILE_PIXELS, direct_conv, direct_fits, transposed_geometry, transposed_weight
 from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
@@ -44,8 +44,8 @@ from .padding import Padding, as_padding
 def conv2d(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: Padding
 ) -> tuple[np.ndarray, np.ndarray]:
-    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved: xs [N, C, Ho*Wo], xp [C, L] or cols [P, K])
-    for the backward."""
+    """y = conv(x, weight) + bias; returns (y [N, O, Ho, Wo], saved: xs [N, C, Ho*Wo], xp [C, L], cols [P, K] or, for
+    a direct conv in the rows layout, x) for the backward."""
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: input {x.shape} (NCHW) does not fit weight {weight.shape} (OIHW)")
     N = x.shape[0]
@@ -58,6 +58,9 @@ def conv2d(
         if bias is not None:
             y += bias[:, None]                                                    # [N, O, Ho*Wo]
         return y.reshape(N, O, geo.Ho, geo.Wo), xs                                # [N, O, Ho, Wo]
+    if direct and x.dtype == weight.dtype and x.dtype in (np.float32, np.float64):
+        xp = grid_source(x, geo)                                                  # [C, L]
+        return direct_conv(xp, weight, bias, geo), (xp if geo.grid else x)        # [N, O, Ho, Wo]
     if not geo.grid:
         cols = im2col_rows(x, geo)                                                # [P, K]
         y = cols @ rows_weight(weight).T                                          # [P, O]
@@ -65,8 +68,6 @@ def conv2d(
             y += bias                                                             # [P, O]
         return np.ascontiguousarray(y.reshape(N, geo.Ho, geo.Wo, O).transpose(0, 3, 1, 2)), cols  # [N, O, Ho, Wo]
     xp = grid_source(x, geo)                                                      # [C, L]
-    if direct and x.dtype == weight.dtype and x.dtype in (np.float32, np.float64):
-        return direct_conv(xp, weight, bias, geo), xp                             # [N, O, Ho, Wo]
     if use_taps(geo, O):
         y = taps_forward(xp, weight, geo)                                         # [O, Q]
     else:
@@ -91,8 +92,9 @@ def conv2d_backward(
         dweight = np.matmul(dy_mat, saved.transpose(0, 2, 1)).sum(axis=0)         # [O, C]
         return pointwise_scatter(np.matmul(w_mat.T, dy_mat), x_shape, stride), dweight.reshape(weight.shape), dbias
     if not geo.grid:
+        cols = im2col_rows(saved, geo) if saved.ndim == 4 else saved              # [P, K] (saved: x after direct_conv)
         dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                          # [P, O]
-        dweight = (dy_mat.T @ saved).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)  # [O, C, kh, kw]
+        dweight = (dy_mat.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)   # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
     dy_cols = to_columns(dy, geo)                                                 # [O, Q]
     transposed = transposed_geometry(geo, weight.shape) if dy.dtype == weight.dtype else None
@@ -121,12 +123,14 @@ def grid_backward(dy_cols: np.ndarray, xp: np.ndarray, w_mat: np.ndarray, geo: C
 
 def conv_layout(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride: int,
                 padding: Padding) -> tuple[ConvGeometry, bool]:
-    """(geometry, direct): im2col's layout for the conv, and whether its forward runs conv_direct.direct_conv, whose
-    convs go on the grid whatever their map size (16x16 maps too; rows of the grid's xp are its input)."""
+    """(geometry, direct): im2col's layout for the conv, and whether its forward runs conv_direct.direct_conv. Such
+    convs with rows of a whole tile go on the grid whatever their map size (16x16 maps too), and the backward is the
+    grid's from the same xp; narrower ones (8x8) keep the rows layout's backward, which makes its columns from x
+    (the forward saves x instead of the columns it did not make)."""
     O, C, kh, kw = weight_shape
     geo = conv_geometry(x_shape, kh, kw, stride, padding)
     direct = direct_fits(geo, O, C)
-    return (replace(geo, grid=True) if direct else geo), direct
+    return (replace(geo, grid=True) if direct and geo.Wo >= TILE_PIXELS else geo), direct
 
 
 def pointwise_source(x: np.ndarray, stride: int) -> np.ndarray:

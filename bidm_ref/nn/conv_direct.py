@@ -15,7 +15,10 @@ copies (the grid's columns: kh*kw copies of the input) and on small matrices (16
 docs/ENGINE.md, "Convolution", has the measurements.
 
 `direct_conv` runs the tiles over the N*ceil(O/OT)*Ho output rows (prange); a row's last tile starts at Wo - PT and
-overlaps the one before, so every tile reads inside its image's padded rows (needs Wo >= PT: `direct_fits`). Weights
+overlaps the one before, so every tile reads inside its image's padded rows (needs Wo >= PT). Narrower maps (8x8)
+run `direct_conv_cells_kernel`: tiles of PT consecutive grid cells across rows, storing the output pixels among
+them (as the grid's matmul, it computes the padding cells too; `direct_fits` takes it where they are at most half
+the cells). Weights
 are padded with zero rows to a multiple of OT; the tile's extra outputs are not stored. Each output is one sum in a
 fixed order, whatever the thread count (the bytes do not depend on it); the multiply-adds may be fused (LLVM's
 fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp for the weight gradient;
@@ -26,7 +29,6 @@ Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -34,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .im2col import ConvGeometry, conv_geometry
+from .threaded import threaded_kernel
 
 TILE_OUTPUTS = 8  # output channels of one register tile (OT)
 TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT): 2 AVX2 / 1 AVX-512 float32 vectors
@@ -60,8 +63,8 @@ def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
         i64, i32 = ir.IntType(64), ir.IntType(32)
         data = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 1, 3, 4)]
         out_data, xp_data, offsets_data, w_data = data
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                 f"llvm.fmuladd.v{TILE_PIXELS}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}")
+        name = f"llvm.fmuladd.v{TILE_PIXELS}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}"
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
         broadcast = ir.Constant(ir.VectorType(i32, TILE_PIXELS), [0] * TILE_PIXELS)
         accumulators = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(TILE_OUTPUTS)]
         with cgutils.for_range(builder, taps) as loop:                           # k = loop.index
@@ -82,40 +85,87 @@ def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
     return signature, codegen
 
 
-@numba.njit(cache=True, parallel=True)
-def direct_conv_kernel(xp, offsets, w_tiles, bias, Hp, Wp, y):  # pragma: no cover - compiled
-    """y [N, O, Ho, Wo] (module docstring) from xp [C, L], offsets [K] int64, w_tiles [Ot, K] (W with zero rows up to
-    Ot, a multiple of OT), bias [O] or [0] (none)."""
-    N, O, Ho, Wo = y.shape
-    K = offsets.size
-    blocks = w_tiles.shape[0] // TILE_OUTPUTS
-    x_flat = xp.reshape(-1)                                                       # [C*L]
-    w_flat = w_tiles.reshape(-1)                                                  # [Ot*K]
-    for task in numba.prange(N * blocks * Ho):
-        n, block, ho = task // (blocks * Ho), (task // Ho) % blocks, task % Ho
-        o_first = block * TILE_OUTPUTS
-        tile = np.empty((TILE_OUTPUTS, TILE_PIXELS), dtype=y.dtype)               # [OT, PT]
-        wo = 0
-        while wo < Wo:
-            first = min(wo, Wo - TILE_PIXELS)                                     # the last tile overlaps the one before
-            tile_dot(tile, x_flat, (n * Hp + ho) * Wp + first, offsets, w_flat, o_first * K, K)
-            for o in range(min(TILE_OUTPUTS, O - o_first)):
-                b = bias[o_first + o] if bias.size else y.dtype.type(0)
-                for p in range(wo - first, TILE_PIXELS):
-                    y[n, o_first + o, ho, first + p] = tile[o, p] + b
-            wo = first + TILE_PIXELS
+def _row_tiles_kernel(tasks):
+    """direct_conv's kernel over the N*ceil(O/OT)*Ho output rows, `tasks` being prange or range (threaded.py)."""
+
+    def kernel(xp, offsets, w_tiles, bias, Hp, Wp, y):  # pragma: no cover - compiled
+        """y [N, O, Ho, Wo] (module docstring) from xp [C, L], offsets [K] int64, w_tiles [Ot, K] (W with zero
+        rows up to Ot, a multiple of OT), bias [O] or [0] (none)."""
+        N, O, Ho, Wo = y.shape
+        K = offsets.size
+        blocks = w_tiles.shape[0] // TILE_OUTPUTS
+        x_flat = xp.reshape(-1)                                                   # [C*L]
+        w_flat = w_tiles.reshape(-1)                                              # [Ot*K]
+        for task in tasks(N * blocks * Ho):
+            n, block, ho = task // (blocks * Ho), (task // Ho) % blocks, task % Ho
+            o_first = block * TILE_OUTPUTS
+            tile = np.empty((TILE_OUTPUTS, TILE_PIXELS), dtype=y.dtype)           # [OT, PT]
+            wo = 0
+            while wo < Wo:
+                first = min(wo, Wo - TILE_PIXELS)                                 # overlaps the tile before
+                tile_dot(tile, x_flat, (n * Hp + ho) * Wp + first, offsets, w_flat, o_first * K, K)
+                for o in range(min(TILE_OUTPUTS, O - o_first)):
+                    b = bias[o_first + o] if bias.size else y.dtype.type(0)
+                    for p in range(wo - first, TILE_PIXELS):
+                        y[n, o_first + o, ho, first + p] = tile[o, p] + b
+                wo = first + TILE_PIXELS
+
+    return kernel
+
+
+def _cell_tiles_kernel(tasks):
+    """direct_conv's kernel for maps whose rows are narrower than a tile, `tasks` being prange or range: tiles of PT
+    consecutive grid cells q < Q (crossing rows and images; the last one starts at Q - PT and stores only the cells
+    after the tile before it), each storing the cells that are output pixels (ho < Ho, wo < Wo)."""
+
+    def kernel(xp, offsets, w_tiles, bias, Hp, Wp, Q, y):  # pragma: no cover - compiled
+        N, O, Ho, Wo = y.shape
+        K = offsets.size
+        blocks = w_tiles.shape[0] // TILE_OUTPUTS
+        tiles = -(-Q // TILE_PIXELS)
+        x_flat = xp.reshape(-1)                                                   # [C*L]
+        w_flat = w_tiles.reshape(-1)                                              # [Ot*K]
+        for task in tasks(blocks * tiles):
+            block, start = task // tiles, (task % tiles) * TILE_PIXELS
+            o_first = block * TILE_OUTPUTS
+            first = min(start, Q - TILE_PIXELS)
+            tile = np.empty((TILE_OUTPUTS, TILE_PIXELS), dtype=y.dtype)           # [OT, PT]
+            tile_dot(tile, x_flat, first, offsets, w_flat, o_first * K, K)
+            for p in range(start - first, TILE_PIXELS):
+                n, cell = divmod(first + p, Hp * Wp)
+                ho, wo = divmod(cell, Wp)
+                if ho < Ho and wo < Wo:
+                    for o in range(min(TILE_OUTPUTS, O - o_first)):
+                        b = bias[o_first + o] if bias.size else y.dtype.type(0)
+                        y[n, o_first + o, ho, wo] = tile[o, p] + b
+
+    return kernel
+
+
+SERIAL_MACS = 1 << 21  # multiply-adds below which a direct conv runs on the calling thread (threaded.py)
+direct_conv_kernel = threaded_kernel(_row_tiles_kernel, SERIAL_MACS)
+direct_conv_cells_kernel = threaded_kernel(_cell_tiles_kernel, SERIAL_MACS)
 
 
 DIRECT_MAX_TAPS = 1152  # K = C*kh*kw up to which the tiles beat BLAS (cifar10's 128-channel 3x3 convs; docs/ENGINE.md)
+DIRECT_MIN_MACS = 1 << 22  # below, BLAS on the rows layout is as fast (latent N1 8x8 convs, 2.4M: 58 us direct)
 
 
 def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
     """Whether a conv's forward runs direct_conv (by shape only, so its backward finds the same layout): stride 1,
-    not pointwise, rows of at least PT outputs, at least OT output channels (fewer waste most of a tile; the taps
-    layout takes them) and at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
-    BLAS is as fast there)."""
-    return (geo.stride == 1 and not geo.pointwise and geo.Wo >= TILE_PIXELS and out_channels >= TILE_OUTPUTS
-            and in_channels * geo.kh * geo.kw <= DIRECT_MAX_TAPS)
+    not pointwise, rows of at least PT outputs (or narrower rows where output pixels are at least half the padded
+    grid's cells: 8x8 maps with padding 1, not 4x4), at least OT output channels (fewer waste most of a tile; the taps
+    layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
+    BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
+    if geo.stride != 1 or geo.pointwise or out_channels < TILE_OUTPUTS:          # cheap tests first: every conv asks
+        return False
+    taps = in_channels * geo.kh * geo.kw
+    if taps > DIRECT_MAX_TAPS or geo.x_shape[0] * out_channels * geo.Ho * geo.Wo * taps < DIRECT_MIN_MACS:
+        return False
+    if geo.Wo >= TILE_PIXELS:
+        return True
+    Hp, Wp = geo.padded
+    return geo.columns >= TILE_PIXELS and 2 * geo.Ho * geo.Wo >= Hp * Wp
 
 
 def transposed_geometry(geo: ConvGeometry, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
@@ -154,7 +204,12 @@ def direct_conv(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geo
     w_tiles[:O] = weight.reshape(O, -1)
     b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)      # [O] or [0]
     y = np.empty((geo.x_shape[0], O, geo.Ho, geo.Wo), dtype=dtype)                # [N, O, Ho, Wo]
-    direct_conv_kernel(np.ascontiguousarray(xp), tap_offsets_flat(geo, C), w_tiles, b, *geo.padded, y)
+    xp, offsets = np.ascontiguousarray(xp), tap_offsets_flat(geo, C)
+    macs = y.size * offsets.size
+    if geo.Wo >= TILE_PIXELS:
+        direct_conv_kernel.for_work(macs)(xp, offsets, w_tiles, b, *geo.padded, y)
+    else:
+        direct_conv_cells_kernel.for_work(macs)(xp, offsets, w_tiles, b, *geo.padded, geo.columns, y)
     return y
 
 
