@@ -29,9 +29,9 @@ def bench_conv(repeats: int = 5, shapes: list[tuple[int, int, int]] = CIFAR10_CO
         dy = rng.standard_normal(y.shape).astype(np.float32)
         shape = f"N{N} C{C} {HW}x{HW} k3"
         row = time_call(lambda: layer.forward(x), repeats)
-        results.append({"name": "conv2d_forward", "shape": shape, "impl": "float32 im2col+BLAS", **row})
+        results.append({"name": "conv2d_forward", "shape": shape, "impl": "float32 conv2d", **row})
         row = time_call(lambda: layer.backward(dy, cache), repeats)
-        results.append({"name": "conv2d_backward", "shape": shape, "impl": "float32 im2col+BLAS", **row})
+        results.append({"name": "conv2d_backward", "shape": shape, "impl": "float32 conv2d", **row})
     return results
 
 

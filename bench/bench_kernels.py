@@ -11,7 +11,8 @@ Shapes: 3x3 convs, batch N in {1, 8}: ResBlock convs (stride 1, pad 1) with C = 
 Implementations per shape (one row each; medians and minima over `repeats` after one warm-up call; the
 implementations of a shape are timed interleaved, one call each per round, so a change in the machine's
 load during the run hits all of them alike):
-    float32 im2col+BLAS      bidm_ref.nn.conv.conv2d (the engine's conv, no bias)
+    float32 conv2d           bidm_ref.nn.conv.conv2d (the engine's conv, no bias: im2col + BLAS, or the register tiles of
+                             nn/conv_direct.py on the 128-channel stride-1 shapes)
     pack activations         pack sign(x + tau) into [N, H, W, Wd] words (Numba)
     popcount conv prepacked  conv_scaled on packed activations: kernel + fused alpha * K epilogue, float32 out
     popcount conv +packing   packed_conv_layer without its shortcut term: what a packed binary layer runs in
@@ -101,7 +102,7 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
     packed = pack_activations(x, tau)                                             # [N, H, W, Wd]
     pad = as_padding(shape.padding)
     runs = {
-        "float32 im2col+BLAS": lambda: conv2d(x, weight, None, shape.stride, shape.padding),
+        "float32 conv2d": lambda: conv2d(x, weight, None, shape.stride, shape.padding),
         "pack activations": lambda: pack_activations(x, tau),
         "popcount conv prepacked": lambda: conv_scaled(
             packed, packed_weight.words_t, C, shape.stride, pad, packed_weight.alpha, k_rows
@@ -165,7 +166,7 @@ def speedups(results: list[dict], impl: str, statistic: str) -> list[float]:
     """float32 time / `impl` time per shape, for `statistic` in {median_s, min_s}."""
     by_key = {(row["name"], row["shape"], row["impl"]): row[statistic] for row in results}
     return [
-        by_key[(name, label, "float32 im2col+BLAS")] / by_key[(name, label, impl)]
+        by_key[(name, label, "float32 conv2d")] / by_key[(name, label, impl)]
         for name, label, row_impl in by_key
         if row_impl == impl
     ]

@@ -14,7 +14,7 @@ from bidm_ref.binary.popcount import popcount64_swar
 def test_bench_kernels_times_every_implementation_and_reports_the_throughput_entries():
     shape = ConvShape("resblock_conv3x3", 1, 70, 6, 1, 1)                        # 70 channels: two words
     rows, ratios = bench_kernels(repeats=1, shapes=[shape])
-    impls = ["float32 im2col+BLAS", "pack activations", "popcount conv prepacked", "popcount conv +packing"]
+    impls = ["float32 conv2d", "pack activations", "popcount conv prepacked", "popcount conv +packing"]
     assert [row["impl"] for row in rows] == impls
     assert all(row["macs"] == 6 * 6 * 70 * 70 * 9 for row in rows)
     assert [row["binary_macs_per_s"] > 0 for row in rows if "binary_macs_per_s" in row] == [True, True]

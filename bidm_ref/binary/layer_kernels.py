@@ -33,7 +33,7 @@ from ..nn.threaded import threaded_kernel
 from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_image
 from .kernels import _accumulate_row, conv_scaled_ref, output_shape
 
-SERIAL_WORK = 1 << 18  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
+SERIAL_WORK = 1 << 16  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
 
 
 @njit(cache=True)
