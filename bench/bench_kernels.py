@@ -72,13 +72,16 @@ CIFAR10_KERNEL_SHAPES = [
 ]
 
 
-def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
-    """Per run: {"median_s", "min_s", "repeats"} over `repeats` rounds, each round calling every run once."""
+def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int, settle_s: float = 0.0) -> dict[str, dict]:
+    """Per run: {"median_s", "min_s", "repeats"} over `repeats` rounds, each round calling every run once; `settle_s`
+    seconds of sleep before each timed call (so the threads of the call before, in this process or another, have
+    stopped spinning)."""
     for run in runs.values():
         run()                                                                     # warm-up: compile / load caches
     times: dict[str, list[float]] = {impl: [] for impl in runs}
     for _ in range(repeats):
         for impl, run in runs.items():
+            time.sleep(settle_s)
             start = time.perf_counter()
             run()
             times[impl].append(time.perf_counter() - start)

@@ -11,10 +11,11 @@ Cases (seeded random weights and images; timings do not depend on the values):
 PyTorch twin (only when torch is importable; `pip install -e '.[torch]'`, README "Speed"): ddim's UNet in
 PyTorch eager (bench/torch_unet.py) holding the same weights, checked to give the same eps before it is
 timed; its training step is zero_grad, forward, the same loss, backward, clip_grad_norm_, torch.optim.Adam
-and ddim's EMA update, on the same batch. torch gets as many intra-op threads as the engine's BLAS.
-Project and PyTorch calls of a case are timed interleaved (bench_kernels.time_interleaved), so a change in
-load hits both. Ratios (same run): `<case>_vs_torch_<preset>` = project median / PyTorch median (lower is
-better; 1.0 = PyTorch's speed).
+and ddim's EMA update, on the same batch. torch gets as many intra-op threads as the engine's BLAS, and runs in a
+process of its own with the environment this one found (bench/torch_worker.py: PyTorch's OpenMP runtime would
+otherwise read the wait policy `import bidm_ref` sets). Project and PyTorch calls of a case are timed interleaved
+(bench_kernels.time_interleaved, each after a SETTLE_S pause), so a change in load hits both. Ratios (same run):
+`<case>_vs_torch_<preset>` = project median / PyTorch median (lower is better; 1.0 = PyTorch's speed).
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.models.config import preset
 from bidm_ref.bidm.student import build_student
 from bidm_ref.models.unet import UNet
+from bidm_ref.runtime import current_policy
 from bidm_ref.train.adam import AdamConfig
 from bidm_ref.train.trainer import Objective, TrainConfig, Trainer
 
 from .bench_kernels import time_interleaved
 from .timing import bench_main
+from .torch_worker import TorchWorker, torch_installed
 
 PROJECT, TORCH = "bidm-ref (NumPy + Numba)", "PyTorch eager"
 TIMESTEPS = 1000
+SETTLE_S = 0.05  # sleep before each timed call: the other process's spinning threads (libgomp's 300,000 rounds) stop
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,9 @@ def bench_trainer(model: UNet, objective: Objective, preset_name: str, batch: in
     return Trainer(model, objective, batches, cfg, AdamConfig(), run_config={})
 
 
-def torch_steps(teacher: UNet, case: TrainCase) -> tuple[Callable[[], object], Callable[[], object]] | None:
-    """(train step, sampling forward) of the PyTorch twin of `teacher`, or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    from bidm_ref.runtime import current_policy
+def torch_steps(teacher: UNet, case: TrainCase) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(train step, sampling forward) of the PyTorch twin of `teacher` (run in torch_worker.py's process)."""
+    import torch
 
     from .torch_unet import torch_twin
 
@@ -134,7 +134,8 @@ def rows(name: str, label: str, timings: dict[str, dict]) -> list[dict]:
 
 
 def bench_case(case: TrainCase, repeats: int) -> tuple[list[dict], dict]:
-    """Result rows and ratios of one preset: the training step and the sampling forward, each vs PyTorch."""
+    """Result rows and ratios of one preset: the training step and the sampling forward, each vs PyTorch (in its own
+    process, torch_worker.py, timed in turn with the project's calls after a SETTLE_S pause)."""
     cfg = preset(case.preset)
     teacher = UNet(cfg, rng=np.random.default_rng(0))
     trainer = bench_trainer(teacher, DenoisingObjective(teacher, Schedule()), case.preset, case.train_batch)
@@ -143,13 +144,19 @@ def bench_case(case: TrainCase, repeats: int) -> tuple[list[dict], dict]:
     eps_fn = sampling_eps_fn(teacher)
     train_runs = {PROJECT: trainer.train_step}
     sample_runs = {PROJECT: lambda: eps_fn(x, t)}
-    twin = torch_steps(teacher, case)
-    if twin is not None:
-        train_runs[TORCH], sample_runs[TORCH] = twin
-    results = rows("fp_train_step", case.label(case.train_batch), time_interleaved(train_runs, repeats))
-    results += rows("sampling_forward", case.label(case.sample_batch), time_interleaved(sample_runs, repeats))
+    worker = None
+    if torch_installed():
+        worker = TorchWorker(case.preset, case.train_batch, case.sample_batch, current_policy().blas_threads)
+        train_runs[TORCH], sample_runs[TORCH] = (lambda: worker.run("train")), (lambda: worker.run("sample"))
+    try:
+        results = rows("fp_train_step", case.label(case.train_batch), time_interleaved(train_runs, repeats, SETTLE_S))
+        results += rows("sampling_forward", case.label(case.sample_batch),
+                        time_interleaved(sample_runs, repeats, SETTLE_S))
+    finally:
+        if worker is not None:
+            worker.close()
     ratios = {}
-    if twin is not None:
+    if worker is not None:
         for name in ("fp_train_step", "sampling_forward"):
             median = {row["impl"]: row["median_s"] for row in results if row["name"] == name}
             ratios[f"{name}_vs_torch_{case.preset}"] = median[PROJECT] / median[TORCH]

@@ -54,9 +54,16 @@ OPENBLAS_THREAD_TIMEOUT = "19"  # log2 of the cycles an idle OpenBLAS worker spi
 GOMP_SPINCOUNT = "10000"  # rounds an idle Numba (libgomp) worker spins before sleeping (docstring, 1)
 
 
+DEFAULTED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "NUMBA_CACHE_DIR")  # prepare_environment's
+USER_ENVIRONMENT: dict[str, str | None] = {}  # those variables as the process found them (None: unset)
+
+
 def prepare_environment() -> None:
     """Set the environment defaults of step 1 of the module docstring (each a no-op when it is already set; they act
-    only when set before NumPy loads OpenBLAS and before Numba starts its workers)."""
+    only when set before NumPy loads OpenBLAS and before Numba starts its workers). What the process found is kept
+    in USER_ENVIRONMENT (the first call's view)."""
+    for key in DEFAULTED:
+        USER_ENVIRONMENT.setdefault(key, os.environ.get(key))
     if "OMP_WAIT_POLICY" not in os.environ:                                    # a policy set by the user is kept whole
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
@@ -70,6 +77,18 @@ def prepare_environment() -> None:
         os.environ["NUMBA_CACHE_DIR"] = str(folder)
         if "numba" in sys.modules:                                                # imported first: its config is read
             sys.modules["numba"].config.CACHE_DIR = str(folder)
+
+
+def user_environment() -> dict[str, str]:
+    """This process's environment without the defaults prepare_environment added: for a child process that must run
+    as if bidm_ref had not been imported (the bench's PyTorch twin, whose OpenMP runtime reads the wait policy)."""
+    env = dict(os.environ)
+    for key, value in USER_ENVIRONMENT.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
 
 
 def source_digest(package: Path = PACKAGE) -> str:

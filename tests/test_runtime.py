@@ -106,6 +106,15 @@ def test_prepare_environment_sets_the_wait_policies_only_when_unset():
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "0"
 
 
+def test_user_environment_is_the_environment_before_the_defaults():
+    """What a child process gets to run as if bidm_ref had not been imported (the bench's PyTorch twin)."""
+    found = {"NUMBA_CACHE_DIR": "kept", "OPENBLAS_THREAD_TIMEOUT": "4", "OTHER": "x"}
+    with mock.patch.dict(os.environ, found, clear=True), mock.patch.dict(runtime.USER_ENVIRONMENT, {}, clear=True):
+        prepare_environment()
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "10000"
+        assert runtime.user_environment() == found
+
+
 def test_a_fresh_cli_process_sets_the_openblas_timeout_before_numpy_loads():
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: cli.py must import bidm_ref first."""
     env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
