@@ -20,7 +20,6 @@ otherwise read the wait policy `import bidm_ref` sets). Project and PyTorch call
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,51 +75,6 @@ def bench_trainer(model: UNet, objective: Objective, preset_name: str, batch: in
     batches = BatchSampler(random_images(preset_name, 4 * batch), batch, seed=0, hflip=False)
     cfg = TrainConfig(steps=10**6, batch_size=batch, out_dir="unused-bench-run")
     return Trainer(model, objective, batches, cfg, AdamConfig(), run_config={})
-
-
-def torch_steps(teacher: UNet, case: TrainCase) -> tuple[Callable[[], object], Callable[[], object]]:
-    """(train step, sampling forward) of the PyTorch twin of `teacher` (run in torch_worker.py's process)."""
-    import torch
-
-    from .torch_unet import torch_twin
-
-    torch.set_num_threads(current_policy().blas_threads)
-    cfg = teacher.cfg
-    model = torch_twin(cfg, teacher.state_dict())
-    rng = np.random.default_rng(3)
-    images = random_images(case.preset, case.train_batch)                         # [B, C, H, W]
-    t = rng.integers(0, TIMESTEPS, case.train_batch)                              # [B]
-    eps = rng.standard_normal(images.shape).astype(np.float32)                    # [B, C, H, W]
-    x_t, t, eps = (torch.from_numpy(a) for a in (Schedule().q_sample(images, t, eps), t, eps))
-    optimizer = torch.optim.Adam(model.parameters(), lr=AdamConfig().lr)
-    shadow = [p.detach().clone() for p in model.parameters()]
-    defaults = TrainConfig()                                                      # the Trainer's clip and EMA decay
-
-    def train_step() -> None:
-        model.train()                                                             # dropout on, as the Trainer
-        optimizer.zero_grad()
-        loss = (eps - model(x_t, t)).square().sum(dim=(1, 2, 3)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), defaults.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            for s, p in zip(shadow, model.parameters()):
-                s.mul_(defaults.ema_decay).add_(p, alpha=1 - defaults.ema_decay)
-
-    x = torch.from_numpy(sample_input(cfg, case.sample_batch))
-    t_sample = torch.full((case.sample_batch,), TIMESTEPS // 2)
-
-    def sample_forward() -> None:
-        model.eval()                                                              # dropout off, as the sampler
-        with torch.no_grad():
-            model(x, t_sample)
-
-    model.eval()
-    with torch.no_grad():
-        gap = float((model(x, t_sample) - torch.from_numpy(teacher.forward(x.numpy(), t_sample.numpy())[0])).abs().max())
-    if gap > 1e-3:
-        raise RuntimeError(f"the PyTorch twin's eps differs from the engine's by {gap:.2e}: the twin is not ddim's model")
-    return train_step, sample_forward
 
 
 def sample_input(cfg, batch: int) -> np.ndarray:
