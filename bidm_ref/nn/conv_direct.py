@@ -18,12 +18,11 @@ docs/ENGINE.md, "Convolution", has the measurements.
 overlaps the one before, so every tile reads inside its image's padded rows (needs Wo >= PT). Narrower maps (8x8)
 run `direct_conv_cells_kernel`: tiles of PT consecutive grid cells across rows, storing the output pixels among
 them (as the grid's matmul, it computes the padding cells too; `direct_fits` takes it where they are at most half
-the cells). Weights
-are padded with zero rows to a multiple of OT; the tile's extra outputs are not stored. Each output is one sum in a
-fixed order, whatever the thread count (the bytes do not depend on it); the multiply-adds may be fused (LLVM's
-fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp for the weight gradient;
-the input gradient of a stride-1 conv is itself a conv, of dy with the flipped, transposed weight
-(`transposed_geometry`, `transposed_weight`), which direct_conv runs too where it fits (conv.py's backward).
+the cells). Weights are padded with zero rows to a multiple of OT; the tile's extra outputs are not stored. Each
+output is one sum in a fixed order, whatever the thread count (the bytes do not depend on it); the multiply-adds
+may be fused (LLVM's fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp
+for the weight gradient; the input gradient of a stride-1 conv is itself a conv, of dy with the flipped, transposed
+weight (`transposed_geometry`, `transposed_weight`), which direct_conv runs too where it fits (conv.py's backward).
 Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused).
 """
 
@@ -35,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .im2col import ConvGeometry, conv_geometry
+from .im2col import ConvGeometry, conv_geometry, tap_offsets
 from .threaded import threaded_kernel
 
 TILE_OUTPUTS = 8  # output channels of one register tile (OT)
@@ -191,7 +190,7 @@ def tap_offsets_flat(geo: ConvGeometry, channels: int) -> np.ndarray:
     """offsets [K] int64: c*L + i*Wp + j for the taps k = (c, i, j) in W's order (module docstring)."""
     Hp, Wp = geo.padded
     L = geo.x_shape[0] * Hp * Wp
-    taps = np.array([i * Wp + j for i in range(geo.kh) for j in range(geo.kw)], dtype=np.int64)  # [kh*kw]
+    taps = np.array(tap_offsets(geo), dtype=np.int64)                             # [kh*kw] i*Wp + j
     return (np.arange(channels, dtype=np.int64)[:, None] * L + taps).reshape(-1)  # [K]
 
 
