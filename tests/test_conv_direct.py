@@ -1,6 +1,6 @@
-"""The direct conv of the grid layout (nn/conv_direct.py): register tiles of 8 output channels x 16 pixels.
+"""The direct conv of the grid layout (nn/conv_direct.py): register tiles of OT output channels x 16 pixels.
 
-Shapes that break it: output channels that are no multiple of 8 (zero-padded weight rows), rows that are no
+Shapes that break it: output channels that are no multiple of OT (zero-padded weight rows), rows that are no
 multiple of 16 (the last tile overlaps), rows narrower than a tile (tiles of grid cells across rows and images), one
 and many channels, asymmetric padding, 1x1 to 5x5 kernels; float32 and float64. Against the nested-loop definition
 in float64, its NumPy twin, and the grid layout's matmul forward; the backward from its saved input, checked as the
@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from bidm_ref.nn import conv, conv_direct, im2col
 from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward, conv_layout
-from bidm_ref.nn.conv_direct import TILE_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
+from bidm_ref.nn.conv_direct import MIN_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
 from bidm_ref.nn.im2col import conv_geometry, grid_source
 from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
 cases = st.tuples(
-    st.integers(1, 2), st.integers(1, 20), st.integers(TILE_OUTPUTS, 19), st.integers(1, 9), st.integers(3, 40),
+    st.integers(1, 2), st.integers(1, 20), st.integers(MIN_OUTPUTS, 19), st.integers(1, 9), st.integers(3, 40),
     st.sampled_from([1, 3, 5]), st.tuples(*[st.integers(0, 2)] * 4), st.booleans(),
     st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1),
 )
@@ -105,8 +105,8 @@ def transposable_cases(draw_from):
     of at least a tile (drawn directly: filtering `cases` rejects most draws)."""
     k = draw_from(st.sampled_from([1, 3, 5]))
     pad = draw_from(st.tuples(*[st.integers(0, min(2, k - 1))] * 4))
-    return (draw_from(st.integers(1, 2)), draw_from(st.integers(TILE_OUTPUTS, 19)),
-            draw_from(st.integers(TILE_OUTPUTS, 19)), draw_from(st.integers(k, 9)),
+    return (draw_from(st.integers(1, 2)), draw_from(st.integers(MIN_OUTPUTS, 19)),
+            draw_from(st.integers(MIN_OUTPUTS, 19)), draw_from(st.integers(k, 9)),
             draw_from(st.integers(TILE_PIXELS + 4, 40)), k, pad, False,
             draw_from(st.sampled_from([np.float32, np.float64])), draw_from(st.integers(0, 2**31 - 1)))
 
@@ -181,3 +181,9 @@ def test_convs_below_direct_min_macs_keep_blas():
     with mock.patch.object(conv_direct, "DIRECT_MIN_MACS", DIRECT_MIN_MACS):
         assert conv_layout((2, 32, 16, 16), (32, 32, 3, 3), 1, 1)[1]                # 4.7M multiply-adds
         assert not conv_layout((1, 32, 16, 16), (32, 32, 3, 3), 1, 1)[1]           # 2.4M: the matmul
+
+
+@pytest.mark.parametrize("features, avx512", [("+avx2,+fma,-avx512f", False), ("+avx2,+avx512f,+avx512vpopcntdq", True)])
+def test_the_tile_height_follows_the_features_numba_compiles_for(features, avx512):
+    with mock.patch.object(conv_direct.config, "CPU_FEATURES", features):
+        assert conv_direct.compiles_for_avx512() is avx512

@@ -1,4 +1,4 @@
-"""Direct convolution on the grid layout's padded input: register tiles of 8 output channels x 16 pixels.
+"""Direct convolution on the grid layout's padded input: register tiles of OT output channels x 16 pixels.
 
 Dimensions: N batch, C input channels, O output channels, Ho, Wo output spatial, Hp, Wp padded input spatial,
 L = N*Hp*Wp (im2col.py's grid), K = C*kh*kw taps, OT = TILE_OUTPUTS, PT = TILE_PIXELS.
@@ -30,15 +30,28 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+from llvmlite.binding import get_host_cpu_features
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from .im2col import ConvGeometry, conv_geometry, tap_offsets
 from .threaded import threaded_kernel
 
-TILE_OUTPUTS = 8  # output channels of one register tile (OT)
+
+
+def compiles_for_avx512() -> bool:
+    """Whether Numba's LLVM targets AVX-512 (32 vector registers): NUMBA_CPU_FEATURES when set, else this CPU's."""
+    features = config.CPU_FEATURES or get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+# Output channels of one register tile (OT): its OT accumulators of PT floats, the PT inputs and one broadcast weight
+# must fit the vector registers. AVX-512: 8 accumulators of one zmm + 2 = 10 of 32. AVX2: 6 of two ymm + 3 = 15 of
+# 16; 8 spill (one thread, znver3, GF/s: 26-32 at OT = 8, 49-62 at 4, 53-76 at 6; docs/ENGINE.md, "Convolution").
+TILE_OUTPUTS = 8 if compiles_for_avx512() else 6
 TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT): 2 AVX2 / 1 AVX-512 float32 vectors
+MIN_OUTPUTS = 8  # direct_fits' fewest output channels (fewer waste most of a tile; the same on every CPU)
 
 
 def _float_array(value: types.Type) -> bool:
@@ -153,10 +166,10 @@ DIRECT_MIN_MACS = 1 << 22  # below, BLAS on the rows layout is as fast (latent N
 def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
     """Whether a conv's forward runs direct_conv (by shape only, so its backward finds the same layout): stride 1,
     not pointwise, rows of at least PT outputs (or narrower rows where output pixels are at least half the padded
-    grid's cells: 8x8 maps with padding 1, not 4x4), at least OT output channels (fewer waste most of a tile; the taps
-    layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
+    grid's cells: 8x8 maps with padding 1, not 4x4), at least MIN_OUTPUTS output channels (fewer waste most of a
+    tile; the taps layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
     BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
-    if geo.stride != 1 or geo.pointwise or out_channels < TILE_OUTPUTS:          # cheap tests first: every conv asks
+    if geo.stride != 1 or geo.pointwise or out_channels < MIN_OUTPUTS:          # cheap tests first: every conv asks
         return False
     taps = in_channels * geo.kh * geo.kw
     if taps > DIRECT_MAX_TAPS or geo.x_shape[0] * out_channels * geo.Ho * geo.Wo * taps < DIRECT_MIN_MACS:
