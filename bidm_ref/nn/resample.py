@@ -18,9 +18,9 @@ def upsample_nearest2x(x: np.ndarray) -> np.ndarray:
 
 
 def upsample_nearest2x_backward(dy: np.ndarray) -> np.ndarray:
-    """Adjoint: sum each 2x2 block. dy [N, C, 2H, 2W] -> [N, C, H, W]."""
-    N, C, H2, W2 = dy.shape
-    return dy.reshape(N, C, H2 // 2, 2, W2 // 2, 2).sum(axis=(3, 5))              # [N, C, H, W]
+    """Adjoint: sum each 2x2 block, as ((a + b) + (c + d)) like avg_pool2x (NumPy's sum over the block axes of
+    [N, C, H, 2, W, 2] took 7 ms of a tiny training step's 300 per call). dy [N, C, 2H, 2W] -> [N, C, H, W]."""
+    return (dy[:, :, 0::2, 0::2] + dy[:, :, 0::2, 1::2]) + (dy[:, :, 1::2, 0::2] + dy[:, :, 1::2, 1::2])  # [N, C, H, W]
 
 
 def avg_pool2x(x: np.ndarray) -> np.ndarray:
