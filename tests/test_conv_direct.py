@@ -116,7 +116,7 @@ def transposable_cases(draw_from):
 def test_the_input_gradient_as_a_direct_conv_of_dy_equals_the_fold(case):
     """Where transposed_geometry takes it (C >= 8 outputs of the transposed conv), dx is the direct conv of dy with the
     flipped, transposed weight: the grid backward's fold (or the taps layout's product) gives the same (float64), and
-    the weight gradient is unchanged."""
+    the same weight gradient (to rounding: conv_direct_grad's tiles take it where they fit)."""
     x, weight, bias, geo = draw(case)
     assert geo.grid and conv.transposed_geometry(geo, weight.shape) is not None
     x, weight = x.astype(np.float64), weight.astype(np.float64)
@@ -128,7 +128,7 @@ def test_the_input_gradient_as_a_direct_conv_of_dy_equals_the_fold(case):
     with mock.patch.object(conv, "transposed_geometry", return_value=None):
         dx_fold, dweight_fold, _ = conv2d_backward(dy, saved, weight, x.shape, 1, geo.padding)
     np.testing.assert_allclose(dx, dx_fold, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(dweight, dweight_fold)
+    np.testing.assert_allclose(dweight, dweight_fold, rtol=1e-12, atol=1e-12)   # the tiles' sums where grad_fits
 
 
 @pytest.mark.parametrize("x_shape, grid", [((2, 8, 3, 17), True), ((2, 8, 6, 8), False)])

@@ -35,6 +35,7 @@ import numpy as np
 from .im2col import (ConvGeometry, col2im_rows, conv_geometry, crop_padding, fold_grid_chunk, from_columns, grid_chunks,
                      grid_source, im2col_rows, rows_weight, to_columns)
 from .conv_direct import TILE_PIXELS, direct_conv, direct_fits, transposed_geometry, transposed_weight
+from .conv_direct_grad import direct_weight_grad, grad_fits
 from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
@@ -84,7 +85,7 @@ def conv2d_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of conv2d (`saved` from its forward): returns (dx [N, C, H, W], dweight [O, C, kh, kw], dbias [O])."""
     O, C, kh, kw = weight.shape
-    geo, _ = conv_layout(x_shape, weight.shape, stride, padding)
+    geo, direct = conv_layout(x_shape, weight.shape, stride, padding)
     dbias = dy.sum(axis=(0, 2, 3))                                                # [O]
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
@@ -96,8 +97,12 @@ def conv2d_backward(
         dy_mat = dy.transpose(0, 2, 3, 1).reshape(-1, O)                          # [P, O]
         dweight = (dy_mat.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)   # [O, C, kh, kw]
         return col2im_rows(dy_mat @ rows_weight(weight), geo), dweight, dbias     # [N, C, H, W]
-    dy_cols = to_columns(dy, geo)                                                 # [O, Q]
     transposed = transposed_geometry(geo, weight.shape) if dy.dtype == weight.dtype else None
+    if transposed is not None and direct and grad_fits(geo, O, C):                # no columns at all
+        dweight = direct_weight_grad(dy, saved, geo)                              # [O, K]
+        dx = direct_conv(grid_source(dy, transposed), transposed_weight(weight), None, transposed)
+        return dx, dweight.reshape(weight.shape), dbias                           # [N, C, H, W]
+    dy_cols = to_columns(dy, geo)                                                 # [O, Q]
     if use_taps(geo, O):
         dxp, dweight = taps_backward(dy_cols, saved, weight, geo, input_gradient=transposed is None)
     else:
