@@ -20,8 +20,8 @@ from bidm_ref.nn import conv, im2col
 from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward
 from bidm_ref.nn.conv_taps import use_taps
 from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, fold_grid_chunk,
-                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, im2col_nhwc,
-                                im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
+                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, grid_source_ref,
+                                im2col_nhwc, im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
 from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
@@ -68,6 +68,23 @@ def test_rows_im2col_serial_and_parallel_compilations_write_the_same_bytes(case,
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_array_equal(outputs[0], im2col_nhwc(x_nhwc, geo))
     np.testing.assert_array_equal(outputs[0], im2col_rows_ref(x_nhwc.transpose(0, 3, 1, 2), geo))
+
+
+@given(shapes, st.booleans())
+def test_grid_source_kernel_equals_its_numpy_twin(case, transposed):
+    """Both compilations write the twin's bytes (padding zeros, x's rows), also from a non-contiguous x."""
+    N, C, H, W, k, pad, dtype, seed = case
+    assume(fits(H, W, k, pad))
+    x = np.random.default_rng(seed).standard_normal((N, C, W, H)).astype(dtype)
+    x = x.transpose(0, 1, 3, 2) if transposed else np.ascontiguousarray(x.transpose(0, 1, 3, 2))  # [N, C, H, W]
+    geo = replace(conv_geometry(x.shape, k, k, 1, pad), grid=True)
+    expected = grid_source_ref(x, geo)                                            # [C, L]
+    assert grid_source(x, geo).tobytes() == expected.tobytes()
+    top, _, left, _ = geo.padding
+    for kernel in im2col.grid_source_kernel.compilations:
+        xp = np.full((C, N, *geo.padded), np.nan, dtype=dtype)
+        kernel(x, top, left, xp)
+        assert xp.reshape(C, -1).tobytes() == expected.tobytes()
 
 
 @given(shapes, st.integers(1, 2000))

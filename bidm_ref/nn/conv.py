@@ -100,22 +100,20 @@ def conv2d_backward(
     transposed = transposed_geometry(geo, weight.shape) if dy.dtype == weight.dtype else None
     if transposed is not None and direct and grad_fits(geo, O, C):                # no columns at all
         dweight = direct_weight_grad(dy, saved, geo)                              # [O, K]
-        dx = direct_conv(grid_source(dy, transposed), transposed_weight(weight), None, transposed)
-        return dx, dweight.reshape(weight.shape), dbias                           # [N, C, H, W]
-    dy_cols = to_columns(dy, geo)                                                 # [O, Q]
-    if use_taps(geo, O):
-        dxp, dweight = taps_backward(dy_cols, saved, weight, geo, input_gradient=transposed is None)
     else:
-        dxp, dweight = grid_backward(dy_cols, saved, w_mat, geo, input_gradient=transposed is None)
-    if transposed is not None:                                                    # dx as the direct conv of dy
-        dx = direct_conv(grid_source(dy, transposed), transposed_weight(weight), None, transposed)
-        return dx, dweight.reshape(weight.shape), dbias                           # [N, C, H, W]
-    return crop_padding(dxp, geo), dweight.reshape(weight.shape), dbias           # [N, C, H, W]
+        dy_cols = to_columns(dy, geo)                                             # [O, Q]
+        backward = taps_backward if use_taps(geo, O) else grid_backward
+        dxp, dweight = backward(dy_cols, saved, weight, geo, input_gradient=transposed is None)
+        if transposed is None:
+            return crop_padding(dxp, geo), dweight.reshape(weight.shape), dbias   # [N, C, H, W]
+    dx = direct_conv(grid_source(dy, transposed), transposed_weight(weight), None, transposed)  # dx: dy's direct conv
+    return dx, dweight.reshape(weight.shape), dbias                               # [N, C, H, W]
 
 
-def grid_backward(dy_cols: np.ndarray, xp: np.ndarray, w_mat: np.ndarray, geo: ConvGeometry,
+def grid_backward(dy_cols: np.ndarray, xp: np.ndarray, weight: np.ndarray, geo: ConvGeometry,
                   input_gradient: bool) -> tuple[np.ndarray | None, np.ndarray]:
     """The grid layout's gradients chunk by chunk: (dxp [C, L] or None without input_gradient, dW [O, K])."""
+    w_mat = weight.reshape(weight.shape[0], -1)                                   # [O, K]
     dw_mat = np.zeros(w_mat.shape, dtype=dy_cols.dtype)                           # [O, K]
     dxp = np.zeros(xp.shape, dtype=dy_cols.dtype) if input_gradient else None     # [C, L]
     for start, stop, cols in grid_chunks(xp, geo):                                # cols [K, n]

@@ -43,6 +43,7 @@ from .threaded import threaded_kernel
 CHUNK_BYTES = 8 << 20  # bytes of one chunk of grid columns; 1, 2, 4, 8 MiB and unchunked measured in docs/ENGINE.md
 MIN_CHUNK_COLUMNS = 256  # narrower matmuls waste BLAS's time on call overhead
 ROWS_PARALLEL_MIN = 1 << 18  # cols elements from which the rows-layout im2col runs on every thread
+SOURCE_SERIAL_ELEMENTS = 1 << 16  # padded elements below which grid_source runs on the calling thread
 GRID_MIN_OUTPUTS = 1024  # smallest Ho*Wo of a padded conv in the grid layout (32x32; 16x16 ran faster in rows)
 
 
@@ -91,8 +92,41 @@ def conv_geometry(x_shape: tuple[int, ...], kh: int, kw: int, stride: int, paddi
 # ---- grid layout -------------------------------------------------------------------------------------------
 
 
+def _grid_source_kernel(tasks):
+    """grid_source's kernel over the C*N padded planes, `tasks` being prange or range (threaded.py): each padded row
+    written once, zeros or x's row between zeros."""
+
+    def kernel(x, top, left, xp):  # pragma: no cover - compiled
+        """xp [C, N, Hp, Wp] from x [N, C, H, W]."""
+        N, C, H, W = x.shape
+        Hp, Wp = xp.shape[2:]
+        zero = xp.dtype.type(0)
+        for task in tasks(C * N):
+            c, n = task // N, task % N
+            for r in range(Hp):
+                h = r - top
+                for w in range(Wp):
+                    inside = 0 <= h < H and left <= w < left + W
+                    xp[c, n, r, w] = x[n, c, h, w - left] if inside else zero
+
+    return kernel
+
+
+grid_source_kernel = threaded_kernel(_grid_source_kernel, SOURCE_SERIAL_ELEMENTS)
+
+
 def grid_source(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """x [N, C, H, W] -> zero-padded xp [C, N*Hp*Wp] (one copy)."""
+    """x [N, C, H, W] -> zero-padded xp [C, N*Hp*Wp], in one pass over xp (grid_source_kernel; NumPy's zero fill and
+    then a 4-D strided copy of x took two, on one thread: docs/ENGINE.md, "Convolution")."""
+    N, C, H, W = x.shape
+    top, _, left, _ = geo.padding
+    xp = np.empty((C, N, *geo.padded), dtype=x.dtype)                             # [C, N, Hp, Wp]
+    grid_source_kernel.for_work(xp.size)(x, top, left, xp)
+    return xp.reshape(C, -1)                                                      # [C, L]
+
+
+def grid_source_ref(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """NumPy twin of grid_source."""
     N, C, H, W = x.shape
     top, _, left, _ = geo.padding
     xp = np.zeros((C, N, *geo.padded), dtype=x.dtype)                             # [C, N, Hp, Wp]
