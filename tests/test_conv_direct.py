@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bidm_ref.nn import conv, conv_direct, im2col
+from bidm_ref.nn import conv, conv_direct, im2col, threaded
 from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward, conv_layout
 from bidm_ref.nn.conv_direct import MIN_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
 from bidm_ref.nn.im2col import conv_geometry, grid_source
@@ -185,5 +185,7 @@ def test_convs_below_direct_min_macs_keep_blas():
 
 @pytest.mark.parametrize("features, avx512", [("+avx2,+fma,-avx512f", False), ("+avx2,+avx512f,+avx512vpopcntdq", True)])
 def test_the_tile_height_follows_the_features_numba_compiles_for(features, avx512):
-    with mock.patch.object(conv_direct.config, "CPU_FEATURES", features):
-        assert conv_direct.compiles_for_avx512() is avx512
+    with mock.patch.object(threaded.config, "CPU_FEATURES", features):
+        assert threaded.compiles_for("avx512f") is avx512
+        assert threaded.compiles_for("avx512vpopcntdq") is avx512
+        assert not threaded.compiles_for("avx512")                               # whole names only

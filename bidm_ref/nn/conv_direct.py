@@ -30,26 +30,19 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from llvmlite.binding import get_host_cpu_features
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .im2col import ConvGeometry, conv_geometry, tap_offsets
-from .threaded import threaded_kernel
+from .threaded import compiles_for, threaded_kernel
 
-
-
-def compiles_for_avx512() -> bool:
-    """Whether Numba's LLVM targets AVX-512 (32 vector registers): NUMBA_CPU_FEATURES when set, else this CPU's."""
-    features = config.CPU_FEATURES or get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
 
 
 # Output channels of one register tile (OT): its OT accumulators of PT floats, the PT inputs and one broadcast weight
 # must fit the vector registers. AVX-512: 8 accumulators of one zmm + 2 = 10 of 32. AVX2: 6 of two ymm + 3 = 15 of
 # 16; 8 spill (one thread, znver3, GF/s: 26-32 at OT = 8, 49-62 at 4, 53-76 at 6; docs/ENGINE.md, "Convolution").
-TILE_OUTPUTS = 8 if compiles_for_avx512() else 6
+TILE_OUTPUTS = 8 if compiles_for("avx512f") else 6
 TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT): 2 AVX2 / 1 AVX-512 float32 vectors
 MIN_OUTPUTS = 8  # direct_fits' fewest output channels (fewer waste most of a tile; the same on every CPU)
 

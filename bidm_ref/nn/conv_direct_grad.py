@@ -28,14 +28,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .conv_direct import compiles_for_avx512, tap_offsets_flat
+from .conv_direct import tap_offsets_flat
 from .im2col import ConvGeometry
-from .threaded import threaded_kernel
+from .threaded import compiles_for, threaded_kernel
 
 GRAD_LANES = 8  # pixels of one vector (V): one AVX2 register of float32
 # Outputs x taps of one block (OG x KG): its accumulators, OG dy vectors and one xp vector must fit the registers
 # (AVX2 16: 3 x 3 + 3 + 1 = 13; AVX-512 32: 4 x 4 + 4 + 1 = 21).
-GRAD_OUTPUTS, GRAD_TAPS = (4, 4) if compiles_for_avx512() else (3, 3)
+GRAD_OUTPUTS, GRAD_TAPS = (4, 4) if compiles_for("avx512f") else (3, 3)
 SEGMENTS = 4  # fixed row segments, the parallel tasks
 CHUNK_ELEMENTS = 1 << 16  # xp elements of the rows of one chunk (256 KiB of float32: L2)
 # Outputs up to which the tiles beat the grid layout's product (AMD EPYC znver3, 2 threads, ms, product / tiles:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
+from llvmlite.binding import get_host_cpu_features
+from numba.core import config
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,10 @@ def threaded_kernel(make: Callable[[Callable], Callable], min_parallel_work: int
     (error_model, fastmath, ...) on both."""
     return ThreadedKernel(numba.njit(cache=True, parallel=True, **njit_options)(make(numba.prange)),
                           numba.njit(cache=True, parallel=False, **njit_options)(make(range)), min_parallel_work)
+
+
+def compiles_for(feature: str) -> bool:
+    """Whether Numba's LLVM targets a CPU feature (LLVM's name: "avx512f", "avx512vpopcntdq", ...): NUMBA_CPU_FEATURES
+    when set, else this CPU's. The direct convs pick their register tiles by it."""
+    features = config.CPU_FEATURES or get_host_cpu_features().flatten()
+    return f"+{feature}" in features.split(",")
