@@ -13,7 +13,9 @@ grid layout (large maps, and every conv that conv_direct.direct_fits takes; im2c
     xp = grid_source(x) [C, L];  y = direct_conv(xp, W) + b  (register tiles, conv_direct.py) or, for the others,
     cols = unfold(xp) [K, Q] chunk by chunk and y = W[O, K] @ cols + b [O, Q] -> NCHW (from_columns)
     dy -> [O, Q] (to_columns);  dW = sum over chunks dy @ cols^T;  dxp += fold(W^T @ dy) per chunk, or, where
-    conv_direct.transposed_geometry takes it, dx = direct_conv(dy padded, W flipped and transposed)
+    conv_direct.transposed_geometry takes it, dx = direct_conv(dy padded, W flipped and transposed); where the
+    forward was direct and conv_direct_grad.grad_fits (few outputs), dW = direct_weight_grad(dy, xp) (register
+    tiles, no columns and no to_columns)
 taps layout (grid convs with 2*O <= C, such as conv_out, where direct_conv does not run the forward; conv_taps.py):
     the same xp, multiplied first, Z = Ws[(t, o), C] @ xp, then y[o, q] = sum_t Z[(t, o), q + off_t]; no columns
 rows layout (small maps, strides):

@@ -47,7 +47,8 @@ TILE_PIXELS = 16  # adjacent output pixels of one row in one register tile (PT):
 MIN_OUTPUTS = 8  # direct_fits' fewest output channels (fewer waste most of a tile; the same on every CPU)
 
 
-def _float_array(value: types.Type) -> bool:
+def float_array(value: types.Type) -> bool:
+    """Whether a Numba type is a C-contiguous float32 or float64 array (what the tile intrinsics compile for)."""
     return isinstance(value, types.Array) and value.layout == "C" and value.dtype in (types.float32, types.float64)
 
 
@@ -56,7 +57,7 @@ def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
     """out[o, p] = sum over k < K, in order, of w[w_first + o*K + k] * xp[base + offsets[k] + p], for o < OT and
     p < PT: out a C-contiguous [OT, PT] array, xp and w flat arrays of out's dtype, offsets an int64 array. Indices
     are not checked (the caller keeps them inside the arrays)."""
-    if not (_float_array(out) and _float_array(xp) and _float_array(w) and xp.dtype == out.dtype == w.dtype
+    if not (float_array(out) and float_array(xp) and float_array(w) and xp.dtype == out.dtype == w.dtype
             and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
         return None
     signature = types.void(out, xp, types.int64, offsets, w, types.int64, types.int64)

@@ -13,10 +13,11 @@ multiplies dy's columns by them, a product with few rows (O) and a long sum; on 
 on the tiny preset's convs (docs/ENGINE.md, "Convolution").
 
 `direct_weight_grad` splits the rows into S fixed segments (the tasks; two per core on two cores), each in chunks of
-rows whose dy and xp stay in L2 (CHUNK_ELEMENTS), each chunk's block sums added to the segment's partial dW; dW is
+rows whose xp rows stay in L2 (CHUNK_ELEMENTS), each chunk's block sums added to the segment's partial dW; dW is
 the partials summed in segment order. The segments do not depend on the thread count, so neither do the bytes.
 Blocks overlap at the ends (the last block of outputs starts at O - OG, of taps at K - KG; the overlapped sums are
-not added twice). `grad_fits` says where it runs: rows of whole vectors (Wo a multiple of V), O >= OG, K >= KG.
+not added twice). `grad_fits` says where it runs: rows of whole vectors (Wo a multiple of V), OG <= O <=
+GRAD_MAX_OUTPUTS, K >= KG.
 Twin: `direct_weight_grad_ref` (NumPy, one tap at a time).
 """
 
@@ -28,7 +29,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .conv_direct import tap_offsets_flat
+from .conv_direct import float_array, tap_offsets_flat
 from .im2col import ConvGeometry
 from .threaded import compiles_for, threaded_kernel
 
@@ -45,17 +46,13 @@ GRAD_MAX_OUTPUTS = 32
 SERIAL_MACS = 1 << 21  # multiply-adds below which the segments run on the calling thread (as conv_direct's)
 
 
-def _float_array(value: types.Type) -> bool:
-    return isinstance(value, types.Array) and value.layout == "C" and value.dtype in (types.float32, types.float64)
-
-
 @intrinsic
 def tile_grad(typingctx, out, dy, xp, offsets, o_first, k_first, row_first, rows, O, Ho, Wo, Hp, Wp):
     """out[o, t] = sum over rows r in [row_first, row_first + rows) and wo < Wo of dy[n, o_first + o, ho, wo] *
     xp[(n*Hp + ho)*Wp + wo + offsets[k_first + t]] (n, ho = divmod(r, Ho)), for o < OG and t < KG: out a C-contiguous
     [OG, KG] array, dy the flat [N, O, Ho, Wo] output gradient, xp the flat padded input, offsets int64; Wo a multiple
     of V. Summed as the module docstring says. Indices are not checked (the caller keeps them inside the arrays)."""
-    if not (_float_array(out) and _float_array(dy) and _float_array(xp) and out.dtype == dy.dtype == xp.dtype
+    if not (float_array(out) and float_array(dy) and float_array(xp) and out.dtype == dy.dtype == xp.dtype
             and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
         return None
     signature = types.void(out, dy, xp, offsets, *[types.int64] * 9)

@@ -93,8 +93,8 @@ def conv_geometry(x_shape: tuple[int, ...], kh: int, kw: int, stride: int, paddi
 
 
 def _grid_source_kernel(tasks):
-    """grid_source's kernel over the C*N padded planes, `tasks` being prange or range (threaded.py): each padded row
-    written once, zeros or x's row between zeros."""
+    """grid_source's kernel over the C*N padded planes, `tasks` being prange or range (threaded.py): each element of
+    xp written once, x's value inside the padding, else zero."""
 
     def kernel(x, top, left, xp):  # pragma: no cover - compiled
         """xp [C, N, Hp, Wp] from x [N, C, H, W]."""
