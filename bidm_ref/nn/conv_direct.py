@@ -37,8 +37,6 @@ from numba.extending import intrinsic
 from .im2col import ConvGeometry, conv_geometry, tap_offsets
 from .threaded import compiles_for, threaded_kernel
 
-
-
 # Output channels of one register tile (OT): its OT accumulators of PT floats, the PT inputs and one broadcast weight
 # must fit the vector registers. AVX-512: 8 accumulators of one zmm + 2 = 10 of 32. AVX2: 6 of two ymm + 3 = 15 of
 # 16; 8 spill (one thread, znver3, GF/s: 26-32 at OT = 8, 49-62 at 4, 53-76 at 6; docs/ENGINE.md, "Convolution").
@@ -161,8 +159,8 @@ def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
     """Whether a conv's forward runs direct_conv (by shape only, so its backward finds the same layout): stride 1,
     not pointwise, rows of at least PT outputs (or narrower rows where output pixels are at least half the padded
     grid's cells: 8x8 maps with padding 1, not 4x4), at least MIN_OUTPUTS output channels (fewer waste most of a
-    tile; the taps layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights per tile;
-    BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
+    tile; the taps layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights
+    per tile; BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
     if geo.stride != 1 or geo.pointwise or out_channels < MIN_OUTPUTS:          # cheap tests first: every conv asks
         return False
     taps = in_channels * geo.kh * geo.kw
