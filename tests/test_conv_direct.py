@@ -183,7 +183,8 @@ def test_convs_below_direct_min_macs_keep_blas():
         assert not conv_layout((1, 32, 16, 16), (32, 32, 3, 3), 1, 1)[1]           # 2.4M: the matmul
 
 
-@pytest.mark.parametrize("features, avx512", [("+avx2,+fma,-avx512f", False), ("+avx2,+avx512f,+avx512vpopcntdq", True)])
+@pytest.mark.parametrize("features, avx512", [("+avx2,+fma,-avx512f", False),
+                                               ("+avx2,+avx512f,+avx512vpopcntdq", True)])
 def test_the_tile_height_follows_the_features_numba_compiles_for(features, avx512):
     with mock.patch.object(threaded.config, "CPU_FEATURES", features):
         assert threaded.compiles_for("avx512f") is avx512

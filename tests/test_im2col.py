@@ -20,8 +20,8 @@ from bidm_ref.nn import conv, im2col
 from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward
 from bidm_ref.nn.conv_taps import use_taps
 from bidm_ref.nn.im2col import (col2im_rows, col2im_rows_ref, column_chunks, conv_geometry, fold_grid, fold_grid_chunk,
-                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source, grid_source_ref,
-                                im2col_nhwc, im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
+                                fold_grid_chunk_ref, from_columns, grid_chunk, grid_chunk_ref, grid_source,
+                                grid_source_ref, im2col_nhwc, im2col_rows, im2col_rows_ref, to_columns, unfold_grid)
 from fdcheck import check_module
 from reference_ops import conv_nested_loops
 
