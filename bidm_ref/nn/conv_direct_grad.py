@@ -29,7 +29,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .conv_direct import float_array, tap_offsets_flat
+from .conv_direct import SERIAL_MACS, float_array, tap_offsets_flat
 from .im2col import ConvGeometry
 from .threaded import compiles_for, threaded_kernel
 
@@ -43,7 +43,6 @@ CHUNK_ELEMENTS = 1 << 16  # xp elements of the rows of one chunk (256 KiB of flo
 # N32 C32 -> 32 32x32 11.8 / 6.4-6.9, C16 -> 16 2.6 / 2.1-2.5, C48 -> 16 7.9-8.7 / 5.6-6.7, C64 -> 32 16x16 7.1 / 5.1;
 # C64 -> 64 16x16 6.0 / 6.5, N8 C128 -> 128 32x32 18-23 / 32-37: docs/ENGINE.md, "Convolution").
 GRAD_MAX_OUTPUTS = 32
-SERIAL_MACS = 1 << 21  # multiply-adds below which the segments run on the calling thread (as conv_direct's)
 
 
 @intrinsic
@@ -142,7 +141,7 @@ def _segments_kernel(tasks):
     return kernel
 
 
-direct_weight_grad_kernel = threaded_kernel(_segments_kernel, SERIAL_MACS)
+direct_weight_grad_kernel = threaded_kernel(_segments_kernel, SERIAL_MACS)  # conv_direct's threshold
 
 
 def grad_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
