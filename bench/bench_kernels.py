@@ -21,10 +21,12 @@ Ratios (same run): popcount_vs_float_conv = geometric mean over the shapes of fl
 median; `_excl_packing` uses the prepacked kernel; `_min` uses minima (less sensitive to other processes
 taking the CPU, which inflate medians of the longer float runs most).
 Popcount throughput: each popcount row has `binary_macs_per_s` (macs / median; a word of 64 sign pairs is 64 binary
-MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's inner loop (xor, popcount, add
-into [PIXELS, O] uint64 sums, one weight word load for PIXELS pixels; vpopcntq on zmm where the CPU has
-AVX512_VPOPCNTDQ) on L1-resident words, one thread per core; `popcount_peak_macs_per_s` is its rate and `kernel_share_of_popcount_peak` the best prepacked
-kernel's share of it (geometric mean over the shapes: `_geomean`). `kernel_emits_vpopcntq` says whether LLVM
+MACs). The bound is measured, not looked up: `popcount_peak` runs the kernel's register tile (PIXELS pixels x
+TILE_WORDS outputs, sums in registers: per word one xor, popcount and add per vector of 8 outputs; vpopcntq on
+zmm where the CPU has AVX512_VPOPCNTDQ) on L1-resident words, one thread per core: what the CPU's vector
+popcount sustains in the kernel's own instruction mix; `popcount_peak_macs_per_s` is its rate and
+`kernel_share_of_popcount_peak` the best prepacked kernel's share of it (geometric mean over the shapes:
+`_geomean`). `kernel_emits_vpopcntq` says whether LLVM
 put vpopcntq into the compiled kernel (its assembly, compiled afresh without the cache).
 """
 
@@ -41,9 +43,9 @@ import numpy as np
 from numba import njit, prange
 
 from bidm_ref.binary.bitpack import pack_activations, pack_conv_weight
-from bidm_ref.binary.kernels import PIXELS, _accumulate_row, conv_scaled, output_shape
+from bidm_ref.binary.kernels import PIXELS, _accumulate_row, conv_scaled, output_shape, tile_pixels
 from bidm_ref.binary.layer_kernels import packed_conv_layer
-from bidm_ref.binary.popcount import popcount64
+from bidm_ref.binary.popcount import TILE_WORDS
 from bidm_ref.nn.conv import Padding, as_padding, conv2d
 
 from .timing import bench_main
@@ -124,20 +126,19 @@ def bench_shape(shape: ConvShape, repeats: int, rng: np.random.Generator) -> lis
 
 @njit(parallel=True, cache=True)
 def _popcount_peak_loop(words, x_words, rounds):
-    """The kernel's inner loop (kernels._accumulate_block) on L1-resident words: per thread `rounds` passes of
-    acc[p, o] += popcount(x[q, p] ^ w[q, o]) for the PIXELS pixels p that share each weight word."""
-    threads, Q, _ = x_words.shape
-    O = words.shape[1]
+    """The kernel's register tile (kernels.tile_pixels) on L1-resident words: per thread `rounds` tiles of PIXELS
+    pixels x TILE_WORDS outputs over Q words, acc[o, p] = 64*Q - 2 * sum_q popcount(x[t, p, q] ^ w[q, o]); returns
+    the sum of every acc per thread (so no round is optimised away)."""
+    threads, _, Q = x_words.shape
     total = np.zeros(threads, dtype=np.int64)
+    w = words.reshape(-1)                                                         # [Q*TILE_WORDS]
     for t in prange(threads):
-        acc = np.zeros((PIXELS, O), dtype=np.uint64)                              # [PIXELS, O]
+        acc = np.empty(TILE_WORDS * PIXELS, dtype=np.int32)                       # [TILE_WORDS*PIXELS]
+        x = x_words[t].reshape(-1)                                                # [PIXELS*Q]
         for _ in range(rounds):
-            for q in range(Q):
-                for o in range(O):
-                    w_word = words[q, o]
-                    for p in range(PIXELS):
-                        acc[p, o] += popcount64(x_words[t, q, p] ^ w_word)
-        total[t] = acc.sum()
+            tile_pixels(acc, 0, PIXELS, TILE_WORDS, 64 * Q, x, 0, 0, Q, 1, Q, w, 0, 0, TILE_WORDS)
+            for i in range(acc.size):
+                total[t] += acc[i]
     return total
 
 
@@ -145,19 +146,19 @@ def popcount_peak(repeats: int = 5) -> float:
     """Binary MACs per second of _popcount_peak_loop with one task per Numba thread (median of `repeats`)."""
     import numba
 
-    threads, Q, O, rounds = numba.get_num_threads(), 16, 256, 500                # words [Q, O]: 32 KiB, in L1
+    threads, Q, rounds = numba.get_num_threads(), 96, 20000                      # words [Q, OT]: 24 KiB, in L1
     rng = np.random.default_rng(0)
-    words = rng.integers(0, 2**63, (Q, O), dtype=np.uint64)                       # [Q, O]
-    x_words = rng.integers(0, 2**63, (threads, Q, PIXELS), dtype=np.uint64)       # [threads, Q, PIXELS]
+    words = rng.integers(0, 2**63, (Q, TILE_WORDS), dtype=np.uint64)              # [Q, TILE_WORDS]
+    x_words = rng.integers(0, 2**63, (threads, PIXELS, Q), dtype=np.uint64)       # [threads, PIXELS, Q]
     timing = time_interleaved({"peak": lambda: _popcount_peak_loop(words, x_words, rounds)}, repeats)["peak"]
-    return threads * rounds * Q * O * PIXELS * 64 / timing["median_s"]
+    return threads * rounds * Q * TILE_WORDS * PIXELS * 64 / timing["median_s"]
 
 
 def kernel_emits_vpopcntq() -> bool:
     """Whether LLVM compiles the accumulator loop with vpopcntq on this CPU (a fresh compile: cached code has no asm)."""
     fresh = njit(_accumulate_row.py_func)
-    fresh(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((3, 3, 8), np.uint64), 64, 1, (1, 1, 1, 1), 0, 0,
-          np.zeros((3, 8), np.int32))
+    fresh(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((3, 3, TILE_WORDS), np.uint64), 64, 1, (1, 1, 1, 1), 0, 0,
+          np.zeros((8, 3), np.int32))
     return "vpopcntq" in fresh.inspect_asm(fresh.signatures[0])
 
 

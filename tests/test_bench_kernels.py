@@ -8,7 +8,7 @@ import numpy as np
 from bench.bench_kernels import ConvShape, _popcount_peak_loop, bench_kernels, kernel_emits_vpopcntq
 from bench.timing import format_ratio
 from bidm_ref.binary.kernels import PIXELS
-from bidm_ref.binary.popcount import popcount64_swar
+from bidm_ref.binary.popcount import TILE_WORDS, popcount64_swar
 
 
 def test_bench_kernels_times_every_implementation_and_reports_the_throughput_entries():
@@ -25,12 +25,12 @@ def test_bench_kernels_times_every_implementation_and_reports_the_throughput_ent
     assert format_ratio("kernel_emits_vpopcntq", 1.0) == "yes" and format_ratio("a_share", 0.25) == "25.0%"
 
 
-def test_popcount_peak_loop_counts_the_differing_bits_of_every_round():
+def test_popcount_peak_loop_sums_the_accumulators_of_every_round():
     rng = np.random.default_rng(0)
-    words = rng.integers(0, 2**63, (3, 5), dtype=np.uint64)                       # [Q, O]
-    x_words = rng.integers(0, 2**63, (numba.get_num_threads(), 3, PIXELS), dtype=np.uint64)  # [threads, Q, PIXELS]
-    expected = [sum(int(popcount64_swar(x ^ w)) for q, pixels in enumerate(task) for x in pixels for w in words[q])
-                for task in x_words]
+    words = rng.integers(0, 2**63, (3, TILE_WORDS), dtype=np.uint64)              # [Q, TILE_WORDS]
+    x_words = rng.integers(0, 2**63, (numba.get_num_threads(), PIXELS, 3), dtype=np.uint64)  # [threads, PIXELS, Q]
+    expected = [sum(64 * 3 - 2 * sum(int(popcount64_swar(x ^ w)) for x, w in zip(pixel, words[:, o]))
+                    for pixel in task for o in range(TILE_WORDS)) for task in x_words]
     assert _popcount_peak_loop(words, x_words, 4).tolist() == [4 * e for e in expected]
 
 

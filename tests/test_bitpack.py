@@ -21,6 +21,7 @@ from bidm_ref.binary.bitpack import (
     pack_signs,
     unpack_signs,
 )
+from bidm_ref.binary.popcount import TILE_WORDS
 from bidm_ref.binary.quantizers import sign
 
 PACKERS = {
@@ -117,8 +118,9 @@ def test_conv_weight_layout() -> None:
     expected[1, 0, 2, 1] = 2                                                      # channel 65 -> word 1, bit 1
     assert np.array_equal(packed.words, expected)
     assert packed.channels == 66 and packed.alpha.dtype == np.float32
-    assert packed.words_t.shape == (1, 3 * 2, 2)                                  # [kh, kw*Wd, O]
+    assert packed.words_t.shape == (1, 3 * 2, TILE_WORDS)                         # [kh, kw*Wd, Ot]
     assert packed.words_t[0, 2 * 2 + 1, 1] == 2                                   # row q = j*Wd + d
+    assert packed.words_t.sum() == 2                                              # the outputs O..Ot-1: zero words
 
 
 def test_linear_weight_layout() -> None:
@@ -126,7 +128,8 @@ def test_linear_weight_layout() -> None:
     weight[2, 64] = -1.0
     packed = pack_linear_weight(weight, np.ones(3))
     assert packed.words.tolist() == [[0, 0], [0, 0], [0, 1]]
-    assert packed.words_t.shape == (1, 2, 3) and packed.words_t[0, 1, 2] == 1      # [1, Wd, O]
+    assert packed.words_t.shape == (1, 2, TILE_WORDS) and packed.words_t[0, 1, 2] == 1  # [1, Wd, Ot]
+    assert packed.words_t.sum() == 1
 
 
 @pytest.mark.parametrize(

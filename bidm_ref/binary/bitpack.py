@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from .popcount import TILE_WORDS
+
 WORD_BITS = 64
 _BIT_VALUES = np.uint64(1) << np.arange(WORD_BITS, dtype=np.uint64)               # [64] 1, 2, 4, ..., 2^63
 
@@ -109,9 +111,13 @@ def pack_activations_ref(x: np.ndarray, tau: np.ndarray) -> np.ndarray:
 
 
 def transpose_conv_words(words: np.ndarray) -> np.ndarray:
-    """Canonical conv words [O, kh, kw, Wd] -> the kernel's layout [kh, kw*Wd, O] (row q = j*Wd + d)."""
+    """Canonical conv words [O, kh, kw, Wd] -> the kernel's layout [kh, kw*Wd, Ot] (row q = j*Wd + d), with zero
+    words for the outputs O..Ot-1 that fill the last register tile (Ot = O rounded up to TILE_WORDS)."""
     O, kh, kw, Wd = words.shape
-    return np.ascontiguousarray(words.transpose(1, 2, 3, 0).reshape(kh, kw * Wd, O))  # [kh, kw*Wd, O]
+    O_tiles = -(-O // TILE_WORDS) * TILE_WORDS
+    words_t = np.zeros((kh, kw * Wd, O_tiles), dtype=np.uint64)                   # [kh, kw*Wd, Ot]
+    words_t[:, :, :O] = words.transpose(1, 2, 3, 0).reshape(kh, kw * Wd, O)
+    return words_t
 
 
 def _check_words(what: str, words: np.ndarray, channels: int, alpha: np.ndarray) -> None:

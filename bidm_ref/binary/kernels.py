@@ -16,20 +16,22 @@ evaluate the same float32 products in the same order, so they agree to float32 r
 ulps; in practice the results are bit-equal).
 
 Numba kernels (conv_acc, conv_scaled): prange over the N*Ho output rows (fills both cores even at 8x8);
-per row an int32 buffer [Wo, O]. The valid taps j0..j1-1 of one kernel row are adjacent in the
-NHWC-packed input, and so are the rows q = j*Wd + d of words_t[i] ([kh, kw*Wd, O]), so per output pixel
-and valid kernel row the loop is: for q in j0*Wd .. j1*Wd-1: for o in 0..O-1: buf[wo, o] += popcount(...);
-the loop over O is vectorised by LLVM (xor, popcount, add on whole registers: vpopcntq with AVX-512, a
-vpshufb nibble table with AVX2). The popcount sums are kept in uint64 (as popcount returns them) and turned
-into the int32 accumulator once per pixel: narrowing each popcount to int32 inside the loop costs a
-vpmovqd per vector, on the port vpopcntq needs on Intel cores (docs/ENGINE.md "Packed layers").
-Pixels whose taps all lie inside the image columns go PIXELS = 4 at a time: one load of a weight word
-serves four accumulators (1.3-1.5x faster on the CIFAR-10 layers than one pixel at a time, docs/ENGINE.md
-"Packed layers"). Border pixels run alone with fewer taps (i0..i1, j0..j1
-clipped to the image), so no padded copy of the input is needed. No fastmath. Arguments: C-contiguous arrays,
-`padding` a tuple of 4 ints (top, bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1
-image. A whole packed layer (packing, K map, this accumulator, the epilogue and the shortcut sum) is one
-call of layer_kernels.packed_conv_layer / packed_linear_layer.
+per row an int32 buffer [O, Wo]. The valid taps j0..j1-1 of one kernel row are adjacent in the NHWC-packed
+input, and so are the rows q = j*Wd + d of words_t[i] ([kh, kw*Wd, Ot], Ot = O rounded up to a whole tile
+with zero words), so per output pixel and valid kernel row the sum runs over q in j0*Wd .. j1*Wd-1. It runs
+as register tiles (popcount.make_tile_popcount, LLVM IR like nn/conv_direct.py's tile_dot): PIXELS = 4
+adjacent output pixels x TILE_WORDS output channels (32 with AVX-512, 8 with AVX2) whose popcount sums stay
+in vector registers over all taps; per word q one load of TILE_WORDS weight words and one broadcast per pixel
+feed PIXELS x TILE_WORDS xor / popcount / add lanes (vpopcntq with AVX512_VPOPCNTDQ, LLVM's vpshufb table
+without). The tile ends by writing valid*C - 2*sums into the buffer, output-major, so the epilogue reads
+rows of Wo. LLVM's loop vectorizer keeps such sums in memory (a load and a store per popcount), which the
+tiles avoid (measured in docs/ENGINE.md, "Packed layers"). Pixels whose taps
+all lie inside the image columns go PIXELS at a time (the row's last block overlaps the one before it);
+border pixels run as tiles of one pixel with fewer taps (i0..i1, j0..j1 clipped to the image), so no padded
+copy of the input is needed. No fastmath. Arguments: C-contiguous arrays, `padding` a tuple of 4 ints (top,
+bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1 image. A whole packed layer
+(packing, K map, this accumulator, the epilogue and the shortcut sum) is one call of
+layer_kernels.packed_conv_layer / packed_linear_layer.
 """
 
 from __future__ import annotations
@@ -39,80 +41,60 @@ from numba import njit, prange
 
 from ..nn.padding import Padding, as_padding, conv_output_size
 from .bitpack import PackedConvWeight, PackedLinearWeight
-from .popcount import popcount64
+from .popcount import TILE_WORDS, make_tile_popcount
 
 
-PIXELS = 4  # output pixels of a row whose accumulators share each weight word (module docstring)
+PIXELS = 4  # adjacent output pixels of one register tile, which share each weight word (module docstring)
 
 
-@njit(cache=True)
-def _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, differ, counts):
-    """counts [O] of one output pixel whose taps start at (h0, w0); taps outside the image are skipped.
-    differ [PIXELS, O] uint64 is scratch for the popcount sums (module docstring: why not int32)."""
-    j0 = max(0, -w0)
-    j1 = min(kw, W - w0)
-    sums = differ[0]
-    sums[:] = 0
-    for i in range(i0, i1):
-        for q in range(j0 * Wd, j1 * Wd):
-            x_word = flat[n, h0 + i, w0 * Wd + q]
-            for o in range(sums.shape[0]):
-                sums[o] += popcount64(x_word ^ words_t[i, q, o])
-    valid = (i1 - i0) * (j1 - j0) * channels
-    for o in range(counts.shape[0]):
-        counts[o] = valid - 2 * np.int32(sums[o])
-
-
-@njit(cache=True)
-def _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words, differ, block):
-    """block [PIXELS, O] of PIXELS adjacent output pixels whose taps all lie inside the image columns: each
-    weight word is loaded once for all of them (x_words [PIXELS] holds their input words of one tap; differ
-    [PIXELS, O] uint64 is scratch for the popcount sums)."""
-    differ[:] = 0
-    for i in range(i0, i1):
-        for q in range(kw * Wd):
-            for p in range(PIXELS):
-                x_words[p] = flat[n, h0 + i, (w0 + p * stride) * Wd + q]
-            for o in range(block.shape[1]):
-                w_word = words_t[i, q, o]
-                for p in range(PIXELS):
-                    differ[p, o] += popcount64(x_words[p] ^ w_word)
-    valid = (i1 - i0) * kw * channels
-    for p in range(PIXELS):
-        for o in range(block.shape[1]):
-            block[p, o] = valid - 2 * np.int32(differ[p, o])
+tile_pixels = make_tile_popcount(PIXELS)  # PIXELS adjacent output pixels x TILE_WORDS output channels
+tile_pixel = make_tile_popcount(1)  # one output pixel (border pixels, whose taps are clipped to the image)
 
 
 @njit(cache=True)
 def _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc):
-    """Fill acc [Wo, O] int32 with the accumulators of output row (n, ho); see the module docstring."""
+    """Fill acc [O, Wo] int32 with the accumulators of output row (n, ho); see the module docstring."""
     _, H, W, Wd = packed.shape
-    kh, kwWd, _ = words_t.shape
+    kh, kwWd, O_tiles = words_t.shape
+    O, Wo = acc.shape
     kw = kwWd // Wd
     top, _, left, _ = padding
-    flat = packed.reshape(packed.shape[0], H, W * Wd)                             # [N, H, W*Wd]
+    x = packed.reshape(-1)                                                        # [N*H*W*Wd]
+    w = words_t.reshape(-1)                                                       # [kh*kw*Wd*Ot]
     h0 = ho * stride - top
     i0 = max(0, -h0)
-    i1 = min(kh, H - h0)
-    x_words = np.empty(PIXELS, dtype=np.uint64)                                   # [PIXELS]
-    differ = np.empty((PIXELS, acc.shape[1]), dtype=np.uint64)                    # [PIXELS, O] popcount sums
-    wo = 0
-    while wo < acc.shape[0]:
-        w0 = wo * stride - left
-        if wo + PIXELS <= acc.shape[0] and w0 >= 0 and w0 + (PIXELS - 1) * stride + kw <= W:
-            _accumulate_block(flat, words_t, channels, Wd, kw, stride, h0, i0, i1, w0, n, x_words, differ,
-                              acc[wo : wo + PIXELS])
-            wo += PIXELS
-        else:
-            _accumulate_pixel(flat, words_t, channels, Wd, kw, h0, i0, i1, w0, W, n, differ, acc[wo])
-            wo += 1
+    rows = max(0, min(kh, H - h0) - i0)
+    x_row, w_row = W * Wd, kwWd * O_tiles
+    first = min(Wo, (left + stride - 1) // stride)                                # first pixel with all taps inside
+    last = max(first, min(Wo, (W - kw + left) // stride + 1))                     # one past the last such pixel
+    blocks = last - first >= PIXELS                                               # else every pixel runs alone
+    acc_flat = acc.reshape(-1)                                                    # [O*Wo]
+    for o_first in range(0, O, TILE_WORDS):
+        outputs = O - o_first
+        w_first = i0 * w_row + o_first
+        for wo in range(Wo):
+            if blocks and first <= wo < last:
+                if (wo - first) % PIXELS == 0:                                    # a block starts here
+                    start = min(wo, last - PIXELS)                                # the last one overlaps the one before
+                    x_first = ((n * H + h0 + i0) * W + start * stride - left) * Wd
+                    tile_pixels(acc_flat, o_first * Wo + start, Wo, outputs, rows * kw * channels,
+                                x, x_first, x_row, stride * Wd, rows, kwWd, w, w_first, w_row, O_tiles)
+                continue
+            w0 = wo * stride - left
+            j0 = max(0, -w0)
+            cols = max(0, min(kw, W - w0) - j0)
+            x_first = ((n * H + h0 + i0) * W + w0 + j0) * Wd
+            tile_pixel(acc_flat, o_first * Wo + wo, Wo, outputs, rows * cols * channels,
+                       x, x_first, x_row, 0, rows, cols * Wd, w, w_first + j0 * Wd * O_tiles, w_row, O_tiles)
 
 
 @njit(parallel=True, cache=True)
-def conv_acc(packed, words_t, channels, stride, padding):
-    """packed [N, H, W, Wd], words_t [kh, kw*Wd, O] -> int32 acc [N, O, Ho, Wo]; padding (top, bottom, left, right)."""
+def conv_acc(packed, words_t, outputs, channels, stride, padding):
+    """packed [N, H, W, Wd], words_t [kh, kw*Wd, Ot] -> int32 acc [N, O, Ho, Wo] of its first O = `outputs` channels;
+    padding (top, bottom, left, right)."""
     N, H, W, Wd = packed.shape
-    kh, kwWd, O = words_t.shape
+    kh, kwWd, _ = words_t.shape
+    O = outputs
     top, bottom, left, right = padding
     Ho = (H + top + bottom - kh) // stride + 1
     Wo = (W + left + right - kwWd // Wd) // stride + 1
@@ -120,11 +102,9 @@ def conv_acc(packed, words_t, channels, stride, padding):
     for row in prange(N * Ho):
         n = row // Ho
         ho = row % Ho
-        acc = np.empty((Wo, O), dtype=np.int32)                                   # [Wo, O]
+        acc = np.empty((O, Wo), dtype=np.int32)                                   # [O, Wo]
         _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
-        for o in range(O):
-            for wo in range(Wo):
-                out[n, o, ho, wo] = acc[wo, o]
+        out[n, :, ho, :] = acc
     return out
 
 
@@ -132,7 +112,8 @@ def conv_acc(packed, words_t, channels, stride, padding):
 def conv_scaled(packed, words_t, channels, stride, padding, alpha, k_map):
     """As conv_acc with the fused epilogue: float32 out [N, O, Ho, Wo] = acc * alpha[o] [O] * k_map [N, Ho, Wo]."""
     N, H, W, Wd = packed.shape
-    kh, kwWd, O = words_t.shape
+    kh, kwWd, _ = words_t.shape
+    O = alpha.shape[0]
     top, bottom, left, right = padding
     Ho = (H + top + bottom - kh) // stride + 1
     Wo = (W + left + right - kwWd // Wd) // stride + 1
@@ -140,12 +121,12 @@ def conv_scaled(packed, words_t, channels, stride, padding, alpha, k_map):
     for row in prange(N * Ho):
         n = row // Ho
         ho = row % Ho
-        acc = np.empty((Wo, O), dtype=np.int32)                                   # [Wo, O]
+        acc = np.empty((O, Wo), dtype=np.int32)                                   # [O, Wo]
         _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
         for o in range(O):
             scale = alpha[o]
             for wo in range(Wo):
-                out[n, o, ho, wo] = np.float32(acc[wo, o]) * scale * k_map[n, ho, wo]
+                out[n, o, ho, wo] = np.float32(acc[o, wo]) * scale * k_map[n, ho, wo]
     return out
 
 
@@ -206,7 +187,7 @@ def linear_acc(packed: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
     """packed inputs [N, Wd] -> int32 acc [N, O] = I - 2 * popcount(x xor w), by conv_acc as a 1x1 conv on 1x1."""
     N, Wd = packed.shape
     image = np.ascontiguousarray(packed).reshape(N, 1, 1, Wd)                     # [N, 1, 1, Wd]
-    return conv_acc(image, weight.words_t, weight.features, 1, (0, 0, 0, 0))[:, :, 0, 0]  # [N, O]
+    return conv_acc(image, weight.words_t, weight.words.shape[0], weight.features, 1, (0, 0, 0, 0))[:, :, 0, 0]  # [N, O]
 
 
 def linear_acc_ref(packed: np.ndarray, words: np.ndarray, features: int) -> np.ndarray:

@@ -43,7 +43,7 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
     kh, kw = k_weight.shape
     top, _, left, _ = padding
     O, Wo = out.shape[1], out.shape[3]
-    acc = np.empty((Wo, O), dtype=np.int32)                                       # [Wo, O]
+    acc = np.empty((O, Wo), dtype=np.int32)                                       # [O, Wo]
     _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
     k_row = np.empty(Wo, dtype=np.float32)                                        # [Wo] K of this row
     h0 = ho * stride - top
@@ -55,12 +55,14 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
                 k += a_map[n, h0 + i, w0 + j] * k_weight[i, j]
         k_row[wo] = k + k_bias
     for o in range(O):
+        acc_row, out_row, scale = acc[o], out[n, o, ho], alpha[o]                 # [Wo], [Wo]
         if sc.shape[0] == 0:                                                      # no shortcut
             for wo in range(Wo):
-                out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo]
+                out_row[wo] = np.float32(acc_row[wo]) * scale * k_row[wo]
         else:
+            sc_row = sc[n, o, ho]                                                 # [Wo]
             for wo in range(Wo):
-                out[n, o, ho, wo] = np.float32(acc[wo, o]) * alpha[o] * k_row[wo] + s * sc[n, o, ho, wo]
+                out_row[wo] = np.float32(acc_row[wo]) * scale * k_row[wo] + s * sc_row[wo]
 
 
 def _layer_kernel(rows):

@@ -139,7 +139,7 @@ def numba_layer_acc(golden: Golden) -> dict[str, np.ndarray]:
     x, weight = golden.inputs["x"], golden.params["weight"]                       # [N, C, H, W], [O, C, kh, kw]
     words = pack_conv_weight(weight, np.ones(weight.shape[0], dtype=np.float32))
     packed = pack_activations(x, threshold(golden.params, x.shape[1]))            # [N, H, W, Wd]
-    return {"cache/acc": conv_acc(packed, words.words_t, x.shape[1], golden.hyper["stride"],
+    return {"cache/acc": conv_acc(packed, words.words_t, weight.shape[0], x.shape[1], golden.hyper["stride"],
                                   tuple(golden.hyper["padding"]))}
 
 

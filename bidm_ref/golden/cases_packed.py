@@ -137,7 +137,7 @@ for _cin, _cout, _k, _s, _p, _name in [
 def numba_conv_acc(golden: Golden) -> dict[str, np.ndarray]:
     out = golden.outputs
     return {"outputs/acc": conv_acc(out["x_words"].array, transpose_conv_words(out["w_words"].array),
-                                    golden.hyper["channels"], golden.hyper["stride"], tuple(golden.hyper["padding"])),
+                                    out["w_words"].array.shape[0], golden.hyper["channels"], golden.hyper["stride"], tuple(golden.hyper["padding"])),
             "outputs/x_words": pack_activations(golden.inputs["x"], golden.inputs["tau"])}
 
 
