@@ -33,7 +33,7 @@ from ..nn.threaded import threaded_kernel
 from .bitpack import PackedConvWeight, PackedLinearWeight, pack_activations_ref, pack_image
 from .kernels import _accumulate_row, conv_scaled_ref, output_shape
 
-SERIAL_WORK = 1 << 16  # popcount words (N*Ho*Wo*O*kh*kw*Wd) below which a layer runs on one thread
+SERIAL_WORK = 1 << 19  # popcount words (N*Ho*Wo*Ot*kh*kw*Wd) below which a layer runs on one thread
 
 
 @njit(cache=True)
@@ -85,7 +85,7 @@ layer_kernel = threaded_kernel(_layer_kernel, SERIAL_WORK)  # threaded from SERI
 
 
 def layer_work(out_shape: tuple[int, ...], words_t: np.ndarray) -> int:
-    """Popcount words of one layer call: N*Ho*Wo * O*kh*kw*Wd (words_t [kh, kw*Wd, O])."""
+    """Popcount words of one layer call: N*Ho*Wo * Ot*kh*kw*Wd (words_t [kh, kw*Wd, Ot], Ot = O in whole tiles)."""
     N, _, Ho, Wo = out_shape
     return N * Ho * Wo * words_t.size
 
