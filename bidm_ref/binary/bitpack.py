@@ -10,7 +10,8 @@ Convention (README, "Conventions": bit packing), for a value u = x + tau (tau th
     channel 65 negative alone -> word 1 has value 2; bits of channels >= C ("pad bits") are 0.
 Layouts: activations NHWC-packed `[N, H, W, Wd]`; conv weights `[O, kh, kw, Wd]` (the canonical, exported
 layout); linear weights and inputs `[O, Wd]`, `[N, Wd]`. The conv kernel reads the weights transposed,
-`[kh, kw*Wd, O]` (`transpose_conv_words`), so its innermost loop runs over output channels.
+`[kh, kw*Wd, Ot]` (`transpose_conv_words`: Ot = O rounded up to whole register tiles of TILE_WORDS outputs,
+with zero words), so the words of consecutive output channels are adjacent (one vector load per tile).
 
 Three packers, written independently so tests can compare them:
     pack_signs(u)                  NumPy, channels on the last axis; used for weights and as a reference
@@ -141,14 +142,14 @@ def _check_words(what: str, words: np.ndarray, channels: int, alpha: np.ndarray)
 class PackedConvWeight:
     """sign(W) of a conv weight [O, C, kh, kw] packed as words [O, kh, kw, Wd], with its scale alpha [O].
 
-    `words_t` [kh, kw*Wd, O] is derived (transpose_conv_words) for the kernel; store `words`, `channels`
+    `words_t` [kh, kw*Wd, Ot] is derived (transpose_conv_words) for the kernel; store `words`, `channels`
     and `alpha` to export a layer and rebuild it with `PackedConvWeight(words, channels, alpha)`.
     """
 
     words: np.ndarray                                                             # [O, kh, kw, Wd] uint64
     channels: int                                                                 # C
     alpha: np.ndarray                                                             # [O] float32
-    words_t: np.ndarray = field(init=False, repr=False, compare=False)            # [kh, kw*Wd, O] uint64
+    words_t: np.ndarray = field(init=False, repr=False, compare=False)            # [kh, kw*Wd, Ot] uint64
 
     def __post_init__(self) -> None:
         if self.words.ndim != 4:
@@ -161,13 +162,13 @@ class PackedConvWeight:
 class PackedLinearWeight:
     """sign(W) of a linear weight [O, I] packed as words [O, Wd], with its scale alpha [O].
 
-    `words_t` [1, Wd, O] is derived: the layout of a 1x1 conv, which is how the kernel runs a linear layer.
+    `words_t` [1, Wd, Ot] is derived: the layout of a 1x1 conv, which is how the kernel runs a linear layer.
     """
 
     words: np.ndarray                                                             # [O, Wd] uint64
     features: int                                                                 # I
     alpha: np.ndarray                                                             # [O] float32
-    words_t: np.ndarray = field(init=False, repr=False, compare=False)            # [1, Wd, O] uint64
+    words_t: np.ndarray = field(init=False, repr=False, compare=False)            # [1, Wd, Ot] uint64
 
     def __post_init__(self) -> None:
         if self.words.ndim != 2:

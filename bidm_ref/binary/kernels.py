@@ -25,13 +25,12 @@ in vector registers over all taps; per word q one load of TILE_WORDS weight word
 feed PIXELS x TILE_WORDS xor / popcount / add lanes (vpopcntq with AVX512_VPOPCNTDQ, LLVM's vpshufb table
 without). The tile ends by writing valid*C - 2*sums into the buffer, output-major, so the epilogue reads
 rows of Wo. LLVM's loop vectorizer keeps such sums in memory (a load and a store per popcount), which the
-tiles avoid (measured in docs/ENGINE.md, "Packed layers"). Pixels whose taps
-all lie inside the image columns go PIXELS at a time (the row's last block overlaps the one before it);
-border pixels run as tiles of one pixel with fewer taps (i0..i1, j0..j1 clipped to the image), so no padded
-copy of the input is needed. No fastmath. Arguments: C-contiguous arrays, `padding` a tuple of 4 ints (top,
-bottom, left, right). The binary linear layer is the 1x1 conv on a 1x1 image. A whole packed layer
-(packing, K map, this accumulator, the epilogue and the shortcut sum) is one call of
-layer_kernels.packed_conv_layer / packed_linear_layer.
+tiles avoid (measured in docs/ENGINE.md, "Packed layers"). Pixels whose taps all lie inside the image columns
+go PIXELS at a time (the row's last block overlaps the one before it); border pixels run as tiles of one
+pixel with fewer taps (i0..i1, j0..j1 clipped to the image), so no padded copy of the input is needed. No
+fastmath. Arguments: C-contiguous arrays, `padding` a tuple of 4 ints (top, bottom, left, right). The binary
+linear layer is the 1x1 conv on a 1x1 image. A whole packed layer (packing, K map, this accumulator, the
+epilogue and the shortcut sum) is one call of layer_kernels.packed_conv_layer / packed_linear_layer.
 """
 
 from __future__ import annotations
@@ -187,7 +186,8 @@ def linear_acc(packed: np.ndarray, weight: PackedLinearWeight) -> np.ndarray:
     """packed inputs [N, Wd] -> int32 acc [N, O] = I - 2 * popcount(x xor w), by conv_acc as a 1x1 conv on 1x1."""
     N, Wd = packed.shape
     image = np.ascontiguousarray(packed).reshape(N, 1, 1, Wd)                     # [N, 1, 1, Wd]
-    return conv_acc(image, weight.words_t, weight.words.shape[0], weight.features, 1, (0, 0, 0, 0))[:, :, 0, 0]  # [N, O]
+    O = weight.words.shape[0]
+    return conv_acc(image, weight.words_t, O, weight.features, 1, (0, 0, 0, 0))[:, :, 0, 0]  # [N, O]
 
 
 def linear_acc_ref(packed: np.ndarray, words: np.ndarray, features: int) -> np.ndarray:

@@ -99,8 +99,8 @@ def make_tile_popcount(pixels: int):
                         for v in range(TILE_VECTORS)]
                     for p in range(pixels):
                         x_index = builder.add(builder.add(x_row_start, builder.mul(ir.Constant(i64, p), pixel_step)), q)
-                        x_one = builder.insert_element(ir.Constant(vector, None),
-                                                       builder.load(builder.gep(x_data, [x_index])), ir.Constant(i32, 0))
+                        x_word = builder.load(builder.gep(x_data, [x_index]))
+                        x_one = builder.insert_element(ir.Constant(vector, None), x_word, ir.Constant(i32, 0))
                         x_lanes = builder.shuffle_vector(x_one, ir.Constant(vector, None), broadcast)
                         for v in range(TILE_VECTORS):
                             count = builder.call(ctpop, [builder.xor(x_lanes, w_vectors[v])])

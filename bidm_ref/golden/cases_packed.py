@@ -136,8 +136,9 @@ for _cin, _cout, _k, _s, _p, _name in [
 @kernel("conv_acc")
 def numba_conv_acc(golden: Golden) -> dict[str, np.ndarray]:
     out = golden.outputs
-    return {"outputs/acc": conv_acc(out["x_words"].array, transpose_conv_words(out["w_words"].array),
-                                    out["w_words"].array.shape[0], golden.hyper["channels"], golden.hyper["stride"], tuple(golden.hyper["padding"])),
+    words = out["w_words"].array                                                  # [O, kh, kw, Wd]
+    return {"outputs/acc": conv_acc(out["x_words"].array, transpose_conv_words(words), words.shape[0],
+                                    golden.hyper["channels"], golden.hyper["stride"], tuple(golden.hyper["padding"])),
             "outputs/x_words": pack_activations(golden.inputs["x"], golden.inputs["tau"])}
 
 
