@@ -173,8 +173,46 @@ def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core(height
     ((2, 16, 32, 32), (16, 16, 1, 1), 1, False, False),                           # pointwise
 ])
 def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride, direct, grid):
-    geo, takes = conv_layout(x_shape, weight_shape, stride, 1 if weight_shape[2] == 3 else 0)
+    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.DIRECT_MAX_TAPS):   # BLAS as wide as tiles
+        geo, takes = conv_layout(x_shape, weight_shape, stride, 1 if weight_shape[2] == 3 else 0)
     assert (takes, geo.grid) == (direct, grid)
+
+
+@pytest.mark.parametrize("x_shape, direct", [
+    ((2, 256, 16, 16), True),                                                     # K = 2304, rows of 16: row tiles
+    ((2, 512, 16, 16), True),                                                     # K = 4608 = WIDE_TILES_MAX_TAPS
+    ((2, 513, 16, 16), False),
+    ((2, 256, 8, 8), False),                                                      # cell tiles keep DIRECT_MAX_TAPS
+])
+def test_row_tiles_take_more_taps_where_they_are_wider_than_blas(x_shape, direct):
+    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.WIDE_TILES_MAX_TAPS):
+        assert conv_layout(x_shape, (64, x_shape[1], 3, 3), 1, 1)[1] is direct
+
+
+@pytest.mark.parametrize("avx512, cores, wider", [
+    (True, ["Haswell"], True), (True, ["Zen"], True), (True, ["SkylakeX"], False),
+    (True, ["Haswell", "SkylakeX"], False), (False, ["Haswell"], False), (True, [], False),
+])
+def test_tiles_are_wider_than_blas_only_with_avx512_tiles_over_narrower_openblas_kernels(avx512, cores, wider):
+    pools = [{"internal_api": "openblas", "architecture": core} for core in cores] + [{"internal_api": "openmp"}]
+    with mock.patch("threadpoolctl.threadpool_info", return_value=pools), \
+            mock.patch.object(conv_direct, "compiles_for", return_value=avx512):
+        assert conv_direct.tiles_wider_than_blas() is wider
+
+
+def test_direct_conv_with_many_taps_equals_its_twin():
+    """K = 256 * 9 = 2304 taps, beyond DIRECT_MAX_TAPS: the sums the wide row tiles run."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 256, 6, 18)).astype(np.float32)                  # [N, C, H, W]
+    weight = rng.standard_normal((9, 256, 3, 3)).astype(np.float32)              # [O, C, kh, kw]
+    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.WIDE_TILES_MAX_TAPS):
+        geo, direct = conv_layout(x.shape, weight.shape, 1, 1)
+    assert direct and geo.grid
+    xp = grid_source(x, geo)
+    y = direct_conv(xp, weight, None, geo)                                        # [N, O, Ho, Wo]
+    np.testing.assert_allclose(y, direct_conv_ref(xp, weight, None, geo), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(y, conv_nested_loops(x.astype(np.float64), weight.astype(np.float64), None, 1, 1),
+                               rtol=1e-4, atol=1e-3)
 
 
 def test_convs_below_direct_min_macs_keep_blas():

@@ -153,23 +153,46 @@ direct_conv_cells_kernel = threaded_kernel(_cell_tiles_kernel, SERIAL_MACS)
 
 DIRECT_MAX_TAPS = 1152  # K = C*kh*kw up to which the tiles beat BLAS (cifar10's 128-channel 3x3 convs; docs/ENGINE.md)
 DIRECT_MIN_MACS = 1 << 22  # below, BLAS on the rows layout is as fast (latent N1 8x8 convs, 2.4M: 58 us direct)
+WIDE_TILES_MAX_TAPS = 4608  # K up to which AVX-512 row tiles beat OpenBLAS's AVX2 kernels (cifar10's 256-channel convs)
+AVX512_BLAS_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's cores with AVX-512 kernels
+
+
+def tiles_wider_than_blas() -> bool:
+    """Whether the tiles compile for AVX-512 while OpenBLAS multiplies with narrower kernels (its core, as
+    threadpoolctl reports it, has none of AVX512_BLAS_KERNELS; e.g. OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU).
+    False for another BLAS library."""
+    from threadpoolctl import threadpool_info
+
+    pools = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
+    cores = [str(pool.get("architecture")).lower() for pool in pools]
+    return compiles_for("avx512f") and bool(cores) and not any(core in AVX512_BLAS_KERNELS for core in cores)
+
+
+# Taps up to which the row tiles (rows of >= PT outputs) run: more where they are wider than BLAS's kernels
+ROW_TILES_MAX_TAPS = WIDE_TILES_MAX_TAPS if tiles_wider_than_blas() else DIRECT_MAX_TAPS
 
 
 def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
     """Whether a conv's forward runs direct_conv (by shape only, so its backward finds the same layout): stride 1,
     not pointwise, rows of at least PT outputs (or narrower rows where output pixels are at least half the padded
     grid's cells: 8x8 maps with padding 1, not 4x4), at least MIN_OUTPUTS output channels (fewer waste most of a
-    tile; the taps layout takes them), at most DIRECT_MAX_TAPS taps (larger sums stream too many inputs and weights
-    per tile; BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
+    tile; the taps layout takes them), at most max_taps taps (larger sums stream too many inputs and weights per
+    tile; BLAS is as fast there) and at least DIRECT_MIN_MACS multiply-adds."""
     if geo.stride != 1 or geo.pointwise or out_channels < MIN_OUTPUTS:          # cheap tests first: every conv asks
         return False
     taps = in_channels * geo.kh * geo.kw
-    if taps > DIRECT_MAX_TAPS or geo.x_shape[0] * out_channels * geo.Ho * geo.Wo * taps < DIRECT_MIN_MACS:
+    if taps > max_taps(geo) or geo.x_shape[0] * out_channels * geo.Ho * geo.Wo * taps < DIRECT_MIN_MACS:
         return False
     if geo.Wo >= TILE_PIXELS:
         return True
     Hp, Wp = geo.padded
     return geo.columns >= TILE_PIXELS and 2 * geo.Ho * geo.Wo >= Hp * Wp
+
+
+def max_taps(geo: ConvGeometry) -> int:
+    """The most taps direct_fits takes: ROW_TILES_MAX_TAPS on rows of at least PT outputs, else DIRECT_MAX_TAPS
+    (the cell tiles of narrower maps)."""
+    return ROW_TILES_MAX_TAPS if geo.Wo >= TILE_PIXELS else DIRECT_MAX_TAPS
 
 
 def transposed_geometry(geo: ConvGeometry, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
