@@ -26,8 +26,8 @@ TILE_WORDS outputs, sums in registers: per word one xor, popcount and add per ve
 zmm where the CPU has AVX512_VPOPCNTDQ) on L1-resident words, one thread per core: what the CPU's vector
 popcount sustains in the kernel's own instruction mix; `popcount_peak_macs_per_s` is its rate and
 `kernel_share_of_popcount_peak` the best prepacked kernel's share of it (geometric mean over the shapes:
-`_geomean`). `kernel_emits_vpopcntq` says whether LLVM
-put vpopcntq into the compiled kernel (its assembly, compiled afresh without the cache).
+`_geomean`). `kernel_emits_vpopcntq` says whether LLVM put vpopcntq into the compiled kernel (its assembly,
+compiled afresh without the cache).
 """
 
 from __future__ import annotations

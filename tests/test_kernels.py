@@ -35,7 +35,7 @@ from bidm_ref.binary.layer_kernels import (
     packed_linear_layer,
     packed_linear_layer_ref,
 )
-from bidm_ref.binary.popcount import TILE_WORDS, popcount64_swar
+from bidm_ref.binary.popcount import TILE_WORDS, make_tile_popcount, popcount64_swar
 from bidm_ref.nn.conv import as_padding, conv2d
 from reference_ops import conv_nested_loops, pm1
 
@@ -240,3 +240,8 @@ def test_bad_inputs_raise_one_line_errors() -> None:
         layer(sc=sc[:, :1])
     with pytest.raises(ValueError, match=r"not \[N, 8\]"):
         packed_linear_layer(np.ones((2, 9), np.float32), None, pack_linear_weight(np.ones((3, 8)), np.ones(3)))
+
+
+def test_tile_popcount_needs_a_power_of_two_of_vectors() -> None:
+    with pytest.raises(ValueError, match="is not a power of two"):
+        make_tile_popcount(3)

@@ -54,12 +54,17 @@ TILE_VECTORS = 4 if compiles_for("avx512f") else 1
 TILE_WORDS = TILE_VECTORS * LANES  # output channels of one tile (OT)
 
 
-def _array_of(value: types.Type, dtype: types.Type, layouts: str = "CA") -> bool:
-    return isinstance(value, types.Array) and value.dtype == dtype and value.layout in layouts
+def _c_array_of(value: types.Type, dtype: types.Type) -> bool:
+    """Whether a Numba type is a C-contiguous array of `dtype` (what tile_popcount compiles for)."""
+    return isinstance(value, types.Array) and value.dtype == dtype and value.layout == "C"
 
 
 def make_tile_popcount(pixels: int):
-    """tile_popcount for tiles of `pixels` output pixels x TILE_WORDS output channels (the docstring below)."""
+    """tile_popcount for tiles of `pixels` output pixels x TILE_WORDS output channels (the docstring below); `pixels`
+    * TILE_VECTORS must be a power of two (the sums are joined pairwise into one vector at the end)."""
+    vectors = pixels * TILE_VECTORS
+    if vectors < 1 or vectors & (vectors - 1):
+        raise ValueError(f"make_tile_popcount: {pixels} pixels x {TILE_VECTORS} vectors is not a power of two")
 
     @intrinsic
     def tile_popcount(typingctx, acc, acc_first, acc_row, outputs, valid, x, x_first, x_row, x_pixel, rows, words, w,
@@ -71,8 +76,7 @@ def make_tile_popcount(pixels: int):
         pixels x TILE_VECTORS vectors of sums stay in registers for the whole sum; at the end they are permuted
         output-major, so each output stores its `pixels` adjacent accumulators at once. Indices are not checked (the
         caller keeps them inside the arrays)."""
-        if not (_array_of(acc, types.int32, "C") and _array_of(x, types.uint64, "C")
-                and _array_of(w, types.uint64, "C")):
+        if not (_c_array_of(acc, types.int32) and _c_array_of(x, types.uint64) and _c_array_of(w, types.uint64)):
             return None
         signature = types.void(acc, *[types.int64] * 4, x, *[types.int64] * 5, w, *[types.int64] * 3)
 
