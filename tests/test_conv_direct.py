@@ -173,7 +173,7 @@ def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core(height
     ((2, 16, 32, 32), (16, 16, 1, 1), 1, False, False),                           # pointwise
 ])
 def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride, direct, grid):
-    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.DIRECT_MAX_TAPS):   # BLAS as wide as tiles
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", False):
         geo, takes = conv_layout(x_shape, weight_shape, stride, 1 if weight_shape[2] == 3 else 0)
     assert (takes, geo.grid) == (direct, grid)
 
@@ -185,7 +185,7 @@ def test_conv_layout_runs_the_tiles_where_they_fit(x_shape, weight_shape, stride
     ((2, 256, 8, 8), False),                                                      # cell tiles keep DIRECT_MAX_TAPS
 ])
 def test_row_tiles_take_more_taps_where_they_are_wider_than_blas(x_shape, direct):
-    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.WIDE_TILES_MAX_TAPS):
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", True):
         assert conv_layout(x_shape, (64, x_shape[1], 3, 3), 1, 1)[1] is direct
 
 
@@ -205,7 +205,7 @@ def test_direct_conv_with_many_taps_equals_its_twin():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 256, 6, 18)).astype(np.float32)                  # [N, C, H, W]
     weight = rng.standard_normal((9, 256, 3, 3)).astype(np.float32)              # [O, C, kh, kw]
-    with mock.patch.object(conv_direct, "ROW_TILES_MAX_TAPS", conv_direct.WIDE_TILES_MAX_TAPS):
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", True):
         geo, direct = conv_layout(x.shape, weight.shape, 1, 1)
     assert direct and geo.grid
     xp = grid_source(x, geo)

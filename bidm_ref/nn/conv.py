@@ -7,7 +7,8 @@ Q grid columns and L = N*Hp*Wp the padded input (im2col.py). Layouts are PyTorch
 
 pointwise (1x1 kernel, no padding, stride s; the UNet's nin_shortcut, attention q/k/v/proj_out, the binary
 layers' FP shortcuts):
-    xs = x[:, :, ::s, ::s] as [N, C, Ho*Wo];  y[n] = W[O, C] @ xs[n] + b   (one batched matmul, NCHW in and out)
+    xs = x[:, :, ::s, ::s] as [N, C, Ho*Wo];  y[n] = W[O, C] @ xs[n] + b   (one batched matmul, NCHW in and out;
+    at stride 1, where conv_pointwise.pointwise_fits, register tiles instead)
     dW = sum_n dy[n] @ xs[n]^T;  dxs[n] = W^T @ dy[n], scattered back to x[:, :, ::s, ::s]
 grid layout (large maps, and every conv that conv_direct.direct_fits takes; im2col.py, `conv_layout`):
     xp = grid_source(x) [C, L];  y = direct_conv(xp, W) + b  (register tiles, conv_direct.py) or, for the others,
@@ -38,6 +39,7 @@ from .im2col import (ConvGeometry, col2im_rows, conv_geometry, crop_padding, fol
                      grid_source, im2col_rows, rows_weight, to_columns)
 from .conv_direct import TILE_PIXELS, direct_conv, direct_fits, transposed_geometry, transposed_weight
 from .conv_direct_grad import direct_weight_grad, grad_fits
+from .conv_pointwise import pointwise_conv, pointwise_fits
 from .conv_taps import taps_backward, taps_forward, use_taps
 from .init import uniform_fan_in
 from .module import Module
@@ -57,6 +59,8 @@ def conv2d(
     w_mat = weight.reshape(O, -1)                                                 # [O, K]
     if geo.pointwise:
         xs = pointwise_source(x, stride)                                          # [N, C, Ho*Wo]
+        if pointwise_fits(geo, x, weight):
+            return pointwise_conv(xs, weight, bias).reshape(N, O, geo.Ho, geo.Wo), xs  # [N, O, Ho, Wo]
         y = np.matmul(w_mat, xs)                                                  # [N, O, Ho*Wo]
         if bias is not None:
             y += bias[:, None]                                                    # [N, O, Ho*Wo]

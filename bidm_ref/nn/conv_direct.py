@@ -50,43 +50,56 @@ def float_array(value: types.Type) -> bool:
     return isinstance(value, types.Array) and value.layout == "C" and value.dtype in (types.float32, types.float64)
 
 
-@intrinsic
-def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
-    """out[o, p] = sum over k < K, in order, of w[w_first + o*K + k] * xp[base + offsets[k] + p], for o < OT and
-    p < PT: out a C-contiguous [OT, PT] array, xp and w flat arrays of out's dtype, offsets an int64 array. Indices
-    are not checked (the caller keeps them inside the arrays)."""
-    if not (float_array(out) and float_array(xp) and float_array(w) and xp.dtype == out.dtype == w.dtype
-            and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
-        return None
-    signature = types.void(out, xp, types.int64, offsets, w, types.int64, types.int64)
+def make_tile_dot(outputs: int, vectors: int):
+    """tile_dot for tiles of `outputs` output channels x `vectors` * PT pixels (the docstring below)."""
 
-    def codegen(context, builder, sig, args):
-        out_array, xp_array, base_index, offsets_array, w_array, w_start, taps = args
-        scalar = context.get_value_type(sig.args[0].dtype)
-        vector = ir.VectorType(scalar, TILE_PIXELS)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        data = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 1, 3, 4)]
-        out_data, xp_data, offsets_data, w_data = data
-        name = f"llvm.fmuladd.v{TILE_PIXELS}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}"
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
-        broadcast = ir.Constant(ir.VectorType(i32, TILE_PIXELS), [0] * TILE_PIXELS)
-        accumulators = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(TILE_OUTPUTS)]
-        with cgutils.for_range(builder, taps) as loop:                           # k = loop.index
-            k = loop.index
-            start = builder.add(base_index, builder.load(builder.gep(offsets_data, [k])))
-            x = builder.load(builder.bitcast(builder.gep(xp_data, [start]), vector.as_pointer()), align=1)
-            for o in range(TILE_OUTPUTS):
-                w_index = builder.add(builder.add(w_start, builder.mul(ir.Constant(i64, o), taps)), k)
-                w_one = builder.insert_element(ir.Constant(vector, None), builder.load(builder.gep(w_data, [w_index])),
-                                               ir.Constant(i32, 0))
-                w_lanes = builder.shuffle_vector(w_one, ir.Constant(vector, None), broadcast)
-                builder.store(builder.call(fmuladd, [w_lanes, x, builder.load(accumulators[o])]), accumulators[o])
-        for o in range(TILE_OUTPUTS):
-            row = builder.bitcast(builder.gep(out_data, [ir.Constant(i64, o * TILE_PIXELS)]), vector.as_pointer())
-            builder.store(builder.load(accumulators[o]), row, align=1)
-        return context.get_dummy_value()
+    @intrinsic
+    def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
+        """out[o, p] = sum over k < K, in order, of w[w_first + o*K + k] * xp[base + offsets[k] + p], for o < outputs
+        and p < vectors*PT: out a C-contiguous [outputs, vectors*PT] array, xp and w flat arrays of out's dtype,
+        offsets an int64 array. Indices are not checked (the caller keeps them inside the arrays)."""
+        if not (float_array(out) and float_array(xp) and float_array(w) and xp.dtype == out.dtype == w.dtype
+                and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
+            return None
+        signature = types.void(out, xp, types.int64, offsets, w, types.int64, types.int64)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            out_array, xp_array, base_index, offsets_array, w_array, w_start, taps = args
+            scalar = context.get_value_type(sig.args[0].dtype)
+            vector = ir.VectorType(scalar, TILE_PIXELS)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            data = [context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 1, 3, 4)]
+            out_data, xp_data, offsets_data, w_data = data
+            name = f"llvm.fmuladd.v{TILE_PIXELS}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}"
+            fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
+            broadcast = ir.Constant(ir.VectorType(i32, TILE_PIXELS), [0] * TILE_PIXELS)
+            accumulators = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(vectors)]
+                            for _ in range(outputs)]                               # [outputs][vectors]
+            with cgutils.for_range(builder, taps) as loop:                       # k = loop.index
+                k = loop.index
+                start = builder.add(base_index, builder.load(builder.gep(offsets_data, [k])))
+                xs = [builder.load(builder.bitcast(builder.gep(xp_data, [builder.add(start, ir.Constant(
+                    i64, v * TILE_PIXELS))]), vector.as_pointer()), align=1) for v in range(vectors)]
+                for o in range(outputs):
+                    w_index = builder.add(builder.add(w_start, builder.mul(ir.Constant(i64, o), taps)), k)
+                    w_one = builder.insert_element(ir.Constant(vector, None),
+                                                   builder.load(builder.gep(w_data, [w_index])), ir.Constant(i32, 0))
+                    w_lanes = builder.shuffle_vector(w_one, ir.Constant(vector, None), broadcast)
+                    for v in range(vectors):
+                        total = builder.call(fmuladd, [w_lanes, xs[v], builder.load(accumulators[o][v])])
+                        builder.store(total, accumulators[o][v])
+            for o in range(outputs):
+                for v in range(vectors):
+                    row = builder.gep(out_data, [ir.Constant(i64, (o * vectors + v) * TILE_PIXELS)])
+                    builder.store(builder.load(accumulators[o][v]), builder.bitcast(row, vector.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile_dot
+
+
+tile_dot = make_tile_dot(TILE_OUTPUTS, 1)  # the convs' tile: OT outputs x PT pixels
 
 
 def _row_tiles_kernel(tasks):
@@ -168,8 +181,7 @@ def tiles_wider_than_blas() -> bool:
     return compiles_for("avx512f") and bool(cores) and not any(core in AVX512_BLAS_KERNELS for core in cores)
 
 
-# Taps up to which the row tiles (rows of >= PT outputs) run: more where they are wider than BLAS's kernels
-ROW_TILES_MAX_TAPS = WIDE_TILES_MAX_TAPS if tiles_wider_than_blas() else DIRECT_MAX_TAPS
+TILES_WIDER_THAN_BLAS = tiles_wider_than_blas()  # once per process: the row tiles' cap, the 1x1 tiles (conv_pointwise)
 
 
 def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
@@ -190,9 +202,10 @@ def direct_fits(geo: ConvGeometry, out_channels: int, in_channels: int) -> bool:
 
 
 def max_taps(geo: ConvGeometry) -> int:
-    """The most taps direct_fits takes: ROW_TILES_MAX_TAPS on rows of at least PT outputs, else DIRECT_MAX_TAPS
-    (the cell tiles of narrower maps)."""
-    return ROW_TILES_MAX_TAPS if geo.Wo >= TILE_PIXELS else DIRECT_MAX_TAPS
+    """The most taps direct_fits takes: WIDE_TILES_MAX_TAPS on rows of at least PT outputs where the tiles are wider
+    than BLAS's kernels (TILES_WIDER_THAN_BLAS), else DIRECT_MAX_TAPS (and always for the cell tiles of narrower
+    maps)."""
+    return WIDE_TILES_MAX_TAPS if TILES_WIDER_THAN_BLAS and geo.Wo >= TILE_PIXELS else DIRECT_MAX_TAPS
 
 
 def transposed_geometry(geo: ConvGeometry, weight_shape: tuple[int, ...]) -> ConvGeometry | None:

@@ -1,0 +1,105 @@
+"""The stride-1 1x1 conv by register tiles (nn/conv_pointwise.py): 6 outputs x 64 pixels per tile.
+
+Shapes that break it: output channels that are no multiple of 6 (zero weight rows), pixel counts that are no multiple
+of 64 (the last tile overlaps), one and many input channels; float32 and float64, with and without bias. Against the
+float64 product, its NumPy twin, the batched matmul conv2d runs elsewhere, serial against parallel bytes, and the
+backward (conv.py's matmuls) as the adjoint of this forward by finite differences.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidm_ref.nn import conv_direct, conv_pointwise
+from bidm_ref.nn.conv import Conv2d, conv2d
+from bidm_ref.nn.conv_pointwise import POINTWISE_PIXELS, pointwise_conv, pointwise_conv_ref, pointwise_fits
+from bidm_ref.nn.im2col import conv_geometry
+from fdcheck import check_module
+
+
+@pytest.fixture(autouse=True)
+def tiles_wider_than_blas():
+    """The rule's CPU condition on, and small shapes above its size floor, on every machine."""
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", True), \
+            mock.patch.object(conv_pointwise, "DIRECT_MIN_MACS", 1):
+        yield
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 20), st.integers(8, 13), st.integers(8, 13),
+       st.booleans(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_pointwise_conv_equals_the_product_and_its_twin(N, C, O, H, W, with_bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((N, C, H * W)).astype(dtype)                         # [N, C, P]
+    weight = rng.standard_normal((O, C, 1, 1)).astype(dtype)                     # [O, C, 1, 1]
+    bias = rng.standard_normal(O).astype(dtype) if with_bias else None
+    y = pointwise_conv(xs, weight, bias)                                          # [N, O, P]
+    exact = np.einsum("oc,ncp->nop", weight[:, :, 0, 0].astype(np.float64), xs.astype(np.float64))
+    exact = exact if bias is None else exact + bias[:, None]
+    bound = (C + 2) * np.finfo(dtype).eps * (np.einsum("oc,ncp->nop", np.abs(weight[:, :, 0, 0]).astype(np.float64),
+                                                       np.abs(xs).astype(np.float64)) + 1)
+    assert y.dtype == dtype and y.shape == (N, O, H * W)
+    assert np.all(np.abs(y - exact) <= bound)
+    np.testing.assert_allclose(y, pointwise_conv_ref(xs, weight, bias), rtol=0, atol=bound.max())
+
+
+def test_conv2d_runs_the_tiles_where_they_fit_and_gives_the_matmul_result():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 20, 9, 10)).astype(np.float32)                   # [N, C, H, W]: 90 pixels
+    weight = rng.standard_normal((11, 20, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(11).astype(np.float32)
+    assert pointwise_fits(conv_geometry(x.shape, 1, 1, 1, 0), x, weight)
+    y, saved = conv2d(x, weight, bias, 1, 0)                                      # [N, O, H, W]
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", False):
+        y_matmul, saved_matmul = conv2d(x, weight, bias, 1, 0)
+    np.testing.assert_allclose(y, y_matmul, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(saved, saved_matmul)                                    # the same xs for the backward
+
+
+@pytest.mark.parametrize("x_shape, stride, dtype, fits", [
+    ((2, 8, 8, 8), 1, np.float32, True),                                          # 64 pixels: one tile
+    ((2, 8, 7, 9), 1, np.float32, False),                                         # 63 pixels: fewer than a tile
+    ((2, 8, 16, 16), 2, np.float32, False),                                       # strided: the matmul
+    ((2, 8, 8, 8), 1, np.float16, False),
+])
+def test_pointwise_fits(x_shape, stride, dtype, fits):
+    x = np.zeros(x_shape, dtype=dtype)
+    weight = np.zeros((4, x_shape[1], 1, 1), dtype=np.float32 if dtype == np.float16 else dtype)
+    assert pointwise_fits(conv_geometry(x_shape, 1, 1, stride, 0), x, weight) is fits
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", False):
+        assert not pointwise_fits(conv_geometry(x_shape, 1, 1, stride, 0), x, weight)
+
+
+def test_pointwise_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((3, 37, 5 * POINTWISE_PIXELS + 9)).astype(np.float32)  # [N, C, P]
+    weight = rng.standard_normal((17, 37, 1, 1)).astype(np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = pointwise_conv(xs, weight, None)
+    finally:
+        numba.set_num_threads(threads)
+    assert one_thread.tobytes() == pointwise_conv(xs, weight, None).tobytes()
+    w_tiles = np.zeros((18, 37), dtype=np.float32)                                # [Ot, C]: 17 outputs in 3 tiles
+    w_tiles[:17] = weight[:, :, 0, 0]
+    offsets = np.arange(37, dtype=np.int64) * xs.shape[2]                         # [C]
+    outs = [np.empty((3, 17, xs.shape[2]), dtype=np.float32) for _ in range(2)]   # [N, O, P] each
+    for kernel, out in zip(conv_pointwise.pointwise_tiles_kernel.compilations, outs):
+        kernel(xs, offsets, w_tiles, np.zeros(0, dtype=np.float32), out)
+    assert outs[0].tobytes() == outs[1].tobytes() == one_thread.tobytes()
+
+
+def test_conv2d_backward_fd_after_the_tiled_forward():
+    rng = np.random.default_rng(3)
+    layer = Conv2d(6, 5, 1, 1, 0, rng=rng)
+    layer.params = {name: value.astype(np.float64) for name, value in layer.params.items()}
+    x = rng.standard_normal((2, 6, 8, 9))                                         # [N, C, H, W] float64, 72 pixels
+    assert pointwise_fits(conv_geometry(x.shape, 1, 1, 1, 0), x, layer.params["weight"])
+    check_module(layer, [x], layer.forward, rng)
