@@ -23,7 +23,10 @@ output is one sum in a fixed order, whatever the thread count (the bytes do not 
 may be fused (LLVM's fmuladd: one rounding on CPUs with FMA). The backward of the grid layout uses the same xp
 for the weight gradient; the input gradient of a stride-1 conv is itself a conv, of dy with the flipped, transposed
 weight (`transposed_geometry`, `transposed_weight`), which direct_conv runs too where it fits (conv.py's backward).
-Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused).
+Twin: `direct_conv_ref` (NumPy, the same sums over k in order, unfused). `make_tile_dot(outputs, vectors)` makes
+such tiles of other sizes (conv_pointwise.py's 1x1 convs). Where the tiles compile for AVX-512 and OpenBLAS runs
+narrower kernels (TILES_WIDER_THAN_BLAS; e.g. OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), the row tiles take
+sums of up to WIDE_TILES_MAX_TAPS taps (docs/ENGINE.md, "BLAS kernels").
 """
 
 from __future__ import annotations
