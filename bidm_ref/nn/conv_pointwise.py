@@ -9,10 +9,11 @@ In NCHW, PX adjacent pixels of one image read PX adjacent inputs for every c (at
 tile_dot runs on x as it is: a tile of OT = 6 outputs x PX = 64 pixels is 24 vector accumulators (4 of 16 floats per
 output) that stay in registers over all C; per c it loads 4 input vectors and broadcasts 6 weights for 24
 multiply-adds (the 3x3 convs' tile: 1 load and 8 broadcasts for 8). The last tile of an image starts at P - PX and
-overlaps the one before (so P >= PX: maps of 8x8 and more). Where the tiles compile for AVX-512 and OpenBLAS runs AVX2
-kernels (conv_direct.TILES_WIDER_THAN_BLAS) they beat conv.py's batched matmul on the CIFAR-10 UNet's 1x1 convs of
-8x8 maps and more by 1.15-2x (docs/ENGINE.md, "BLAS kernels"); elsewhere the matmul stays (`pointwise_fits`). Each output is one sum
-in a fixed order, whatever the thread count. The backward stays the matmuls of conv.py. Twin: `pointwise_conv_ref`.
+overlaps the one before (so P >= PX: maps of 8x8 and more). Where the tiles compile for AVX-512 and OpenBLAS runs
+AVX2 kernels (conv_direct.TILES_WIDER_THAN_BLAS) they beat conv.py's batched matmul on the CIFAR-10 UNet's 1x1 convs
+of 8x8 maps and more by 1.15-2x (docs/ENGINE.md, "BLAS kernels"); elsewhere the matmul stays (`pointwise_fits`).
+Each output is one sum in a fixed order, whatever the thread count. The backward stays the matmuls of conv.py. Twin:
+`pointwise_conv_ref`.
 """
 
 from __future__ import annotations
