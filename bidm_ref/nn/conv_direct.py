@@ -238,15 +238,23 @@ def tap_offsets_flat(geo: ConvGeometry, channels: int) -> np.ndarray:
     return (np.arange(channels, dtype=np.int64)[:, None] * L + taps).reshape(-1)  # [K]
 
 
+def tile_operands(weight: np.ndarray, bias: np.ndarray | None, outputs: int,
+                  dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The tile kernels' weights and bias in `dtype`: w_tiles [Ot, K] (weight [O, ...] as rows, with zero rows up to
+    Ot, a multiple of `outputs`, so every tile reads whole rows) and b [O], or [0] for no bias."""
+    O = weight.shape[0]
+    w_tiles = np.zeros((-(-O // outputs) * outputs, weight[0].size), dtype=dtype)  # [Ot, K]
+    w_tiles[:O] = weight.reshape(O, -1)
+    b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)  # [O] or [0]
+    return w_tiles, b
+
+
 def direct_conv(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geo: ConvGeometry) -> np.ndarray:
     """The grid conv's output y [N, O, Ho, Wo] from its padded input xp [C, L] (im2col.grid_source), weight
     [O, C, kh, kw] and bias [O] or None, by register tiles (module docstring)."""
     O, C = weight.shape[:2]
-    dtype = xp.dtype
-    w_tiles = np.zeros((-(-O // TILE_OUTPUTS) * TILE_OUTPUTS, C * geo.kh * geo.kw), dtype=dtype)  # [Ot, K]
-    w_tiles[:O] = weight.reshape(O, -1)
-    b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)      # [O] or [0]
-    y = np.empty((geo.x_shape[0], O, geo.Ho, geo.Wo), dtype=dtype)                # [N, O, Ho, Wo]
+    w_tiles, b = tile_operands(weight, bias, TILE_OUTPUTS, xp.dtype)              # [Ot, K], [O] or [0]
+    y = np.empty((geo.x_shape[0], O, geo.Ho, geo.Wo), dtype=xp.dtype)            # [N, O, Ho, Wo]
     xp, offsets = np.ascontiguousarray(xp), tap_offsets_flat(geo, C)
     macs = y.size * offsets.size
     if geo.Wo >= TILE_PIXELS:

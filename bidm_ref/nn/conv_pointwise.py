@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import conv_direct
-from .conv_direct import DIRECT_MIN_MACS, SERIAL_MACS, TILE_PIXELS, make_tile_dot
+from .conv_direct import DIRECT_MIN_MACS, SERIAL_MACS, TILE_PIXELS, make_tile_dot, tile_operands
 from .im2col import ConvGeometry
 from .threaded import threaded_kernel
 
@@ -77,12 +77,8 @@ def pointwise_conv(xs: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) 
     """The 1x1 conv of xs [N, C, P] (C-contiguous) with weight [O, C, 1, 1] and bias [O] or None: y [N, O, P], by
     register tiles (module docstring). Needs P >= PX."""
     N, C, P = xs.shape
-    O = weight.shape[0]
-    dtype = xs.dtype
-    w_tiles = np.zeros((-(-O // POINTWISE_OUTPUTS) * POINTWISE_OUTPUTS, C), dtype=dtype)  # [Ot, C]
-    w_tiles[:O] = weight.reshape(O, C)
-    b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)     # [O] or [0]
-    y = np.empty((N, O, P), dtype=dtype)                                          # [N, O, P]
+    w_tiles, b = tile_operands(weight, bias, POINTWISE_OUTPUTS, xs.dtype)         # [Ot, C], [O] or [0]
+    y = np.empty((N, weight.shape[0], P), dtype=xs.dtype)                         # [N, O, P]
     offsets = np.arange(C, dtype=np.int64) * P                                    # [C]
     pointwise_tiles_kernel.for_work(y.size * C)(np.ascontiguousarray(xs), offsets, w_tiles, b, y)
     return y
