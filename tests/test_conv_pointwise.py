@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from bidm_ref.nn import conv_direct, conv_pointwise
 from bidm_ref.nn.conv import Conv2d, conv2d
-from bidm_ref.nn.conv_pointwise import POINTWISE_PIXELS, pointwise_conv, pointwise_conv_ref, pointwise_fits
+from bidm_ref.nn.conv_pointwise import (POINTWISE_OUTPUTS, POINTWISE_PIXELS, pointwise_conv, pointwise_conv_ref,
+                                        pointwise_fits, tile_matmul, tile_matmul_ref)
 from bidm_ref.nn.im2col import conv_geometry
 from fdcheck import check_module
 
@@ -87,12 +88,11 @@ def test_pointwise_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
     finally:
         numba.set_num_threads(threads)
     assert one_thread.tobytes() == pointwise_conv(xs, weight, None).tobytes()
-    w_tiles = np.zeros((18, 37), dtype=np.float32)                                # [Ot, C]: 17 outputs in 3 tiles
-    w_tiles[:17] = weight[:, :, 0, 0]
+    w = np.ascontiguousarray(weight[:, :, 0, 0]).reshape(-1)                      # [O*C]: 17 outputs in 3 tiles
     offsets = np.arange(37, dtype=np.int64) * xs.shape[2]                         # [C]
     outs = [np.empty((3, 17, xs.shape[2]), dtype=np.float32) for _ in range(2)]   # [N, O, P] each
-    for kernel, out in zip(conv_pointwise.pointwise_tiles_kernel.compilations, outs):
-        kernel(xs, offsets, w_tiles, np.zeros(0, dtype=np.float32), out)
+    for kernel, out in zip(conv_pointwise.tile_matmul_kernel.compilations, outs):
+        kernel(xs, offsets, w, 0, 37, 1, 17, np.zeros(0, dtype=np.float32), out)
     assert outs[0].tobytes() == outs[1].tobytes() == one_thread.tobytes()
 
 
@@ -103,3 +103,33 @@ def test_conv2d_backward_fd_after_the_tiled_forward():
     x = rng.standard_normal((2, 6, 8, 9))                                         # [N, C, H, W] float64, 72 pixels
     assert pointwise_fits(conv_geometry(x.shape, 1, 1, 1, 0), x, layer.params["weight"])
     check_module(layer, [x], layer.forward, rng)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(POINTWISE_OUTPUTS, 20), st.integers(POINTWISE_PIXELS, 150),
+       st.sampled_from(["rows", "columns"]), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_tile_matmul_with_each_images_weight_read_by_rows_or_by_columns(N, K, O, P, read, dtype, seed):
+    """Attention's products (nn/attention.py): each image's own weight, read as rows of [O, K] or columns of [K, O]
+    (no copy), output counts that are no multiple of a tile (the last block overlaps), against the float64 product and
+    the twin, and the same bytes from both compilations."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, K, P)).astype(dtype)                              # [N, K, P]
+    if read == "rows":
+        w = rng.standard_normal((N, O, K)).astype(dtype)                          # [N, O, K]
+        strides, w_mat = (O * K, K, 1), w
+    else:
+        w = rng.standard_normal((N, K, O)).astype(dtype)                          # [N, K, O]
+        strides, w_mat = (K * O, 1, O), w.transpose(0, 2, 1)
+    y = tile_matmul(x, w, strides, O)                                             # [N, O, P]
+    exact = np.einsum("nok,nkp->nop", w_mat.astype(np.float64), x.astype(np.float64))
+    bound = (K + 2) * np.finfo(dtype).eps * (np.einsum("nok,nkp->nop", np.abs(w_mat).astype(np.float64),
+                                                       np.abs(x).astype(np.float64)) + 1)
+    assert y.shape == (N, O, P) and np.all(np.abs(y - exact) <= bound)
+    np.testing.assert_allclose(y, tile_matmul_ref(x, w, strides, O), rtol=0, atol=bound.max())
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = tile_matmul(x, w, strides, O)
+    finally:
+        numba.set_num_threads(threads)
+    assert one_thread.tobytes() == y.tobytes()

@@ -1,4 +1,5 @@
-"""fastexp.fast_exp and the fused kernels on it (SiLU forward, softmax): NumPy twins, accuracy, special values."""
+"""fastexp.fast_exp and the fused kernels on it (SiLU forward, softmax over rows and over columns): NumPy twins,
+accuracy, special values."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bidm_ref.nn.activation import SiLU, silu_forward_ref
-from bidm_ref.nn.attention import row_max, softmax, softmax_backward, softmax_backward_ref, softmax_ref
+from bidm_ref.nn.attention import (COLUMNS, row_max, softmax, softmax_backward, softmax_backward_ref, softmax_columns,
+                                   softmax_columns_kernel, softmax_columns_ref, softmax_ref)
 from bidm_ref.nn.fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 
 
@@ -84,6 +86,34 @@ def test_softmax_kernel_gives_the_twins_bytes(rows, cols, scale, dtype, seed):
     y = softmax(x.copy())
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(images=st.integers(1, 3), rows=st.integers(1, 20), cols=st.integers(1, 2 * COLUMNS + 9),
+       scale=st.sampled_from([0.1, 3.0, 60.0]), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_softmax_columns_gives_the_twins_bytes_and_the_row_softmax_of_the_transpose(images, rows, cols, scale, dtype,
+                                                                                  seed):
+    """Columns split into tasks of COLUMNS (widths below, at and above it): the twin's bytes from both compilations,
+    the row softmax of the transposed array up to rounding (the sums run in another order), columns summing to 1."""
+    x = (np.random.default_rng(seed).standard_normal((images, rows, cols)) * scale).astype(dtype)  # [N, J, I]
+    expected = softmax_columns_ref(x, 0.7)
+    for kernel in softmax_columns_kernel.compilations:
+        y = x.copy()
+        kernel(y, dtype(0.7))
+        np.testing.assert_array_equal(y, expected)
+    y = softmax_columns(x.copy(), 0.7)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(y, softmax(np.ascontiguousarray(x.transpose(0, 2, 1)), 0.7).transpose(0, 2, 1),
+                               rtol=10 * tol, atol=tol)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=10 * tol)
+
+
+def test_softmax_columns_refuses_what_it_cannot_update_in_place():
+    with pytest.raises(ValueError, match="C-contiguous"):
+        softmax_columns(np.zeros((2, 3, 4), dtype=np.float32).transpose(0, 2, 1))
+    with pytest.raises(ValueError, match=r"\[N, J, I\]"):
+        softmax_columns(np.zeros((3, 4), dtype=np.float32))
 
 
 @numba.njit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 from scipy.special import expit
 import pytest
@@ -9,7 +11,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bidm_ref.nn.activation import SiLU, silu_backward_ref, silu_forward_ref
-from bidm_ref.nn.attention import AttnBlock
+from bidm_ref.nn import conv_direct
+from bidm_ref.nn.attention import AttnBlock, attention_tiles_fit
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.dropout import Dropout
 from bidm_ref.nn.embedding import timestep_embedding
@@ -313,6 +316,22 @@ def test_attention_backward_fd_and_forward_twin(N, groups_ch, H, W, seed):
     x = rng.standard_normal((N, C, H, W))
     check_module(block, [x], block.forward, rng)
     np.testing.assert_allclose(block.forward(x)[0], attention_direct(x, block), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_attention_by_register_tiles_and_by_matmuls(tiles):
+    """At 64 positions and more the forward runs its products by register tiles where they are wider than BLAS's
+    kernels (attention.py): forced on and off on every machine, the per-position twin's values and an FD-checked
+    backward through the transposed attention it caches."""
+    rng = np.random.default_rng(4)
+    block = AttnBlock(8, rng=rng, groups=2)
+    for name, value in block.named_parameters():
+        value[...] = rng.standard_normal(value.shape) * 0.2                      # proj_out is not zero
+    x = rng.standard_normal((2, 8, 8, 9))                                         # [N, C, H, W]: 72 positions
+    with mock.patch.object(conv_direct, "TILES_WIDER_THAN_BLAS", tiles):
+        assert attention_tiles_fit(x) is tiles
+        np.testing.assert_allclose(block.forward(x)[0], attention_direct(x, block), rtol=1e-10, atol=1e-12)
+        check_module(block, [x], block.forward, rng)
 
 
 @given(st.integers(1, 2), st.sampled_from([(2, 2), (2, 4), (4, 2)]), st.integers(1, 4), st.integers(1, 4),

@@ -12,6 +12,14 @@ The softmax is one Numba task per row with fastexp.fast_exp (scale, max in 8 par
 over the tiny preset's 64 x 256 x 256 logits 4.2 ms against 22 ms for the NumPy passes (max, subtract, exp, sum,
 divide) on one thread, and 5.7 against 8.9 ms for one running maximum on the Intel Xeon (docs/ENGINE.md, "GroupNorm,
 SiLU, attention"); its backward likewise, dx = y (dy - sum_j dy y) per row.
+
+Where the register tiles are wider than BLAS's kernels (conv_direct.TILES_WIDER_THAN_BLAS; `attention_tiles_fit`)
+the forward runs its two products by conv_pointwise.tile_matmul on q, k, v as they are, with A transposed:
+    L^T[j,i] = sum_c k[c,j] q[c,i]     (k read as the columns of a weight matrix)
+    A^T      = softmax over j of each column of L^T / sqrt(C)   (softmax_columns: tasks of COLUMNS columns)
+    o[c,i]   = sum_j v[c,j] A^T[j,i]
+so no operand is copied or transposed (the batched matmuls read q^T and A^T strided); the cache holds A as a
+transposed view of A^T. Measured in docs/ENGINE.md ("BLAS kernels").
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import conv_direct
+from .conv_pointwise import POINTWISE_OUTPUTS, POINTWISE_PIXELS, tile_matmul
 from .factory import DENSE, LayerFactory
 from .fastexp import SERIAL_ELEMENTS, fast_exp, fast_exp_ref
 from .groupnorm import GroupNorm
@@ -27,6 +37,7 @@ from .threaded import threaded_kernel
 
 
 LANES = 8  # partial sums of row_dot, partial maxima of row_max
+COLUMNS = 64  # columns of one softmax_columns task (vectorised across them; J rows x 64 floats stay in L2)
 
 
 @numba.njit(cache=True, inline="always")
@@ -132,6 +143,71 @@ softmax_rows_kernel = threaded_kernel(_softmax_rows_kernel, SERIAL_ELEMENTS, err
 softmax_backward_rows_kernel = threaded_kernel(_softmax_backward_rows_kernel, SERIAL_ELEMENTS)
 
 
+def _softmax_columns_kernel(tasks):
+    """softmax_columns_kernel with `tasks` prange or range (threaded.py)."""
+
+    def softmax_columns_kernel(x, scale):  # pragma: no cover - compiled
+        """Softmax over j of scale * x[n, j, i] for every column (n, i) of x [N, J, I], in place, in tasks of COLUMNS
+        columns: scale and a running maximum per column, exp(x - max) (fastexp.fast_exp) and its sum over j in order,
+        divide. `scale` has x's dtype."""
+        N, J, I = x.shape
+        chunks = -(-I // COLUMNS)
+        x_flat = x.reshape(-1)                                                    # [N*J*I]
+        for task in tasks(N * chunks):
+            n, i0 = task // chunks, (task % chunks) * COLUMNS
+            width = min(COLUMNS, I - i0)
+            first = n * J * I + i0                                                # x[n, 0, i0]
+            top = x_flat[first : first + width] * scale                           # [width] running maxima
+            for j in range(J):
+                row = x_flat[first + j * I : first + j * I + width]               # [width] view of x[n, j]
+                for i in range(width):
+                    v = row[i] * scale
+                    row[i] = v
+                    top[i] = v if v > top[i] else top[i]
+            total = np.zeros(width, x.dtype)                                      # [width]
+            for j in range(J):
+                row = x_flat[first + j * I : first + j * I + width]
+                for i in range(width):
+                    e = fast_exp(row[i] - top[i])
+                    row[i] = e
+                    total[i] += e
+            for j in range(J):
+                row = x_flat[first + j * I : first + j * I + width]
+                for i in range(width):
+                    row[i] = row[i] / total[i]
+
+    return softmax_columns_kernel
+
+
+softmax_columns_kernel = threaded_kernel(_softmax_columns_kernel, SERIAL_ELEMENTS, error_model="numpy")
+
+
+def softmax_columns(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Softmax of scale * x [N, J, I] along axis 1 (each column), in place; returns x (twin softmax_columns_ref)."""
+    if x.ndim != 3 or not x.flags.c_contiguous:
+        raise ValueError(f"softmax_columns: x {list(x.shape)} must be a C-contiguous [N, J, I] array")
+    softmax_columns_kernel.for_work(x.size)(x, x.dtype.type(scale))
+    return x
+
+
+def softmax_columns_ref(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """NumPy twin of softmax_columns (a new array): the kernel's operations in its order."""
+    scaled = x * x.dtype.type(scale)                                              # [N, J, I]
+    e = fast_exp_ref(scaled - scaled.max(axis=1, keepdims=True))                  # [N, J, I]
+    total = np.zeros((x.shape[0], x.shape[2]), x.dtype)                           # [N, I]
+    for j in range(x.shape[1]):
+        total += e[:, j]
+    return e / total[:, None]                                                     # [N, J, I]
+
+
+def attention_tiles_fit(x: np.ndarray) -> bool:
+    """Whether AttnBlock runs its products by register tiles (module docstring): the tiles wider than BLAS's kernels,
+    at least one tile of positions and of channels, float32 or float64."""
+    N, C, H, W = x.shape
+    return (conv_direct.TILES_WIDER_THAN_BLAS and H * W >= POINTWISE_PIXELS and C >= POINTWISE_OUTPUTS
+            and x.dtype in (np.float32, np.float64))
+
+
 def rows_of(x: np.ndarray, what: str) -> np.ndarray:
     """The [R, J] view (J: the last axis) of a C-contiguous array the row kernels update in place."""
     if not x.flags.c_contiguous or x.ndim == 0:
@@ -188,12 +264,19 @@ class AttnBlock(Module):
         q, c_q = self.q.forward(h)                                                # [N, C, H, W]
         k, c_k = self.k.forward(h)                                                # [N, C, H, W]
         v, c_v = self.v.forward(h)                                                # [N, C, H, W]
-        qf = q.reshape(N, C, H * W).transpose(0, 2, 1)                            # [N, P, C] view
-        kf = k.reshape(N, C, H * W)                                               # [N, C, P]
-        vf = v.reshape(N, C, H * W)                                               # [N, C, P]
-        logits = qf @ kf                                                          # [N, P(i), P(j)]
-        attn = softmax(logits, C ** (-0.5))                                       # [N, P(i), P(j)] of logits / sqrt(C)
-        o = (vf @ attn.transpose(0, 2, 1)).reshape(N, C, H, W)                    # [N, C, H, W]
+        P = H * W
+        qf = q.reshape(N, C, P).transpose(0, 2, 1)                                # [N, P, C] view
+        kf = k.reshape(N, C, P)                                                   # [N, C, P]
+        vf = v.reshape(N, C, P)                                                   # [N, C, P]
+        if attention_tiles_fit(x):
+            logits_t = tile_matmul(np.ascontiguousarray(q).reshape(N, C, P), np.ascontiguousarray(kf),
+                                   (C * P, 1, P), P)                              # [N, P(j), P(i)] L^T
+            attn = softmax_columns(logits_t, C ** (-0.5)).transpose(0, 2, 1)     # [N, P(i), P(j)] view of A^T
+            o = tile_matmul(logits_t, np.ascontiguousarray(vf), (C * P, P, 1), C).reshape(N, C, H, W)  # [N, C, H, W]
+        else:
+            logits = qf @ kf                                                      # [N, P(i), P(j)]
+            attn = softmax(logits, C ** (-0.5))                                   # [N, P(i), P(j)] of logits / sqrt(C)
+            o = (vf @ attn.transpose(0, 2, 1)).reshape(N, C, H, W)                # [N, C, H, W]
         out, c_proj = self.proj_out.forward(o)                                    # [N, C, H, W]
         return x + out, (c_norm, c_q, c_k, c_v, qf, kf, vf, attn, c_proj)
 
@@ -203,7 +286,7 @@ class AttnBlock(Module):
         do = self.proj_out.backward(dy, c_proj).reshape(N, C, H * W)              # [N, C, P]
         dvf = do @ attn                                                           # [N, C, P]
         dattn = do.transpose(0, 2, 1) @ vf                                        # [N, P(i), P(j)]
-        dlogits = softmax_backward(dattn, attn, C ** (-0.5))                      # [N, P, P] d(q^T k)
+        dlogits = softmax_backward(dattn, np.ascontiguousarray(attn), C ** (-0.5))  # [N, P, P] d(q^T k)
         dqf = dlogits @ kf.transpose(0, 2, 1)                                     # [N, P, C]
         dkf = qf.transpose(0, 2, 1) @ dlogits                                     # [N, C, P]
         dh = self.v.backward(dvf.reshape(N, C, H, W), c_v)                        # [N, C, H, W]

@@ -57,17 +57,18 @@ def make_tile_dot(outputs: int, vectors: int):
     """tile_dot for tiles of `outputs` output channels x `vectors` * PT pixels (the docstring below)."""
 
     @intrinsic
-    def tile_dot(typingctx, out, xp, base, offsets, w, w_first, K):
-        """out[o, p] = sum over k < K, in order, of w[w_first + o*K + k] * xp[base + offsets[k] + p], for o < outputs
-        and p < vectors*PT: out a C-contiguous [outputs, vectors*PT] array, xp and w flat arrays of out's dtype,
-        offsets an int64 array. Indices are not checked (the caller keeps them inside the arrays)."""
+    def tile_dot(typingctx, out, xp, base, offsets, w, w_first, w_row, w_tap, K):
+        """out[o, p] = sum over k < K, in order, of w[w_first + o*w_row + k*w_tap] * xp[base + offsets[k] + p], for
+        o < outputs and p < vectors*PT: out a C-contiguous [outputs, vectors*PT] array, xp and w flat arrays of out's
+        dtype, offsets an int64 array (a weight matrix [O, K] as rows: w_row = K, w_tap = 1; as columns of a [K, O]
+        one: w_row = 1, w_tap = O). Indices are not checked (the caller keeps them inside the arrays)."""
         if not (float_array(out) and float_array(xp) and float_array(w) and xp.dtype == out.dtype == w.dtype
                 and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
             return None
-        signature = types.void(out, xp, types.int64, offsets, w, types.int64, types.int64)
+        signature = types.void(out, xp, types.int64, offsets, w, *[types.int64] * 4)
 
         def codegen(context, builder, sig, args):
-            out_array, xp_array, base_index, offsets_array, w_array, w_start, taps = args
+            out_array, xp_array, base_index, offsets_array, w_array, w_start, w_step, tap_step, taps = args
             scalar = context.get_value_type(sig.args[0].dtype)
             vector = ir.VectorType(scalar, TILE_PIXELS)
             i64, i32 = ir.IntType(64), ir.IntType(32)
@@ -83,8 +84,9 @@ def make_tile_dot(outputs: int, vectors: int):
                 start = builder.add(base_index, builder.load(builder.gep(offsets_data, [k])))
                 xs = [builder.load(builder.bitcast(builder.gep(xp_data, [builder.add(start, ir.Constant(
                     i64, v * TILE_PIXELS))]), vector.as_pointer()), align=1) for v in range(vectors)]
+                w_k = builder.add(w_start, builder.mul(k, tap_step))
                 for o in range(outputs):
-                    w_index = builder.add(builder.add(w_start, builder.mul(ir.Constant(i64, o), taps)), k)
+                    w_index = builder.add(w_k, builder.mul(ir.Constant(i64, o), w_step))
                     w_one = builder.insert_element(ir.Constant(vector, None),
                                                    builder.load(builder.gep(w_data, [w_index])), ir.Constant(i32, 0))
                     w_lanes = builder.shuffle_vector(w_one, ir.Constant(vector, None), broadcast)
@@ -123,7 +125,7 @@ def _row_tiles_kernel(tasks):
             wo = 0
             while wo < Wo:
                 first = min(wo, Wo - TILE_PIXELS)                                 # overlaps the tile before
-                tile_dot(tile, x_flat, (n * Hp + ho) * Wp + first, offsets, w_flat, o_first * K, K)
+                tile_dot(tile, x_flat, (n * Hp + ho) * Wp + first, offsets, w_flat, o_first * K, K, 1, K)
                 for o in range(min(TILE_OUTPUTS, O - o_first)):
                     b = bias[o_first + o] if bias.size else y.dtype.type(0)
                     for p in range(wo - first, TILE_PIXELS):
@@ -150,7 +152,7 @@ def _cell_tiles_kernel(tasks):
             o_first = block * TILE_OUTPUTS
             first = min(start, Q - TILE_PIXELS)
             tile = np.empty((TILE_OUTPUTS, TILE_PIXELS), dtype=y.dtype)           # [OT, PT]
-            tile_dot(tile, x_flat, first, offsets, w_flat, o_first * K, K)
+            tile_dot(tile, x_flat, first, offsets, w_flat, o_first * K, K, 1, K)
             for p in range(start - first, TILE_PIXELS):
                 n, cell = divmod(first + p, Hp * Wp)
                 ho, wo = divmod(cell, Wp)
