@@ -16,9 +16,10 @@ from bidm_ref.nn.attention import AttnBlock, attention_tiles_fit
 from bidm_ref.nn.conv import Conv2d
 from bidm_ref.nn.dropout import Dropout
 from bidm_ref.nn.embedding import timestep_embedding
-from bidm_ref.nn.groupnorm import GroupNorm, group_norm_backward_ref, group_norm_kernel, group_norm_ref
+from bidm_ref.nn.groupnorm import (GroupNorm, group_norm_backward_ref, group_norm_kernel, group_norm_output_kernel,
+                                   group_norm_ref)
 from bidm_ref.nn.linear import Linear
-from bidm_ref.nn.module import Module
+from bidm_ref.nn.module import Module, inference, keeps_caches
 from bidm_ref.nn.resample import Downsample, Upsample, avg_pool2x
 from bidm_ref.nn.resblock import ResnetBlock
 from fdcheck import check_module
@@ -152,6 +153,47 @@ def test_groupnorm_fused_silu_equals_the_two_layers_and_their_twins(N, G, per_gr
         outs.append(out)
     for parallel, serial in zip(*outs):
         assert parallel.tobytes() == serial.tobytes()
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 40), st.integers(1, 9), st.booleans(),
+       st.booleans(), st.sampled_from([np.float32, np.float64]), seeds)
+def test_groupnorm_under_inference_gives_the_same_bytes_and_no_cache(N, G, per_group, H, W, silu, shifted, dtype, seed):
+    """Under nn.module.inference() the forward writes y alone (group_norm_output_kernel): the training forward's bytes
+    from both compilations, with and without SiLU and shift, a cache of None, and a backward that refuses it."""
+    rng = np.random.default_rng(seed)
+    C = G * per_group
+    layer = GroupNorm(G, C).astype(dtype)
+    layer.params["weight"][:] = rng.uniform(0.5, 1.5, C)
+    layer.params["bias"][:] = rng.standard_normal(C)
+    x = (rng.standard_normal((N, C, H, W)) * 3 + 1).astype(dtype)
+    shift = rng.standard_normal((N, C)).astype(dtype) if shifted else None
+    y, cache = layer.forward(x, silu=silu, shift=shift)
+    with inference():
+        y_inference, no_cache = layer.forward(x, silu=silu, shift=shift)
+    assert no_cache is None and y_inference.tobytes() == y.tobytes()
+    x4 = x.reshape(N, G, per_group, H * W)
+    shift3 = np.empty((0, 0, 0), dtype=dtype) if shift is None else shift.reshape(N, G, per_group)
+    for kernel in group_norm_output_kernel.compilations:
+        out = np.empty_like(x4)
+        kernel(x4, shift3, layer.params["weight"].reshape(G, -1), layer.params["bias"].reshape(G, -1), 1e-6, silu, out)
+        assert out.tobytes() == y.tobytes()
+    with pytest.raises(RuntimeError, match="inference"):
+        layer.backward(np.ones_like(y), no_cache)
+    assert cache is not None and keeps_caches()
+
+
+def test_inference_is_restored_after_the_block_and_after_an_error():
+    assert keeps_caches()
+    with inference():
+        assert not keeps_caches()
+        with inference():
+            assert not keeps_caches()
+        assert not keeps_caches()
+    assert keeps_caches()
+    with pytest.raises(ValueError):
+        with inference():
+            raise ValueError("inside")
+    assert keeps_caches()
 
 
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.booleans(),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bidm_ref.models.config import PRESETS, UNetConfig, preset
+from bidm_ref.bidm.tbs import sampling_eps_fn
 from bidm_ref.models.unet import UNet
 from fdcheck import check_module
 
@@ -72,3 +73,23 @@ def test_unet_rejects_bad_shapes_and_configs():
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
     assert preset("tiny", channels=3).in_channels == 3
+
+
+def test_sampling_steps_run_under_inference_with_the_forwards_bytes():
+    """sampling_eps_fn runs the forward under nn.module.inference(): the eps of a plain forward, byte for byte, and no
+    GroupNorm cache (norm_out's stands for all of them)."""
+    model = UNet(replace(MICRO, dropout=0.0), rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    t = np.array([3, 700])
+    eps, cache = model.forward(x, t)
+    caches = []
+    original = model.forward
+
+    def recording_forward(x, t, rng=None):
+        out, step_cache = original(x, t, rng)
+        caches.append(step_cache)
+        return out, step_cache
+
+    model.forward = recording_forward
+    assert sampling_eps_fn(model)(x, t).tobytes() == eps.tobytes()
+    assert cache.norm_out is not None and caches[0].norm_out is None

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..models.unet import UNet, upsample_point
-from ..nn.module import Module
+from ..nn.module import Module, inference
 from .config import BiDMConfig
 
 Point = int | str
@@ -134,13 +134,14 @@ def attach_tbs(student: UNet, connections: int, num_timesteps: int, layout: str 
     return student.mixer
 
 def sampling_eps_fn(model: UNet) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """eps(x_t, t) for a sampler (docs/METHOD.md §5.1); a TBS student starts without cache and remembers every
-    step's outputs."""
+    """eps(x_t, t) for a sampler (docs/METHOD.md §5.1), the forward run under inference() (no backward caches); a TBS
+    student starts without cache and remembers every step's outputs."""
     if model.mixer is not None:
         model.mixer.forget()
 
     def eps_fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        eps, cache = model.forward(x, t)                                          # [N, C, H, W]
+        with inference():
+            eps, cache = model.forward(x, t)                                      # [N, C, H, W]
         if model.mixer is not None:
             model.mixer.remember(UNet.point_outputs(cache))
         return eps

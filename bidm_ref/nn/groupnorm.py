@@ -27,6 +27,10 @@ normalizes x + e[:, :, None, None] (ddim's ResnetBlock adds the timestep embeddi
 writing that sum out: each pass adds e[n, c] in x's dtype, as NumPy's add would. `group_norm_ref` and
 `group_norm_backward_ref` are the plain NumPy twins the tests compare them with (with activation.silu_forward_ref
 and silu_backward_ref for the fused SiLU).
+
+Under nn.module.inference() (sampling) the forward runs `group_norm_output_kernel`, which writes y alone: no xhat,
+no sigmoid, no cache (two of the three arrays the training forward writes). Its bytes are the training forward's
+(the same statistics function and operations; docs/ENGINE.md, "GroupNorm, SiLU, attention").
 """
 
 from __future__ import annotations
@@ -35,19 +39,18 @@ import numba
 import numpy as np
 
 from .fastexp import fast_exp
-from .module import Module
+from .module import Module, keeps_caches
 from .threaded import threaded_kernel
 
 SERIAL_ELEMENTS = 1 << 16  # inputs smaller than this run the forward kernel on one thread (docs/ENGINE.md)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # pragma: no cover - compiled
-    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs of x + shift; s [0, ...]: no SiLU,
-    shift [0, ...]: none."""
+def _group_statistics(x, shift, eps, n, g):  # pragma: no cover - compiled
+    """(mean, inverse std) in float64 of the (n, g) group of x + shift [N, G, Cg] (shift [0, ...]: none)."""
     _, _, Cg, HW = x.shape
     M = Cg * HW
-    zero = y.dtype.type(0)
+    zero = x.dtype.type(0)
     total = 0.0
     for c in range(Cg):
         sh = shift[n, g, c] if shift.shape[0] else zero
@@ -60,7 +63,16 @@ def _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # 
         for p in range(HW):
             d = (x[n, g, c, p] + sh) - mu
             sq += d * d
-    r = 1.0 / np.sqrt(sq / M + eps)
+    return mu, 1.0 / np.sqrt(sq / M + eps)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # pragma: no cover - compiled
+    """One (n, g) group of group_norm_kernel: its mean, inverse std and outputs of x + shift; s [0, ...]: no SiLU,
+    shift [0, ...]: none."""
+    _, _, Cg, HW = x.shape
+    zero = y.dtype.type(0)
+    mu, r = _group_statistics(x, shift, eps, n, g)
     inv_std[n, g] = r
     one, mu_y, r_y = y.dtype.type(1), y.dtype.type(mu), y.dtype.type(r)           # the elementwise pass in y's dtype
     for c in range(Cg):
@@ -81,6 +93,29 @@ def _normalize_group(x, shift, gamma, beta, eps, y, xhat, s, inv_std, n, g):  # 
                 y[n, g, c, p] = v * sig
 
 
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _output_group(x, shift, gamma, beta, mu, r, silu, y, n, g):  # pragma: no cover - compiled
+    """The output alone of the (n, g) group (inference: no xhat, no sigmoid kept), by _normalize_group's operations
+    in its order and with its flags, so that it has _normalize_group's bytes. The sigmoids go to a scratch row that
+    each channel overwrites: read once, 1 / (1 + exp(-v)) would become v / (1 + exp(-v)) (LLVM's reassociation),
+    another rounding."""
+    _, _, Cg, HW = x.shape
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    sigmoid = np.empty(HW, dtype=y.dtype)                                         # [HW] scratch
+    for c in range(Cg):
+        sh = shift[n, g, c] if shift.shape[0] else zero
+        scale, offset = gamma[g, c], beta[g, c]
+        if silu:
+            for p in range(HW):
+                v = (((x[n, g, c, p] + sh) - mu) * r) * scale + offset
+                sig = one / (one + fast_exp(-v))
+                sigmoid[p] = sig
+                y[n, g, c, p] = v * sig
+        else:
+            for p in range(HW):
+                y[n, g, c, p] = (((x[n, g, c, p] + sh) - mu) * r) * scale + offset
+
+
 def _group_norm_kernel(groups):
     """The forward over the N*G groups, `groups` being prange or range (threaded.py).
     x, y, xhat, s [N, G, Cg, HW] (s [0, 0, 0, 0]: no SiLU); shift [N, G, Cg] added to x (shift [0, 0, 0]: none);
@@ -94,7 +129,22 @@ def _group_norm_kernel(groups):
     return kernel
 
 
+def _group_norm_output_kernel(groups):
+    """The inference forward over the N*G groups (y only), `groups` being prange or range: x, y [N, G, Cg, HW], shift
+    [N, G, Cg] or [0, 0, 0], gamma, beta [G, Cg], silu a bool."""
+
+    def kernel(x, shift, gamma, beta, eps, silu, y):  # pragma: no cover - compiled
+        N, G = x.shape[:2]
+        for ng in groups(N * G):
+            n, g = ng // G, ng % G
+            mu, r = _group_statistics(x, shift, eps, n, g)
+            _output_group(x, shift, gamma, beta, y.dtype.type(mu), y.dtype.type(r), silu, y, n, g)
+
+    return kernel
+
+
 group_norm_kernel = threaded_kernel(_group_norm_kernel, SERIAL_ELEMENTS, error_model="numpy")  # threaded from SERIAL_ELEMENTS
+group_norm_output_kernel = threaded_kernel(_group_norm_output_kernel, SERIAL_ELEMENTS, error_model="numpy")
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
@@ -194,16 +244,23 @@ class GroupNorm(Module):
         gamma, beta = self.affine(x.dtype)                                        # [C]
         x4 = np.ascontiguousarray(x).reshape(N, G, C // G, H * W)                 # [N, G, Cg, HW]
         y = np.empty_like(x4)                                                     # [N, G, Cg, HW]
+        shift3 = (np.empty((0, 0, 0), dtype=x.dtype) if shift is None
+                  else np.ascontiguousarray(shift, dtype=x.dtype).reshape(N, G, C // G))  # [N, G, Cg]
+        if not keeps_caches():                                                    # inference: y alone, no cache
+            group_norm_output_kernel.for_work(x4.size)(x4, shift3, gamma.reshape(G, -1), beta.reshape(G, -1),
+                                                       self.eps, silu, y)
+            return y.reshape(N, C, H, W), None                                    # [N, C, H, W]
         xhat = np.empty_like(x4)                                                  # [N, G, Cg, HW]
         s = np.empty_like(x4) if silu else np.empty((0, 0, 0, 0), dtype=x.dtype)  # [N, G, Cg, HW] sigmoid(GN(x))
         inv_std = np.empty((N, G), dtype=x.dtype)                                 # [N, G]
         kernel = group_norm_kernel.for_work(x4.size)
-        shift3 = (np.empty((0, 0, 0), dtype=x.dtype) if shift is None
-                  else np.ascontiguousarray(shift, dtype=x.dtype).reshape(N, G, C // G))  # [N, G, Cg]
         kernel(x4, shift3, gamma.reshape(G, -1), beta.reshape(G, -1), self.eps, y, xhat, s, inv_std)
         return y.reshape(N, C, H, W), (xhat, s, inv_std)                          # [N, C, H, W]
 
-    def backward(self, dy: np.ndarray, cache: tuple) -> np.ndarray:
+    def backward(self, dy: np.ndarray, cache: tuple | None) -> np.ndarray:
+        if cache is None:
+            raise RuntimeError("GroupNorm.backward: the forward ran under nn.module.inference() and kept no cache; "
+                               "run the forward outside it to train")
         xhat, s, inv_std = cache                                                  # [N, G, Cg, HW] x2, [N, G]
         N, C, H, W = dy.shape
         G = self.num_groups

@@ -8,13 +8,37 @@ Every layer follows one contract (README, "Engine contract"):
 Backward accumulates, so a layer used twice (fan-out) sums its gradients; call
 `zero_grad()` between optimizer steps. Dotted parameter names are built from the
 child names, so a UNet's names equal ermongroup/ddim's PyTorch state_dict keys.
+
+Forward passes inside `with inference():` (sampling; like torch.inference_mode) may leave
+out what only the backward reads: a layer then returns a cache its backward refuses, with
+the same output bytes (GroupNorm writes neither its normalized input nor its sigmoid:
+docs/ENGINE.md, "GroupNorm, SiLU, attention").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
+
+_KEEP_CACHES: ContextVar[bool] = ContextVar("keep_caches", default=True)
+
+
+@contextmanager
+def inference() -> Iterator[None]:
+    """Forward passes in this block need no backward (module docstring)."""
+    token = _KEEP_CACHES.set(False)
+    try:
+        yield
+    finally:
+        _KEEP_CACHES.reset(token)
+
+
+def keeps_caches() -> bool:
+    """False inside `inference()`: a layer may leave out what only its backward reads."""
+    return _KEEP_CACHES.get()
 
 
 class Module:
