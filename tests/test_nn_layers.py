@@ -20,7 +20,8 @@ from bidm_ref.nn.groupnorm import (GroupNorm, group_norm_backward_ref, group_nor
                                    group_norm_ref)
 from bidm_ref.nn.linear import Linear
 from bidm_ref.nn.module import Module, inference, keeps_caches
-from bidm_ref.nn.resample import Downsample, Upsample, avg_pool2x
+from bidm_ref.nn.resample import (Downsample, Upsample, avg_pool2x, avg_pool2x_ref, avg_pool_kernel,
+                                  upsample_kernel, upsample_nearest2x, upsample_nearest2x_ref)
 from bidm_ref.nn.resblock import ResnetBlock
 from fdcheck import check_module
 from reference_ops import conv_nested_loops
@@ -299,6 +300,25 @@ def test_avg_pool_equals_numpys_mean_over_the_blocks(N, C, h, w, dtype, seed):
     means = blocks.astype(np.float64).mean(axis=(3, 5))                           # [N, C, h, w]
     bound = 2 * np.finfo(dtype).eps * np.abs(blocks).astype(np.float64).mean(axis=(3, 5))
     assert np.all(np.abs(avg_pool2x(x) - means) <= bound)
+
+
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9), st.sampled_from([np.float32, np.float64]),
+       seeds)
+def test_upsample_and_avg_pool_kernels_give_their_twins_bytes(N, C, H, W, dtype, seed):
+    """Both compilations of each pass (odd sizes: the pool drops the last row and column) against the NumPy twins,
+    also on a non-contiguous input."""
+    x = (np.random.default_rng(seed).standard_normal((N, C, H, W)) * 3).astype(dtype)  # [N, C, H, W]
+    for kernel in upsample_kernel.compilations:
+        y = np.empty((N, C, 2 * H, 2 * W), dtype=dtype)
+        kernel(x, y)
+        assert y.tobytes() == upsample_nearest2x_ref(x).tobytes()
+    for kernel in avg_pool_kernel.compilations:
+        y = np.empty((N, C, H // 2, W // 2), dtype=dtype)
+        kernel(x, y)
+        assert y.tobytes() == avg_pool2x_ref(x).tobytes()
+    strided = x[:, ::-1]                                                          # [N, C, H, W] view
+    assert upsample_nearest2x(strided).tobytes() == upsample_nearest2x_ref(strided).tobytes()
+    assert avg_pool2x(strided).tobytes() == avg_pool2x_ref(strided).tobytes()
 
 
 @given(st.integers(1, 2), st.integers(1, 4), st.integers(2, 7), st.integers(2, 7), st.booleans(), seeds)
