@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from unittest import mock
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -22,6 +21,7 @@ from bidm_ref.nn.conv import Conv2d, conv2d, conv2d_backward, conv_layout
 from bidm_ref.nn.conv_direct import MIN_OUTPUTS, TILE_PIXELS, direct_conv, direct_conv_ref
 from bidm_ref.nn.im2col import conv_geometry, grid_source
 from fdcheck import check_module
+from onethread import on_one_thread
 from reference_ops import conv_nested_loops
 
 cases = st.tuples(
@@ -151,12 +151,7 @@ def test_direct_conv_gives_the_same_bytes_on_one_thread_and_on_every_core(height
     geo = conv_geometry(x.shape, 3, 3, 1, 1)
     assert (geo.Wo >= TILE_PIXELS) == (width >= TILE_PIXELS)
     xp = grid_source(x, geo)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        serial = direct_conv(xp, weight, None, geo)
-    finally:
-        numba.set_num_threads(threads)
+    serial = on_one_thread(direct_conv, xp, weight, None, geo)
     assert serial.tobytes() == direct_conv(xp, weight, None, geo).tobytes()
     np.testing.assert_allclose(serial, direct_conv_ref(xp, weight, None, geo), rtol=1e-4, atol=1e-4)
 

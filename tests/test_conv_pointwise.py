@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from unittest import mock
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,6 +21,7 @@ from bidm_ref.nn.conv_pointwise import (POINTWISE_OUTPUTS, POINTWISE_PIXELS, poi
                                         pointwise_fits, tile_matmul, tile_matmul_ref)
 from bidm_ref.nn.im2col import conv_geometry
 from fdcheck import check_module
+from onethread import on_one_thread
 
 
 @pytest.fixture(autouse=True)
@@ -81,12 +81,7 @@ def test_pointwise_conv_gives_the_same_bytes_on_one_thread_and_on_every_core():
     rng = np.random.default_rng(2)
     xs = rng.standard_normal((3, 37, 5 * POINTWISE_PIXELS + 9)).astype(np.float32)  # [N, C, P]
     weight = rng.standard_normal((17, 37, 1, 1)).astype(np.float32)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one_thread = pointwise_conv(xs, weight, None)
-    finally:
-        numba.set_num_threads(threads)
+    one_thread = on_one_thread(pointwise_conv, xs, weight, None)
     assert one_thread.tobytes() == pointwise_conv(xs, weight, None).tobytes()
     w = np.ascontiguousarray(weight[:, :, 0, 0]).reshape(-1)                      # [O*C]: 17 outputs in 3 tiles
     offsets = np.arange(37, dtype=np.int64) * xs.shape[2]                         # [C]
@@ -126,10 +121,4 @@ def test_tile_matmul_with_each_images_weight_read_by_rows_or_by_columns(N, K, O,
                                                        np.abs(x).astype(np.float64)) + 1)
     assert y.shape == (N, O, P) and np.all(np.abs(y - exact) <= bound)
     np.testing.assert_allclose(y, tile_matmul_ref(x, w, strides, O), rtol=0, atol=bound.max())
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one_thread = tile_matmul(x, w, strides, O)
-    finally:
-        numba.set_num_threads(threads)
-    assert one_thread.tobytes() == y.tobytes()
+    assert on_one_thread(tile_matmul, x, w, strides, O).tobytes() == y.tobytes()
