@@ -45,15 +45,17 @@ def _output_row(packed, a_map, words_t, channels, stride, padding, alpha, k_weig
     O, Wo = out.shape[1], out.shape[3]
     acc = np.empty((O, Wo), dtype=np.int32)                                       # [O, Wo]
     _accumulate_row(packed, words_t, channels, stride, padding, n, ho, acc)
-    k_row = np.empty(Wo, dtype=np.float32)                                        # [Wo] K of this row
+    k_row = np.zeros(Wo, dtype=np.float32)                                        # [Wo] K of this row
     h0 = ho * stride - top
+    for i in range(max(0, -h0), min(kh, H - h0)):                                # valid taps in (i, j) order,
+        for j in range(kw):                                                       # each over the pixels it is valid for
+            w_first = max(0, (left - j + stride - 1) // stride)                   # w0 + j >= 0
+            w_end = min(Wo, (W - 1 + left - j) // stride + 1)                     # w0 + j <= W - 1
+            tap = k_weight[i, j]
+            for wo in range(w_first, w_end):
+                k_row[wo] += a_map[n, h0 + i, wo * stride - left + j] * tap
     for wo in range(Wo):
-        w0 = wo * stride - left
-        k = np.float32(0)
-        for i in range(max(0, -h0), min(kh, H - h0)):
-            for j in range(max(0, -w0), min(kw, W - w0)):
-                k += a_map[n, h0 + i, w0 + j] * k_weight[i, j]
-        k_row[wo] = k + k_bias
+        k_row[wo] += k_bias
     for o in range(O):
         acc_row, out_row, scale = acc[o], out[n, o, ho], alpha[o]                 # [Wo], [Wo]
         if sc.shape[0] == 0:                                                      # no shortcut
