@@ -18,8 +18,8 @@ the forward runs its two products by conv_pointwise.tile_matmul on q, k, v as th
     L^T[j,i] = sum_c k[c,j] q[c,i]     (k read as the columns of a weight matrix)
     A^T      = softmax over j of each column of L^T / sqrt(C)   (softmax_columns: tasks of COLUMNS columns)
     o[c,i]   = sum_j v[c,j] A^T[j,i]
-so no operand is copied or transposed (the batched matmuls read q^T and A^T strided); the cache holds A as a
-transposed view of A^T. Measured in docs/ENGINE.md ("BLAS kernels").
+so no operand is copied or transposed (tile_matmul reads k's columns through its weight strides, q and A^T as its
+inputs, v as rows); the cache holds A as a transposed view of A^T. Measured in docs/ENGINE.md ("BLAS kernels").
 """
 
 from __future__ import annotations
