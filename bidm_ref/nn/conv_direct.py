@@ -247,8 +247,12 @@ def tile_operands(weight: np.ndarray, bias: np.ndarray | None, outputs: int,
     O = weight.shape[0]
     w_tiles = np.zeros((-(-O // outputs) * outputs, weight[0].size), dtype=dtype)  # [Ot, K]
     w_tiles[:O] = weight.reshape(O, -1)
-    b = np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)  # [O] or [0]
-    return w_tiles, b
+    return w_tiles, tile_bias(bias, dtype)
+
+
+def tile_bias(bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """The bias as the tile kernels read it: [O] in `dtype`, or [0] for no bias."""
+    return np.zeros(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
 
 
 def direct_conv(xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geo: ConvGeometry) -> np.ndarray:

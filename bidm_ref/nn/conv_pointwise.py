@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import conv_direct
-from .conv_direct import DIRECT_MIN_MACS, SERIAL_MACS, TILE_PIXELS, make_tile_dot, tile_operands
+from .conv_direct import DIRECT_MIN_MACS, SERIAL_MACS, TILE_PIXELS, make_tile_dot, tile_bias, tile_operands
 from .im2col import ConvGeometry
 from .threaded import threaded_kernel
 
@@ -82,7 +82,7 @@ def tile_matmul(x: np.ndarray, w: np.ndarray, strides: tuple[int, int, int], out
                          f"small for {outputs} outputs (at least {POINTWISE_OUTPUTS} rows) with strides {strides}")
     y = np.empty((N, outputs, P), dtype=x.dtype)                                  # [N, O, P]
     offsets = np.arange(K, dtype=np.int64) * P                                    # [K]
-    b = np.zeros(0, dtype=x.dtype) if bias is None else bias                      # [O], or [0]: none
+    b = tile_bias(bias, x.dtype)                                                  # [O], or [0]: none
     tile_matmul_kernel.for_work(y.size * K)(np.ascontiguousarray(x), offsets, w.reshape(-1), w_image, w_row, w_tap,
                                             w_rows, b, y)
     return y
@@ -105,11 +105,10 @@ def pointwise_conv(xs: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) 
     N, C, P = xs.shape
     O = weight.shape[0]
     if O < POINTWISE_OUTPUTS:                                                     # zero rows up to one whole tile
-        w, b = tile_operands(weight, bias, POINTWISE_OUTPUTS, xs.dtype)           # [OT, C], [O] or [0]
+        w, _ = tile_operands(weight, None, POINTWISE_OUTPUTS, xs.dtype)           # [OT, C]
     else:
         w = np.ascontiguousarray(weight.reshape(O, C), dtype=xs.dtype)            # [O, C]
-        b = None if bias is None else np.ascontiguousarray(bias, dtype=xs.dtype)  # [O]
-    return tile_matmul(xs, w, (0, C, 1), O, b)                                    # [N, O, P]
+    return tile_matmul(xs, w, (0, C, 1), O, bias)                                 # [N, O, P]
 
 
 def tile_matmul_ref(x: np.ndarray, w: np.ndarray, strides: tuple[int, int, int], outputs: int,
